@@ -1,0 +1,215 @@
+r"""Bring your own data: a JSONL manifest of audio files -> a jaxclap corpus.
+
+  python -m jaxclap.prepare --manifest clips.jsonl --out ~/corpora [--name my_corpus]
+  python -m jaxclap.prepare --manifest train=tr.jsonl --manifest test=te.jsonl --out DIR
+
+Each manifest line is one clip:
+
+  {"audio": "wav/0001.flac", "captions": ["A calm older man ..."], ...}
+
+  audio          path of a WAV/FLAC/OGG/MP3 file; relative paths resolve against the
+                 manifest's folder
+  captions       one caption or a list of them (global captions; at least one)
+  fine_captions  optional list of fine-grained captions
+  id             optional, unique; defaults to "<split>/<line number>"
+  start, end     optional seconds: use only this segment of the file
+  anything else  kept as the clip's metadata (JSON), e.g. speaker, labels
+
+The output is the array_record TFDS dataset every jaxclap corpus uses
+(``jaxclap.data.records``), at ``<out>/<name>/1.0.0``; name it as an input source in a
+config (``input.sources = [dict(path=".../<name>/1.0.0", split="train")]``).
+
+Audio is converted to mono (channels averaged) at ``--sample_rate``. A line that is not
+JSON, names a missing or undecodable file, holds empty/silent/NaN/over-long audio or
+empty/over-long/non-UTF-8 captions is skipped, counted and logged with its line number
+(``--on_error=skip``, the default), or stops the run with that message
+(``--on_error=raise``). The run ends with a report of what was kept and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from typing import Iterator
+
+import numpy as np
+
+from jaxclap.data import records
+
+
+def _read_audio(path: str, start: float | None, end: float | None,
+                max_seconds: float) -> tuple[np.ndarray, int]:
+  """Decodes (a segment of) a file as float32 [samples, channels] or [samples].
+
+  An over-long segment is refused from the header, before hours of audio are decoded.
+  """
+  import soundfile as sf
+
+  try:
+    info = sf.info(path)
+    first = int(round((start or 0.0) * info.samplerate))
+    last = int(round(end * info.samplerate)) if end is not None else -1
+    frames = (last if last >= 0 else info.frames) - first
+    if info.frames > 0 and frames / info.samplerate > max_seconds:
+      raise records.BadRecord(
+          f"audio is {frames / info.samplerate:.1f} s long, longer than max_seconds="
+          f"{max_seconds} (cut long recordings into segments with start/end)")
+    wave, sr = sf.read(path, start=first, stop=None if last < 0 else last, dtype="float32",
+                       always_2d=False)
+    return wave, sr
+  except (sf.LibsndfileError, RuntimeError, TypeError) as sf_err:
+    # libsndfile lacks some codecs on some systems; librosa falls back to audioread.
+    import librosa
+    try:
+      duration = None if end is None else end - (start or 0.0)
+      wave, sr = librosa.load(path, sr=None, mono=False, offset=start or 0.0,
+                              duration=duration, dtype=np.float32)
+      return wave.T, sr
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
+      raise records.BadRecord(f"cannot decode audio ({sf_err}; {type(e).__name__}: {e})") from None
+
+
+def examples(manifest: str, split: str, *, sample_rate: int, max_seconds: float,
+             max_caption_chars: int, skips: records.SkipCounter) -> Iterator[tuple[str, dict]]:
+  """Yields ``(key, record)`` for each good line of ``manifest``; bad lines go to
+  ``skips`` (which raises instead when its policy is 'raise')."""
+  import librosa
+
+  root = os.path.dirname(os.path.abspath(manifest))
+  seen_ids: dict[str, int] = {}
+  with open(manifest, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      where = f"{manifest}:{lineno}"
+      if not raw.strip():
+        continue
+      try:
+        try:
+          line = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+          raise records.BadRecord(f"line is not valid UTF-8 ({e})") from None
+        except json.JSONDecodeError as e:
+          raise records.BadRecord(f"line is not JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(line, dict):
+          raise records.BadRecord(f"line is a JSON {type(line).__name__}, not an object")
+        if "audio" not in line:
+          raise records.BadRecord("line has no 'audio' key")
+        path = os.path.join(root, str(line["audio"]))
+        where = f"{manifest}:{lineno} ({line['audio']})"
+        if not os.path.isfile(path):
+          raise records.BadRecord(f"audio file not found: {path}")
+        captions = records.check_captions(line.get("captions"), max_chars=max_caption_chars)
+        fine = records.check_captions(line.get("fine_captions"), max_chars=max_caption_chars,
+                                      field="fine_captions", required=False)
+        start, end = line.get("start"), line.get("end")
+        wave, sr = _read_audio(path, start, end, max_seconds)
+        wave = records.check_waveform(wave, sr, max_seconds=max_seconds)
+        if sr != sample_rate:
+          wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
+        if np.max(np.abs(wave)) > 1.0:
+          # Resampling overshoot or float files above full scale: scale, don't clip.
+          wave = wave / np.max(np.abs(wave))
+        clip_id = str(line.get("id", f"{split}/{lineno}"))
+        if clip_id in seen_ids:
+          raise records.BadRecord(f"id {clip_id!r} already used on line {seen_ids[clip_id]}")
+        seen_ids[clip_id] = lineno
+        meta = {k: v for k, v in line.items()
+                if k not in ("captions", "fine_captions", "id")}
+        meta["original_sample_rate"] = sr
+      except records.BadRecord as e:
+        skips.skip(where, e)
+        continue
+      skips.kept += 1
+      yield f"{lineno:09d}", records.make_record(
+          id=clip_id, wave=wave, sample_rate=sample_rate, captions=captions,
+          fine_captions=fine, metadata=meta)
+
+
+def prepare(manifests: dict[str, str], out: str, name: str, *, sample_rate: int = 16000,
+            max_seconds: float = 600.0, max_caption_chars: int = 2000,
+            on_error: str = "skip", overwrite: bool = False) -> tuple[str, dict]:
+  """Writes the manifests (split -> path) as a corpus; returns (dataset dir, skip counters)."""
+  if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    raise ValueError(f"--name {name!r}: use lower-case letters, digits and underscores")
+  for split, path in manifests.items():
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"--manifest {split}={path}: no such file")
+  target = os.path.join(out, name, "1.0.0")
+  if os.path.exists(target):
+    if not overwrite:
+      raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+    import shutil
+    shutil.rmtree(target)
+  counters = {s: records.SkipCounter(f"{s} clip", on_error) for s in manifests}
+
+  def split_fn(split):
+    return lambda: examples(manifests[split], split, sample_rate=sample_rate,
+                            max_seconds=max_seconds, max_caption_chars=max_caption_chars,
+                            skips=counters[split])
+
+  path = records.write_tfds(
+      name, {s: split_fn(s) for s in manifests}, out,
+      description=f"Prepared by jaxclap.prepare from {sorted(manifests.values())}")
+  return path, counters
+
+
+def _parse_manifests(values: list[str]) -> dict[str, str]:
+  out = {}
+  for v in values:
+    split, sep, path = v.partition("=")
+    if not sep:
+      split, path = "train", v
+    if split in out:
+      raise ValueError(f"--manifest: split {split!r} given twice")
+    out[split] = path
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(
+      prog="python -m jaxclap.prepare", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="See the module docstring (python -c 'import jaxclap.prepare; "
+             "help(jaxclap.prepare)') for the manifest format.")
+  p.add_argument("--manifest", action="append", required=True, metavar="[SPLIT=]FILE",
+                 help="JSONL manifest; repeat with SPLIT=FILE for several splits "
+                      "(a bare FILE is the 'train' split)")
+  p.add_argument("--out", required=True, help="folder to write the dataset under")
+  p.add_argument("--name", default=None,
+                 help="dataset name (default: the first manifest's file name)")
+  p.add_argument("--sample_rate", type=int, default=16000,
+                 help="rate all audio is stored at, Hz (default 16000)")
+  p.add_argument("--max_seconds", type=float, default=600.0,
+                 help="longer clips are bad input; cut them into segments with "
+                      "start/end first (default 600)")
+  p.add_argument("--max_caption_chars", type=int, default=2000,
+                 help="longer captions are bad input (default 2000)")
+  p.add_argument("--on_error", choices=("skip", "raise"), default="skip",
+                 help="skip bad lines (counted, logged) or stop at the first (default skip)")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+  manifests = _parse_manifests(args.manifest)
+  name = args.name or re.sub(r"[^a-z0-9_]", "_",
+                             os.path.splitext(os.path.basename(next(iter(manifests.values()))))[0].lower())
+  if not name or not name[0].isalpha():
+    name = "corpus_" + name
+  try:
+    path, counters = prepare(manifests, args.out, name, sample_rate=args.sample_rate,
+                             max_seconds=args.max_seconds,
+                             max_caption_chars=args.max_caption_chars,
+                             on_error=args.on_error, overwrite=args.overwrite)
+  except (records.BadRecord, FileNotFoundError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for c in counters.values():
+    print(c.summary())
+  print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
