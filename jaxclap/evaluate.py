@@ -1,0 +1,102 @@
+"""Evaluation on a held-out split: zero-shot binary attributes and retrieval.
+
+* Zero-shot (SLAP's protocol): each binary task is a pair of antonym descriptions
+  ("a high-pitched voice" / "a low-pitched voice", never a negation), each put through
+  several prompt templates; the text embeddings of one side are averaged (then
+  re-normalised) into a class prototype, and a clip is assigned the nearer prototype.
+  Only clips whose metadata puts them on one side take part (a "mid" pitch is neither).
+* Retrieval: each clip's first caption as the query / target; text->audio and
+  audio->text R@1/5/10 and mAP@10 (one relevant item per query, so AP = 1/rank).
+
+``evaluate(...)`` returns ``{"zero_shot": {task: accuracy}, "zero_shot_mean": ...,
+"retrieval": {metric: value}, "counts": {...}}``; ``format_table`` prints it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from jaxclap.data import records
+
+DEFAULT_TEMPLATES = (
+    "{}.",
+    "a recording of {}.",
+    "the clip features {}.",
+    "in this audio we hear {}.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryTask:
+  """A zero-shot task: clips with ``metadata[key]`` in ``positive`` vs in ``negative``."""
+  name: str
+  key: str
+  positive: tuple
+  negative: tuple
+  positive_prompt: str
+  negative_prompt: str
+
+  def label(self, metadata: dict) -> int | None:
+    v = metadata.get(self.key)
+    if v in self.positive:
+      return 1
+    if v in self.negative:
+      return 0
+    return None
+
+
+def prototypes(embed_text: Callable[[list[str]], np.ndarray], phrase: str,
+               templates: Sequence[str]) -> np.ndarray:
+  e = embed_text([t.format(phrase) for t in templates]).mean(0)
+  return e / np.linalg.norm(e)
+
+
+def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Sequence[BinaryTask],
+              embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict[str, Any]:
+  acc, counts = {}, {}
+  for task in tasks:
+    labels = [task.label(m) for m in metadata]
+    idx = np.array([i for i, l in enumerate(labels) if l is not None])
+    if idx.size == 0:
+      continue
+    y = np.array([labels[i] for i in idx])
+    pos = prototypes(embed_text, task.positive_prompt, templates)
+    neg = prototypes(embed_text, task.negative_prompt, templates)
+    pred = (audio_emb[idx] @ pos > audio_emb[idx] @ neg).astype(int)
+    acc[task.name] = float(np.mean(pred == y))
+    counts[task.name] = {"clips": int(idx.size), "positive": int(y.sum())}
+  return {"accuracy": acc, "counts": counts}
+
+
+def retrieval(audio_emb: np.ndarray, text_emb: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+  """Paired rows (clip i <-> caption i); ties count against the model."""
+  sim = audio_emb @ text_emb.T
+  out = {}
+  for name, s in (("text_to_audio", sim.T), ("audio_to_text", sim)):
+    correct = np.diag(s)[:, None]
+    rank = np.sum(s > correct, axis=1) + np.sum(s == correct, axis=1)   # 1-based, pessimistic
+    for k in ks:
+      out[f"{name}/R@{k}"] = float(np.mean(rank <= k))
+    out[f"{name}/mAP@10"] = float(np.mean(np.where(rank <= 10, 1.0 / rank, 0.0)))
+  out["chance/R@1"] = 1.0 / len(sim)
+  return out
+
+
+def split_metadata(path: str, split: str) -> list[dict]:
+  src = records.open_split(path, split)
+  return [records.decode(src[i])["metadata"] for i in range(len(src))]
+
+
+def format_table(results: dict) -> str:
+  lines = ["zero-shot (binary, antonym prompts)      accuracy   clips"]
+  for task, acc in results["zero_shot"].items():
+    n = results["counts"][task]["clips"]
+    lines.append(f"  {task:<38s} {acc * 100:6.1f}%  {n:6d}")
+  lines.append(f"  {'mean':<38s} {results['zero_shot_mean'] * 100:6.1f}%")
+  lines.append("retrieval")
+  for k, v in results["retrieval"].items():
+    lines.append(f"  {k:<38s} {v * 100:6.1f}%")
+  return "\n".join(lines)

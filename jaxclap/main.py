@@ -1,0 +1,56 @@
+r"""Train and evaluate one recipe:
+
+  python -m jaxclap.main --config=configs/demo.py [--workdir=DIR] [--config.key=value ...]
+
+  --config      a config file, optionally with arguments after a colon
+                (``configs/demo.py:steps=50,batch=32``); see the file's docstring
+  --workdir     where checkpoints, TensorBoard logs, metrics.jsonl and results.json go;
+                default ``workdirs/<config name>``. Re-running the same command resumes
+                from the latest checkpoint there (delete the folder to start afresh).
+  --config.X=Y  override any config field, e.g. ``--config.optim.lr=1e-4``
+
+Multi-host: with ``--distributed`` (or when JAX_COORDINATOR_ADDRESS, a SLURM job step or
+a TPU pod is detected) ``jax.distributed.initialize()`` joins the processes; every
+process runs this same command.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Run folder (default workdirs/<config name>); resumes if it "
+                               "holds checkpoints.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", None, "Call jax.distributed.initialize() (default: when a multi-process "
+    "environment is detected).")
+
+
+def _multi_process_env() -> bool:
+  env = os.environ
+  return bool(env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
+              or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+  if _DISTRIBUTED.value or (_DISTRIBUTED.value is None and _multi_process_env()):
+    jax.distributed.initialize()
+  from jaxclap import train
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+  name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+  workdir = _WORKDIR.value or os.path.join("workdirs", name)
+  train.train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

@@ -1,0 +1,461 @@
+"""The trainer: sharded state, ONE jitted step fusing all losses, the loop, Orbax.
+
+``train_and_evaluate(config, workdir)`` is the whole run; pieces are public so tests and
+recipes reuse them:
+
+* ``Trainer(config, mesh)`` builds the model, optimiser, shardings and the jitted
+  ``step`` (donated state, explicit in/out shardings). State is never built unsharded:
+  shapes come from ``jax.eval_shape`` and a ``jax.jit(init, out_shardings=...)`` creates
+  it on the devices.
+* The step: waveforms -> log-mel on the device -> towers -> ``lambda * InfoNCE +
+  mae_weight * MAE (+ cka_weight * (1 - CKA))`` -> ``value_and_grad`` -> optax, with
+  gradient accumulation over micro-batches inside the same jit.
+* Checkpoints hold the train state (params, optimiser, step, RNG) and the grain
+  iterator's position; ``main`` resumes from the workdir's latest one with no flag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from jaxclap import losses, sharding
+from jaxclap.models import convert, two_towers
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+# ------------------------------------------------------------------------- optimiser
+
+
+def lr_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
+  """Linear warm-up to ``lr``, then ``decay``: cosine | linear | constant | exponential
+  (``decay_rate`` every ``decay_every`` steps, SLAP's x0.99 / 2,000)."""
+  lr, warm = float(cfg.lr), int(cfg.get("warmup_steps", 0))
+  decay = cfg.get("decay", "cosine")
+  rest = max(1, total_steps - warm)
+  if decay == "cosine":
+    after = optax.cosine_decay_schedule(lr, rest, alpha=float(cfg.get("end_lr_ratio", 0.0)))
+  elif decay == "linear":
+    after = optax.linear_schedule(lr, lr * float(cfg.get("end_lr_ratio", 0.0)), rest)
+  elif decay == "constant":
+    after = optax.constant_schedule(lr)
+  elif decay == "exponential":
+    after = optax.exponential_decay(lr, int(cfg.decay_every), float(cfg.decay_rate),
+                                    staircase=True)
+  else:
+    raise ValueError(f"optim.decay={decay!r}: use cosine, linear, constant or exponential")
+  if warm <= 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
+
+
+def _path_labels(params, patterns: dict[str, str], default: str):
+  """Each parameter's label: the first regex in ``patterns`` matching 'a/b/c', else default."""
+  flat = traverse_util.flatten_dict(params)
+  labels = {}
+  for path in flat:
+    name = "/".join(path)
+    labels[path] = next((lab for pat, lab in patterns.items() if re.fullmatch(pat, name)),
+                        default)
+  return traverse_util.unflatten_dict(labels)
+
+
+def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
+  """``config.optim``: name (adam | adamw), lr + schedule fields, b1, b2, eps,
+  weight_decay (adamw; not on biases, norms, embeddings' scale-free 1-D params),
+  grad_clip (global norm), frozen (regexes of parameter paths that never update) and
+  lr_mults (pairs (regex, multiplier), e.g. a pretrained tower at 0.1x)."""
+  sched = lr_schedule(cfg, total_steps)
+  name = cfg.get("name", "adamw")
+  kw = dict(b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)),
+            eps=float(cfg.get("eps", 1e-8)))
+
+  def base(mult):
+    s = (lambda step: sched(step) * mult) if mult != 1.0 else sched
+    if name == "adam":
+      return optax.adam(s, **kw)
+    if name == "adamw":
+      decay_mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim > 1, p)
+      return optax.adamw(s, weight_decay=float(cfg.get("weight_decay", 1e-4)),
+                         mask=decay_mask, **kw)
+    raise ValueError(f"optim.name={name!r}: use adam or adamw")
+
+  mults = {str(k): float(v) for k, v in (cfg.get("lr_mults") or [])}
+  frozen = list(cfg.get("frozen") or [])
+  patterns = {p: "frozen" for p in frozen}
+  patterns.update({p: f"mult:{m}" for p, m in mults.items()})
+  transforms = {"default": base(1.0), "frozen": optax.set_to_zero()}
+  transforms.update({f"mult:{m}": base(m) for m in mults.values()})
+  tx = optax.multi_transform(transforms, lambda p: _path_labels(p, patterns, "default"))
+  clip = cfg.get("grad_clip")
+  return optax.chain(optax.clip_by_global_norm(float(clip)), tx) if clip else tx
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+  """Model, optimiser, shardings and the jitted step for one config on one mesh."""
+
+  def __init__(self, config: Any, mesh: jax.sharding.Mesh):
+    self.config, self.mesh = config, mesh
+    self.dtype = jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else jnp.float32
+    self.model = two_towers.from_config(config.model, self.dtype)
+    self.rules = sharding.rules(config.get("sharding_rules"))
+    self.tx = make_optimizer(config.optim, int(config.total_steps))
+    self.accum = int(config.optim.get("grad_accum", 1))
+    if int(config.global_batch_size) % self.accum:
+      raise ValueError(f"global_batch_size={config.global_batch_size} is not divisible by "
+                       f"optim.grad_accum={self.accum}")
+    self._dummy = self._dummy_batch()
+    self.state_shardings = self._state_shardings()
+    self.batch_sharding = sharding.batch_sharding(mesh)
+    self.step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_sharding),
+                        out_shardings=(self.state_shardings, sharding.replicated(mesh)),
+                        donate_argnums=(0,))
+
+  # -- shapes and init
+
+  def _dummy_batch(self, batch: int = 2):
+    c = self.config
+    samples = int(round(float(c.input.clip_seconds) * int(c.input.sample_rate)))
+    return {"audio": jnp.zeros((batch, samples), jnp.float32),
+            "audio_len": jnp.full((batch,), samples, jnp.int32),
+            "text_ids": jnp.zeros((batch, int(c.input.max_text_len)), jnp.int32),
+            "text_mask": jnp.ones((batch, int(c.input.max_text_len)), jnp.int32)}
+
+  def features(self, batch):
+    return two_towers.spectrogram(self.config.features, batch["audio"], batch["audio_len"])
+
+  def _init(self, rng):
+    spec, frames = self.features(self._dummy)
+    init_rng, mae_rng, state_rng = jax.random.split(rng, 3)
+    with_mae = float(self.config.loss.get("mae_weight", 0.0)) > 0
+    variables = self.model.init(init_rng, spec, frames, self._dummy["text_ids"],
+                                self._dummy["text_mask"], mae_rng if with_mae else None)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), rng=state_rng)
+
+  def _state_shardings(self):
+    with nn.logical_axis_rules(self.rules):
+      abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+      return sharding.logical_shardings(abstract, self.mesh, self.rules)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the state, without creating it."""
+    with nn.logical_axis_rules(self.rules):
+      shapes = jax.eval_shape(lambda: nn.meta.unbox(self._init(jax.random.PRNGKey(0))))
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+        self.state_shardings)
+
+  def init_state(self, seed: int) -> TrainState:
+    """The initial state, created sharded; pretrained towers loaded per ``model.*.init``."""
+    with nn.logical_axis_rules(self.rules):
+      init = jax.jit(lambda r: nn.meta.unbox(self._init(r)), out_shardings=self.state_shardings)
+      state = init(jax.random.PRNGKey(seed))
+    text_init = self.config.model.text.get("init")
+    if text_init:
+      params = dict(state.params)
+      params["text"] = self._load_text_tower(text_init, params["text"],
+                                             self.state_shardings.params["text"])
+      state = state.replace(params=params,
+                            opt_state=jax.jit(self.tx.init,
+                                              out_shardings=self.state_shardings.opt_state)(params))
+    return state
+
+  def _load_text_tower(self, init: str, current, shardings):
+    if init == "minilm":
+      from jaxclap.tokenizers import minilm_dir
+      path = str(minilm_dir())
+    else:
+      path = init
+    sd = convert.load_state_dict(path)
+    host = convert.import_bert(sd, current, depth=int(self.config.model.text.depth),
+                               where=path)
+    return jax.tree_util.tree_map(lambda x, s: jax.device_put(x, s), host, shardings)
+
+  # -- the step
+
+  def loss_fn(self, params, batch, rng):
+    cfg = self.config.loss
+    spec, frames = self.features(batch)
+    variables = {"params": params}
+    a, t, scale = self.model.apply(variables, spec, frames, batch["text_ids"], batch["text_mask"])
+    scale = losses.clamp_logit_scale(scale)
+    lam = float(cfg.get("contrastive_weight", 1.0))
+    total = jnp.zeros((), jnp.float32)
+    metrics = {"logit_scale": jnp.exp(scale)}
+    if lam > 0:
+      c, m = losses.info_nce(a, t, scale, mesh=self.mesh, mode=cfg.get("mode", "gather"))
+      total += lam * c
+      metrics.update({"contrastive": c, **m})
+    mae_w = float(cfg.get("mae_weight", 0.0))
+    if mae_w > 0:
+      pred, target, mask = self.model.apply(variables, spec, frames, rng,
+                                            method=self.model.reconstruct)
+      mae = losses.mae_loss(pred, target, mask, norm_pix=bool(cfg.get("norm_pix", True)))
+      total += mae_w * mae
+      metrics["mae"] = mae
+    cka_w = float(cfg.get("cka_weight", 0.0))
+    if cka_w > 0:
+      cka = losses.cka_loss(a, t)
+      total += cka_w * cka
+      metrics["cka_loss"] = cka
+    metrics["loss"] = total
+    return total, metrics
+
+  def _step(self, state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
+    with nn.logical_axis_rules(self.rules):
+      if self.accum == 1:
+        (_, metrics), grads = grad_fn(state.params, batch, rng)
+      else:
+        # Micro-batch k takes rows k, k + accum, ...: every device keeps its own rows.
+        micro = jax.tree_util.tree_map(
+            lambda x: jnp.swapaxes(x.reshape((-1, self.accum) + x.shape[1:]), 0, 1), batch)
+
+        def body(acc, inp):
+          k, mb = inp
+          (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, k))
+          return jax.tree_util.tree_map(jnp.add, acc, (g, m)), None
+
+        g0 = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        m_shape = jax.eval_shape(lambda: grad_fn(state.params, jax.tree_util.tree_map(
+            lambda x: x[0], micro), rng)[0][1])
+        m0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+        (grads, metrics), _ = jax.lax.scan(body, (g0, m0), (jnp.arange(self.accum), micro))
+        grads, metrics = jax.tree_util.tree_map(lambda x: x / self.accum, (grads, metrics))
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def resolve_sources(config: Any) -> str | None:
+  """Builds (or reuses) the embedded corpus when a source names ``@corpus``; returns its
+  path and rewrites those sources in place."""
+  if not any(s["path"] == "@corpus" for s in config.input.sources):
+    return None
+  from jaxclap.data import speech_corpus
+  c = config.corpus
+  path = speech_corpus.build(c.get("data_dir"), seed=int(c.seed), scale=float(c.scale),
+                             num_workers=int(c.num_workers))
+  with config.unlocked():
+    config.input.sources = [dict(s, path=path) if s["path"] == "@corpus" else dict(s)
+                            for s in config.input.sources]
+  return path
+
+
+def _checkpoint_manager(workdir: str, config: Any):
+  import orbax.checkpoint as ocp
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"), item_names=("state", "data"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=int(config.get("keep_checkpoints", 2)),
+                                           create=True))
+
+
+def save_checkpoint(mgr, state: TrainState, data_iter) -> None:
+  import grain
+  import orbax.checkpoint as ocp
+  mgr.save(int(state.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)))
+
+
+def restore_checkpoint(mgr, trainer: Trainer, data_iter, step: int) -> TrainState:
+  """The saved state, restored straight into the trainer's shardings, and the iterator."""
+  import grain
+  import orbax.checkpoint as ocp
+  abstract = trainer.abstract_state()
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iter)))
+  return restored["state"]
+
+
+class _Progress:
+  """Deferred metrics (fetched only at log steps, so the host never waits on the device
+  in between), a progress line with steps/s and ETA, TensorBoard scalars, metrics.jsonl."""
+
+  def __init__(self, workdir: str, total: int, start: int, is_main: bool):
+    self.total, self.start, self.is_main = total, start, is_main
+    self.t0, self.last_t, self.last_step = time.time(), time.time(), start
+    self.pending: list[tuple[int, Any]] = []
+    self.writer = None
+    self.jsonl = None
+    if is_main:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+  def add(self, step: int, metrics, extra: dict | None = None):
+    self.pending.append((step, metrics, extra or {}))
+
+  def flush(self, step: int):
+    if not self.pending:
+      return
+    fetched = jax.device_get([m for _, m, _ in self.pending])
+    now = time.time()
+    rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
+    self.last_t, self.last_step = now, step
+    if self.is_main:
+      for (s, _, extra), m in zip(self.pending, fetched):
+        row = {"step": s, **{k: float(v) for k, v in m.items()}, **extra}
+        self.jsonl.write(json.dumps(row) + "\n")
+        for k, v in m.items():
+          self.writer.add_scalar(f"train/{k}", float(v), s)
+      self.jsonl.flush()
+      last = fetched[-1]
+      eta = (self.total - step) / max(rate, 1e-9)
+      print(f"step {step:6d}/{self.total}  loss {float(last['loss']):.4f}  "
+            + "  ".join(f"{k} {float(last[k]):.4f}" for k in ("contrastive", "mae")
+                        if k in last)
+            + f"  {rate:.2f} steps/s  ETA {eta / 60:.1f} min", flush=True)
+    self.pending = []
+
+  def close(self):
+    if self.writer:
+      self.writer.close()
+      self.jsonl.close()
+
+
+def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), then
+  evaluates on ``config.eval.split`` and writes ``<workdir>/results.json``."""
+  from jaxclap import evaluate, input_pipeline, tokenizers
+
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  resolve_sources(config)
+  mesh = sharding.make_mesh(config.mesh)
+  tokenizer = tokenizers.from_config(config.tokenizer)
+  trainer = Trainer(config, mesh)
+  total = int(config.total_steps)
+  ds = input_pipeline.train_dataset(
+      config.input, tokenizer, global_batch_size=int(config.global_batch_size),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      seed=int(config.seed))
+  data_iter = input_pipeline.make_iterator(
+      ds, num_threads=int(config.input.get("num_threads", 2)),
+      prefetch=int(config.input.get("prefetch", 4)),
+      worker_count=int(config.input.get("worker_count", 0)))
+  mgr = _checkpoint_manager(workdir, config)
+  latest = mgr.latest_step()
+  if latest is not None:
+    state = restore_checkpoint(mgr, trainer, data_iter, latest)
+    logging.info("resumed from %s at step %d", workdir, latest)
+    if is_main:
+      print(f"resuming from step {latest} ({workdir}/checkpoints)", flush=True)
+  else:
+    state = trainer.init_state(int(config.seed))
+  start = int(state.step)
+  if is_main:
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+    print(f"{n_params / 1e6:.1f}M parameters on mesh {dict(mesh.shape)}; "
+          f"steps {start} -> {total}; workdir {workdir}", flush=True)
+  progress = _Progress(workdir, total, start, is_main)
+  log_every = int(config.get("log_every", 10))
+  ckpt_every = int(config.get("checkpoint_every", 100))
+  log_indices = bool(config.get("log_data_indices", False))
+  for step in range(start + 1, total + 1):
+    local = next(data_iter)
+    extra = {"data_index": local["index"].tolist()} if log_indices else None
+    state, metrics = trainer.step(state, sharding.global_batch(local, mesh))
+    progress.add(step, metrics, extra)
+    if step % log_every == 0 or step == total:
+      progress.flush(step)
+    if step % ckpt_every == 0 or step == total:
+      save_checkpoint(mgr, state, data_iter)
+  progress.flush(total)
+  mgr.wait_until_finished()
+  progress.close()
+  results = evaluate_model(trainer, state.params, config, tokenizer)
+  if is_main and results is not None:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    print(evaluate.format_table(results), flush=True)
+  return state, results
+
+
+def evaluate_model(trainer: Trainer, params, config: Any, tokenizer) -> dict | None:
+  """Embeds ``config.eval.split`` of the first source and runs ``jaxclap.evaluate``."""
+  from jaxclap import evaluate, input_pipeline
+  ecfg = config.get("eval")
+  if not ecfg:
+    return None
+  spec = dict(config.input.sources[0], split=ecfg.split)
+  ds = input_pipeline.eval_dataset(config.input, tokenizer, spec,
+                                   batch_size=int(ecfg.batch_size),
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  mesh = trainer.mesh
+  embed = jax.jit(lambda p, b: trainer.model.apply(
+      {"params": p}, *trainer.features(b), b["text_ids"], b["text_mask"])[:2])
+  audio_rows, text_rows, record_rows = [], [], []
+  with nn.logical_axis_rules(trainer.rules):
+    for i in range(len(ds)):
+      local = ds[i]
+      a, t = embed(params, sharding.global_batch(
+          {k: local[k] for k in ("audio", "audio_len", "text_ids", "text_mask")}, mesh))
+      keep = _all_rows(local["valid"]).astype(bool)
+      audio_rows.append(_all_rows(a)[keep])
+      text_rows.append(_all_rows(t)[keep])
+      record_rows.append(_all_rows(local["record"])[keep])
+  audio_emb = np.concatenate(audio_rows)
+  text_emb = np.concatenate(text_rows)
+  order = np.argsort(np.concatenate(record_rows))
+  audio_emb, text_emb = audio_emb[order], text_emb[order]
+  metadata = evaluate.split_metadata(spec["path"], ecfg.split)
+  text_fn = jax.jit(lambda p, ids, m: trainer.model.apply({"params": p}, ids, m,
+                                                          method=trainer.model.embed_text))
+
+  def embed_text(texts):
+    ids, m = tokenizer.encode(list(texts), int(config.input.max_text_len))
+    with nn.logical_axis_rules(trainer.rules):
+      return np.asarray(text_fn(params, ids, m))
+
+  tasks = _tasks_for(spec["path"])
+  zs = evaluate.zero_shot(audio_emb, metadata, tasks, embed_text,
+                          tuple(ecfg.get("templates") or evaluate.DEFAULT_TEMPLATES))
+  accs = zs["accuracy"]
+  return {"zero_shot": accs,
+          "zero_shot_mean": float(np.mean(list(accs.values()))) if accs else float("nan"),
+          "retrieval": evaluate.retrieval(audio_emb, text_emb),
+          "counts": zs["counts"], "split": ecfg.split, "clips": int(len(audio_emb))}
+
+
+def _all_rows(x) -> np.ndarray:
+  """Every process's rows of a batch-sharded array (or of per-process numpy rows)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _tasks_for(path: str):
+  """The binary tasks a corpus defines (the embedded corpus's ``BINARY_TASKS``)."""
+  from jaxclap.data import speech_corpus
+  return speech_corpus.binary_tasks()
