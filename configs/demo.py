@@ -121,6 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 10                 # progress line and TensorBoard scalars
   c.checkpoint_every = 100         # Orbax save interval (steps); also at the end
   c.keep_checkpoints = 2
+  c.log_data_indices = False       # also write each step's global data indices to metrics.jsonl
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"            # never-seen voices and sentences

@@ -14,38 +14,27 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from jaxclap.data import records
 
+# Prompts are whole sentences ("A man speaking."); templates wrap them.
 DEFAULT_TEMPLATES = (
-    "{}.",
-    "a recording of {}.",
-    "the clip features {}.",
-    "in this audio we hear {}.",
+    "{}",
+    "In this recording: {}",
+    "A speech clip. {}",
+    "Audio of speech. {}",
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class BinaryTask:
-  """A zero-shot task: clips with ``metadata[key]`` in ``positive`` vs in ``negative``."""
-  name: str
-  key: str
-  positive: tuple
-  negative: tuple
-  positive_prompt: str
-  negative_prompt: str
-
-  def label(self, metadata: dict) -> int | None:
-    v = metadata.get(self.key)
-    if v in self.positive:
-      return 1
-    if v in self.negative:
-      return 0
-    return None
+def task_label(task: Any, metadata: dict) -> int | None:
+  """1 / 0 when ``metadata[task.key]`` is in ``task.positive`` / ``task.negative``, else
+  None. A task is anything with ``key``, ``positive``, ``negative``, ``positive_prompt``
+  and ``negative_prompt`` (e.g. ``jaxclap.data.speech_corpus.BINARY_TASKS``' entries)."""
+  v = metadata.get(task.key)
+  return 1 if v in task.positive else 0 if v in task.negative else None
 
 
 def prototypes(embed_text: Callable[[list[str]], np.ndarray], phrase: str,
@@ -54,11 +43,12 @@ def prototypes(embed_text: Callable[[list[str]], np.ndarray], phrase: str,
   return e / np.linalg.norm(e)
 
 
-def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Sequence[BinaryTask],
+def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any],
               embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict[str, Any]:
+  """Accuracy per task (tasks with no labelled clip in the split are left out)."""
   acc, counts = {}, {}
-  for task in tasks:
-    labels = [task.label(m) for m in metadata]
+  for name, task in tasks.items():
+    labels = [task_label(task, m) for m in metadata]
     idx = np.array([i for i, l in enumerate(labels) if l is not None])
     if idx.size == 0:
       continue
@@ -66,8 +56,8 @@ def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Sequence[Binar
     pos = prototypes(embed_text, task.positive_prompt, templates)
     neg = prototypes(embed_text, task.negative_prompt, templates)
     pred = (audio_emb[idx] @ pos > audio_emb[idx] @ neg).astype(int)
-    acc[task.name] = float(np.mean(pred == y))
-    counts[task.name] = {"clips": int(idx.size), "positive": int(y.sum())}
+    acc[name] = float(np.mean(pred == y))
+    counts[name] = {"clips": int(idx.size), "positive": int(y.sum())}
   return {"accuracy": acc, "counts": counts}
 
 

@@ -350,6 +350,9 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | No
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   resolve_sources(config)
+  if is_main:   # what jaxclap.load(workdir) rebuilds the model from
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(config.mesh)
   tokenizer = tokenizers.from_config(config.tokenizer)
   trainer = Trainer(config, mesh)
@@ -455,7 +458,8 @@ def _all_rows(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _tasks_for(path: str):
-  """The binary tasks a corpus defines (the embedded corpus's ``BINARY_TASKS``)."""
+def _tasks_for(path: str) -> dict:
+  """The binary zero-shot tasks a corpus defines: the embedded corpus's ``BINARY_TASKS``;
+  none for other corpora (their evaluation is retrieval, until they define tasks)."""
   from jaxclap.data import speech_corpus
-  return speech_corpus.binary_tasks()
+  return dict(speech_corpus.BINARY_TASKS) if speech_corpus.NAME in path.split(os.sep) else {}

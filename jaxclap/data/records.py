@@ -40,7 +40,9 @@ def features():
 
   return tfds.features.FeaturesDict({
       "id": tfds.features.Text(),
-      "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+      # Raw little-endian bytes: 2 bytes a sample (the default proto encoding spends ~6).
+      "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16,
+                                    encoding=tfds.features.Encoding.BYTES),
       "sample_rate": tfds.features.Scalar(dtype=np.int32),
       "captions": tfds.features.Sequence(tfds.features.Text()),
       "fine_captions": tfds.features.Sequence(tfds.features.Text()),
@@ -199,8 +201,10 @@ def write_tfds(name: str, splits: Mapping[str, Callable[[], Iterable[tuple[str, 
   def body(ns):
     ns["VERSION"] = tfds.core.Version(version)
     ns["__module__"] = __name__
+    # No write-time shuffle: grain shuffles at read time, and tfds's shuffle buffer
+    # spills to disk through TensorFlow (not installed) once a split passes 1 GB.
     ns["_info"] = lambda self: self.dataset_info_from_configs(
-        description=description, features=features())
+        description=description, features=features(), disable_shuffling=True)
     ns["_split_generators"] = lambda self, dl_manager: {
         split: self._generate_examples(gen) for split, gen in splits.items()}
     ns["_generate_examples"] = lambda self, gen: gen()

@@ -1,0 +1,138 @@
+"""Inference on a trained run: ``model = jaxclap.load(workdir)``.
+
+  model.embed_audio(clips, sample_rate=None)   -> [n, d] L2-normalised embeddings
+  model.embed_text(["a fast, high-pitched female voice"]) -> [m, d]
+  model.zero_shot(clips, prompts, sample_rate=None)      -> [n, m] probabilities
+
+``clips``: a list of file paths and/or 1-D float waveforms, or one [n, samples] array.
+Waveforms at another ``sample_rate`` are resampled on the device. A clip longer than the
+training window is cut into windows of that length with a half-window hop (SLAP: 10 s
+windows, 5 s hop, for its 10 s training window); the windows' embeddings are averaged
+and re-normalised. Shorter clips are zero-padded with their true length masked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxclap import audio as audio_lib
+
+
+class Model:
+  def __init__(self, config, params, tokenizer, trainer):
+    self.config, self.params, self.tokenizer, self._trainer = config, params, tokenizer, trainer
+    self.sample_rate = int(config.input.sample_rate)
+    self.window = int(round(float(config.input.clip_seconds) * self.sample_rate))
+    self.hop = max(1, self.window // 2)
+    m = trainer.model
+    self._audio_fn = jax.jit(lambda p, wave, n: m.apply(
+        {"params": p}, *trainer.features({"audio": wave, "audio_len": n}),
+        method=m.embed_audio))
+    self._text_fn = jax.jit(lambda p, ids, mask: m.apply({"params": p}, ids, mask,
+                                                         method=m.embed_text))
+    self.logit_scale = float(np.exp(np.minimum(np.asarray(params["logit_scale"]), np.log(100.0))))
+
+  # -- audio
+
+  def _load(self, clip, sample_rate) -> np.ndarray:
+    if isinstance(clip, (str, os.PathLike)):
+      import soundfile as sf
+      wave, sr = sf.read(str(clip), dtype="float32", always_2d=True)
+      wave = wave.mean(axis=1)
+    else:
+      wave, sr = np.asarray(clip, np.float32), sample_rate or self.sample_rate
+      if wave.ndim != 1:
+        raise ValueError(f"a waveform must be 1-D [samples], got shape {wave.shape}")
+    if wave.size == 0 or not np.all(np.isfinite(wave)):
+      raise ValueError(f"clip {clip if isinstance(clip, str) else ''} is empty or has NaN/Inf")
+    if sr != self.sample_rate:
+      wave = np.asarray(audio_lib.resample(jnp.asarray(wave), int(sr), self.sample_rate))
+    return wave
+
+  def _windows(self, wave):
+    n = wave.shape[0]
+    if n <= self.window:
+      out = np.zeros(self.window, np.float32)
+      out[:n] = wave
+      return [out], [n]
+    starts = list(range(0, n - self.window + 1, self.hop))
+    if starts[-1] + self.window < n:
+      starts.append(n - self.window)        # the tail is covered too
+    return [wave[s:s + self.window] for s in starts], [self.window] * len(starts)
+
+  def embed_audio(self, clips: Any, sample_rate: int | None = None,
+                  batch_size: int = 32) -> np.ndarray:
+    if isinstance(clips, np.ndarray) and clips.ndim == 2:
+      clips = list(clips)
+    if isinstance(clips, (str, os.PathLike)) or (isinstance(clips, np.ndarray) and clips.ndim == 1):
+      clips = [clips]
+    waves, lens, owner = [], [], []
+    for i, clip in enumerate(clips):
+      w, l = self._windows(self._load(clip, sample_rate))
+      waves += w
+      lens += l
+      owner += [i] * len(w)
+    embs = []
+    for s in range(0, len(waves), batch_size):
+      wb, lb = np.stack(waves[s:s + batch_size]), np.asarray(lens[s:s + batch_size], np.int32)
+      pad = batch_size - len(wb)   # one compiled shape for every batch
+      wb = np.concatenate([wb, np.zeros((pad,) + wb.shape[1:], np.float32)])
+      lb = np.concatenate([lb, np.full(pad, self.window, np.int32)])
+      embs.append(np.asarray(self._audio_fn(self.params, wb, lb))[:batch_size - pad])
+    embs = np.concatenate(embs)
+    owner = np.asarray(owner)
+    pooled = np.stack([embs[owner == i].mean(0) for i in range(len(clips))])
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+  # -- text
+
+  def embed_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    if isinstance(texts, str):
+      texts = [texts]
+    out = []
+    max_len = int(self.config.input.max_text_len)
+    for s in range(0, len(texts), batch_size):
+      chunk = list(texts[s:s + batch_size])
+      ids, mask = self.tokenizer.encode(chunk + [""] * (batch_size - len(chunk)), max_len)
+      out.append(np.asarray(self._text_fn(self.params, ids, mask))[:len(chunk)])
+    return np.concatenate(out)
+
+  def zero_shot(self, clips: Any, prompts: Sequence[str],
+                sample_rate: int | None = None) -> np.ndarray:
+    """Softmax over ``prompts`` of the scaled similarities, per clip: [n_clips, n_prompts]."""
+    logits = self.logit_scale * self.embed_audio(clips, sample_rate) @ self.embed_text(prompts).T
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def load(workdir: str, step: int | None = None) -> Model:
+  """The model of a run folder written by ``python -m jaxclap.main`` (latest checkpoint,
+  or ``step``), on this process's devices."""
+  import orbax.checkpoint as ocp
+  from jaxclap import sharding, tokenizers, train
+
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"{workdir}: no config.json; is it a jaxclap run folder?")
+  with open(cfg_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with config.unlocked():
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  mesh = sharding.make_mesh(config.mesh)
+  trainer = train.Trainer(config, mesh)
+  mgr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                              item_names=("state", "data"))
+  step = mgr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{workdir}: no checkpoints yet")
+  state = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(trainer.abstract_state())))["state"]
+  return Model(config, state.params, tokenizers.from_config(config.tokenizer), trainer)
