@@ -8,8 +8,9 @@
 * Retrieval: each clip's first caption as the query / target; text->audio and
   audio->text R@1/5/10 and mAP@10 (one relevant item per query, so AP = 1/rank).
 
-``evaluate(...)`` returns ``{"zero_shot": {task: accuracy}, "zero_shot_mean": ...,
-"retrieval": {metric: value}, "counts": {...}}``; ``format_table`` prints it.
+The trainer's ``evaluate_model`` returns ``{"zero_shot": {task: balanced accuracy},
+"zero_shot_accuracy": {task: plain accuracy}, "zero_shot_mean": ..., "retrieval":
+{metric: value}, "counts": {...}}``; ``format_table`` prints it.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ def prototypes(embed_text: Callable[[list[str]], np.ndarray], phrase: str,
 
 def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any],
               embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict[str, Any]:
-  """Accuracy per task (tasks with no labelled clip in the split are left out)."""
-  acc, counts = {}, {}
+  """Balanced accuracy (mean of the two classes' recalls: chance is 50% however skewed
+  the split) and plain accuracy per task; tasks with no labelled clip are left out."""
+  from sklearn.metrics import balanced_accuracy_score
+  acc, bal, counts = {}, {}, {}
   for name, task in tasks.items():
     labels = [task_label(task, m) for m in metadata]
     idx = np.array([i for i, l in enumerate(labels) if l is not None])
@@ -57,8 +60,9 @@ def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, A
     neg = prototypes(embed_text, task.negative_prompt, templates)
     pred = (audio_emb[idx] @ pos > audio_emb[idx] @ neg).astype(int)
     acc[name] = float(np.mean(pred == y))
+    bal[name] = float(balanced_accuracy_score(y, pred)) if 0 < y.sum() < y.size else acc[name]
     counts[name] = {"clips": int(idx.size), "positive": int(y.sum())}
-  return {"accuracy": acc, "counts": counts}
+  return {"balanced_accuracy": bal, "accuracy": acc, "counts": counts}
 
 
 def retrieval(audio_emb: np.ndarray, text_emb: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -81,11 +85,13 @@ def split_metadata(path: str, split: str) -> list[dict]:
 
 
 def format_table(results: dict) -> str:
-  lines = ["zero-shot (binary, antonym prompts)      accuracy   clips"]
-  for task, acc in results["zero_shot"].items():
-    n = results["counts"][task]["clips"]
-    lines.append(f"  {task:<38s} {acc * 100:6.1f}%  {n:6d}")
-  lines.append(f"  {'mean':<38s} {results['zero_shot_mean'] * 100:6.1f}%")
+  lines = ["zero-shot (binary, antonym prompts)   balanced acc.  accuracy  clips (pos.)"]
+  for task, bal in results["zero_shot"].items():
+    c = results["counts"][task]
+    acc = results["zero_shot_accuracy"][task]
+    lines.append(f"  {task:<36s} {bal * 100:8.1f}%  {acc * 100:8.1f}%  "
+                 f"{c['clips']:5d} ({c['positive']})")
+  lines.append(f"  {'mean':<36s} {results['zero_shot_mean'] * 100:8.1f}%")
   lines.append("retrieval")
   for k, v in results["retrieval"].items():
     lines.append(f"  {k:<38s} {v * 100:6.1f}%")

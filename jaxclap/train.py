@@ -443,9 +443,9 @@ def evaluate_model(trainer: Trainer, params, config: Any, tokenizer) -> dict | N
   tasks = _tasks_for(spec["path"])
   zs = evaluate.zero_shot(audio_emb, metadata, tasks, embed_text,
                           tuple(ecfg.get("templates") or evaluate.DEFAULT_TEMPLATES))
-  accs = zs["accuracy"]
-  return {"zero_shot": accs,
-          "zero_shot_mean": float(np.mean(list(accs.values()))) if accs else float("nan"),
+  bal = zs["balanced_accuracy"]
+  return {"zero_shot": bal, "zero_shot_accuracy": zs["accuracy"],
+          "zero_shot_mean": float(np.mean(list(bal.values()))) if bal else float("nan"),
           "retrieval": evaluate.retrieval(audio_emb, text_emb),
           "counts": zs["counts"], "split": ecfg.split, "clips": int(len(audio_emb))}
 
