@@ -39,6 +39,9 @@ def _multi_process_env() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from absl import logging
+  if not flags.FLAGS["verbosity"].present:   # Orbax and grain log every save at INFO
+    logging.set_verbosity(logging.WARNING)
   import jax
   if _DISTRIBUTED.value or (_DISTRIBUTED.value is None and _multi_process_env()):
     jax.distributed.initialize()

@@ -101,8 +101,8 @@ def apply_rules(rules: Rules, state_dict: Mapping[str, np.ndarray], target: Any,
   return traverse_util.unflatten_dict(out)
 
 
-def _transformer_block_rules(ours: tuple[str, ...], theirs: str, *, bert_names: bool) -> Rules:
-  """Rules for one ``TransformerBlock`` from an HF BERT layer (``bert_names``)."""
+def _transformer_block_rules(ours: tuple[str, ...], theirs: str) -> Rules:
+  """Rules for one ``TransformerBlock`` from an HF BERT/RoBERTa layer."""
   a = f"{theirs}.attention"
   r: Rules = {}
   for ours_name, hf in (("query", "query"), ("key", "key"), ("value", "value")):
@@ -131,8 +131,7 @@ def bert_rules(depth: int, *, with_pooler: bool) -> Rules:
       ("embeddings_norm", "bias"): ("embeddings.LayerNorm.bias", ident),
   }
   for i in range(depth):
-    r.update(_transformer_block_rules(("encoder", f"layer_{i}"), f"encoder.layer.{i}",
-                                      bert_names=True))
+    r.update(_transformer_block_rules(("encoder", f"layer_{i}"), f"encoder.layer.{i}"))
   if with_pooler:
     r[("pooler", "kernel")] = ("pooler.dense.weight", linear_t)
     r[("pooler", "bias")] = ("pooler.dense.bias", ident)
