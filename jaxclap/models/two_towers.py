@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxclap import audio as audio_features
 from jaxclap.models import bert, vit
-from jaxclap.models.transformer import dense_init, logical
+from jaxclap.models.transformer import dense_init, gelu_erf, logical
 
 AUDIO_TOWERS = {"vit": vit.SpectrogramViT}
 TEXT_TOWERS = {"bert": bert.BertTower}
@@ -67,7 +67,7 @@ class ProjectionHead(nn.Module):
     if self.kind == "linear":
       return dense(self.embed_dim, "proj")(x)
     if self.kind == "mlp":
-      h = nn.gelu(dense(self.hidden_dim or self.embed_dim, "fc_in")(x), approximate=False)
+      h = gelu_erf(dense(self.hidden_dim or self.embed_dim, "fc_in")(x))
       h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
       return dense(self.embed_dim, "fc_out")(h)
     raise ValueError(f"model.head must be 'linear' or 'mlp', got {self.kind!r}")
