@@ -73,7 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 16 kHz, 25 ms window, 10 ms hop as SLAP/AudioMAE, 64 mel bins to keep the demo light.
   c.features = ml_collections.ConfigDict()
   c.features.sample_rate = 16000
-  c.features.target_rate = 16000  # resampled on the device when different
+  c.features.target_rate = 16000  # resampled on the device when different...
+  c.features.res_type = "polyphase"  # ...by librosa's "polyphase" or "fft" method
   c.features.n_fft = 512
   c.features.win_length = 400
   c.features.hop_length = 160

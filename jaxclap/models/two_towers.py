@@ -28,14 +28,14 @@ def spectrogram(cfg: Any, wave, lengths):
   of frames holding real audio per clip.
 
   ``cfg`` is ``config.features``: sample_rate (the waveform's), optionally target_rate
-  (resampled on the device), n_fft, win_length, hop_length, n_mels, fmin, fmax, and the
+  (resampled on the device with ``res_type``), n_fft, win_length, hop_length, n_mels, fmin, fmax, and the
   normalisation ``(dB - norm_mean) / norm_std``; ``frames_multiple`` crops the frame axis
   to a multiple of the ViT patch.
   """
   sr = int(cfg.sample_rate)
   target = int(cfg.get("target_rate", sr) or sr)
   if target != sr:
-    wave = audio_features.resample(wave, sr, target)
+    wave = audio_features.resample(wave, sr, target, res_type=cfg.get("res_type", "polyphase"))
     lengths = (lengths.astype(jnp.int64) * target + sr - 1) // sr
   mel = audio_features.melspectrogram(
       wave, sr=target, n_fft=int(cfg.n_fft), hop_length=int(cfg.hop_length),
