@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -180,7 +181,6 @@ class SkipCounter:
 
 def _reason_key(err: Exception) -> str:
   """Groups skip messages by kind: the message with numbers and quoted names removed."""
-  import re
   msg = str(err)
   msg = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", msg)
   msg = re.sub(r"\d+(\.\d+)?", "N", msg)
