@@ -38,9 +38,11 @@ def task_label(task: Any, metadata: dict) -> int | None:
   return 1 if v in task.positive else 0 if v in task.negative else None
 
 
-def prototypes(embed_text: Callable[[list[str]], np.ndarray], phrase: str,
+def prototypes(embed_text: Callable[[list[str]], np.ndarray], phrase: str | Sequence[str],
                templates: Sequence[str]) -> np.ndarray:
-  e = embed_text([t.format(phrase) for t in templates]).mean(0)
+  """One class's prototype: the mean embedding of every template x phrasing, re-normalised."""
+  phrases = (phrase,) if isinstance(phrase, str) else tuple(phrase)
+  e = embed_text([t.format(p) for p in phrases for t in templates]).mean(0)
   return e / np.linalg.norm(e)
 
 

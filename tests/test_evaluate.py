@@ -38,3 +38,12 @@ def test_zero_shot_balanced_accuracy():
                                  "zero_shot_accuracy": z["accuracy"], "counts": z["counts"],
                                  "zero_shot_mean": 0.875, "retrieval": {"x/R@1": 0.5}})
   assert "87.5%" in table and "pitch" in table
+
+
+def test_prototype_ensembles_average_phrasings():
+  table = {"a": [1.0, 0.0], "b": [0.0, 1.0]}
+  embed = lambda texts: np.array([table[t[-1]] for t in texts])
+  one = evaluate.prototypes(embed, "a", ("{}",))
+  both = evaluate.prototypes(embed, ("a", "b"), ("{}", "x {}"))
+  assert np.allclose(one, [1, 0])
+  assert np.allclose(both, [np.sqrt(0.5), np.sqrt(0.5)])   # mean of both, re-normalised

@@ -232,15 +232,19 @@ _RANGE_ST_PER_UNIT = 0.045
 
 class BinaryTask(NamedTuple):
   """A zero-shot antonym task: clips with ``metadata[key]`` in ``positive`` / ``negative``
-  (others are excluded), scored against two prompts (SLAP: antonyms, never negations)."""
+  (others are excluded), scored against two prompts (SLAP: antonyms, never negations).
+  A prompt may be a tuple of phrasings: a class that is a union ("a foreign language") is
+  described by its generic phrase and by each member, and the embeddings are averaged."""
   key: str
   positive: tuple[str, ...]
   negative: tuple[str, ...]
-  positive_prompt: str
-  negative_prompt: str
+  positive_prompt: str | tuple[str, ...]
+  negative_prompt: str | tuple[str, ...]
 
 
 _OTHER_LANGUAGES = tuple(sorted({v[0] for v in LANG_VOICES.values()} - {"English"}))
+_NATIVE_ACCENTS = tuple(sorted(v[1] for v in LANG_VOICES.values() if v[0] == "English"))
+_FOREIGN_ACCENTS = tuple(sorted(v[1] for v in LANG_VOICES.values() if v[0] != "English"))
 
 BINARY_TASKS = collections.OrderedDict([
     ("gender", BinaryTask("gender", ("male",), ("female",),
@@ -260,9 +264,14 @@ BINARY_TASKS = collections.OrderedDict([
     ("child", BinaryTask("age_group", ("child",), ("young adult", "elderly"),
                          "A child speaking.", "An adult speaking.")),
     ("accent", BinaryTask("english_accent", ("native",), ("foreign",),
-                          "A native English speaker.", "English spoken with a foreign accent.")),
+                          ("A native English speaker.",) + tuple(
+                              f"A native English speaker with {captions_lib._a(a)} accent." for a in _NATIVE_ACCENTS),
+                          ("English spoken with a foreign accent.",) + tuple(
+                              f"English spoken with {captions_lib._a(a)} accent." for a in _FOREIGN_ACCENTS))),
     ("language", BinaryTask("language", ("English",), _OTHER_LANGUAGES,
-                            "Someone speaking English.", "Someone speaking a foreign language.")),
+                            "Someone speaking English.",
+                            ("Someone speaking a foreign language.",) + tuple(
+                                f"Someone speaking {lang}." for lang in _OTHER_LANGUAGES))),
 ])
 
 # Within-clip changes: harder (the order matters), scored on fine captions' wording.
