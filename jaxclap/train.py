@@ -432,14 +432,9 @@ def evaluate_model(trainer: Trainer, params, config: Any, tokenizer) -> dict | N
   order = np.argsort(np.concatenate(record_rows))
   audio_emb, text_emb = audio_emb[order], text_emb[order]
   metadata = evaluate.split_metadata(spec["path"], ecfg.split)
-  text_fn = jax.jit(lambda p, ids, m: trainer.model.apply({"params": p}, ids, m,
-                                                          method=trainer.model.embed_text))
-
-  def embed_text(texts):
-    ids, m = tokenizer.encode(list(texts), int(config.input.max_text_len))
-    with nn.logical_axis_rules(trainer.rules):
-      return np.asarray(text_fn(params, ids, m))
-
+  # Prompts go through the inference API's text path (one compiled batch shape).
+  from jaxclap.inference import Model
+  embed_text = Model(config, params, tokenizer, trainer).embed_text
   tasks = _tasks_for(spec["path"])
   zs = evaluate.zero_shot(audio_emb, metadata, tasks, embed_text,
                           tuple(ecfg.get("templates") or evaluate.DEFAULT_TEMPLATES))
