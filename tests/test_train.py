@@ -131,3 +131,50 @@ def test_eight_devices_match_one():
     for step, (a, b) in enumerate(zip(out[key], ref)):
       for x, y in zip(a, b):
         assert abs(x - y) <= 1e-5 * max(1.0, abs(y)), (key, step, x, y)
+
+
+ACCUM_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, "configs")
+    import demo
+    from jaxclap import losses, sharding, train
+    c = demo.get_config("runlocal")
+    c.global_batch_size = 8
+    c.optim.grad_accum = 2
+    c.loss.mae_weight = 0.0          # contrastive only: its value per micro-batch is exact
+    c.model.text.update(vocab_size=200, hidden_size=32, depth=1, num_heads=2, mlp_dim=64,
+                        max_len=64, init=None)
+    rng = np.random.default_rng(0)
+    samples = int(c.input.clip_seconds * c.input.sample_rate)
+    b = {"audio": (0.1 * rng.normal(size=(8, samples))).astype(np.float32),
+         "audio_len": np.full(8, samples, np.int32),
+         "text_ids": rng.integers(1, 200, size=(8, c.input.max_text_len)).astype(np.int32),
+         "text_mask": np.ones((8, c.input.max_text_len), np.int32)}
+    mesh = sharding.make_mesh(c.mesh)
+    tr = train.Trainer(c, mesh)
+    state = tr.init_state(0)
+    params = jax.device_get(state.params)
+    # The reference: InfoNCE of micro-batches rows k::2, averaged, and its gradient.
+    def ref_loss(p):
+      total = 0.0
+      for k in range(2):
+        mb = {key: v[k::2] for key, v in b.items()}
+        spec, frames = tr.features(mb)
+        a, t, s = tr.model.apply({"params": p}, spec, frames, mb["text_ids"], mb["text_mask"])
+        total += losses.info_nce(a, t, losses.clamp_logit_scale(s))[0] / 2
+      return total
+    loss_ref, g_ref = jax.value_and_grad(ref_loss)(params)
+    _, m = tr.step(state, sharding.global_batch(b, mesh))
+    print(json.dumps({"step": float(m["loss"]), "ref": float(loss_ref),
+                      "gnorm": float(m["grad_norm"]),
+                      "gnorm_ref": float(jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(g_ref))))}))
+""")
+
+
+def test_gradient_accumulation_averages_micro_batches():
+  res = subprocess.run([sys.executable, "-c", ACCUM_SCRIPT], cwd=ROOT, env=_env(), check=True,
+                       capture_output=True, text=True, timeout=600)
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  assert abs(out["step"] - out["ref"]) <= 1e-5 * max(1.0, abs(out["ref"]))
+  assert abs(out["gnorm"] - out["gnorm_ref"]) <= 1e-4 * max(1.0, out["gnorm_ref"])
