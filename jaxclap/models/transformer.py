@@ -50,8 +50,10 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x, mask=None, deterministic: bool = True):
-    """x: [b, t, d]; mask: [b, t] (1 = attend to this key) or None."""
+  def __call__(self, x, mask=None, deterministic: bool = True, bias=None):
+    """x: [b, t, d]; mask: [b, t] (1 = attend to this key) or None; bias: additive
+    attention logits broadcastable to [b, heads, t, t] (relative positions, Swin's shift
+    mask, a causal mask) or None."""
     d = x.shape[-1]
     proj = lambda name: nn.DenseGeneral(
         (self.num_heads, self.head_dim), dtype=self.dtype, name=name,
@@ -63,6 +65,8 @@ class MultiHeadAttention(nn.Module):
     # Softmax in float32 whatever the compute dtype: logits overflow bf16's mantissa.
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     logits = logits / jnp.sqrt(self.head_dim).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
     if key_mask is not None:
       logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
