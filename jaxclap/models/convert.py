@@ -1,17 +1,22 @@
 """PyTorch checkpoints -> jaxclap parameters.
 
-``load_state_dict(path)`` reads a safetensors file, a ``torch.save``'d state_dict or an HF
-model folder into numpy arrays; ``import_tower(kind, state_dict, target)`` maps it onto a
-tower's parameter tree. Every mapping is a table from our parameter path to the source
-key plus a transform (PyTorch ``Linear`` stores [out, in], Flax [in, out]; attention
-kernels are split per head). Missing, unexpected or mis-shaped keys raise
-``CheckpointMismatch`` naming the key and both shapes: a half-loaded tower trains
-silently badly, which is worse than not starting.
+``import_tower(kind, source, target)`` is the one entry point: ``source`` is a safetensors
+file, a ``torch.save``'d state_dict, an HF model folder (``load_state_dict`` reads any of
+them into numpy arrays) or an already-loaded state dict; ``kind`` picks the importer from
+``IMPORTERS``, each living next to its model and imported only when asked for. The BERT
+family (BERT, MiniLM, RoBERTa, CLAP's text encoder) is mapped here by ``import_bert``.
+
+Every mapping is a table from our parameter path to the source key plus a transform
+(PyTorch ``Linear`` stores [out, in], Flax [in, out]; attention kernels are split per
+head). Missing, unexpected or mis-shaped keys raise ``CheckpointMismatch`` naming the key
+and both shapes: a half-loaded tower trains silently badly, which is worse than not
+starting.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 from typing import Any, Callable, Mapping
 
@@ -40,7 +45,12 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
     try:
-      return dict(load_file(path))
+      return to_numpy(load_file(path))
+    except TypeError:
+      # bfloat16 (Qwen3, Gemma 3 weights) without ml_dtypes registered (it is once jax
+      # is imported): numpy has no such dtype, so read through torch.
+      from safetensors.torch import load_file as load_torch
+      return to_numpy(load_torch(path))
     except Exception as e:  # noqa: BLE001 - a damaged header is a damaged file
       raise CheckpointMismatch(f"{path}: not a readable safetensors file ({e})") from None
   import torch
@@ -52,8 +62,24 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     sd = sd["state_dict"]
   if not isinstance(sd, Mapping):
     raise CheckpointMismatch(f"{path}: holds a {type(sd).__name__}, not a state_dict")
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-          for k, v in sd.items()}
+  return to_numpy(sd)
+
+
+def to_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """{key: torch tensor or array} -> {key: np.ndarray}. Floats narrower than 32 bits
+  (bf16, fp16) become float32: importers transpose and reshape in numpy, and the towers'
+  parameters are float32 whatever their compute dtype."""
+  out = {}
+  for k, v in state_dict.items():
+    if hasattr(v, "detach"):
+      v = v.detach().cpu()
+      v = v.float().numpy() if v.is_floating_point() else v.numpy()
+    v = np.asarray(v)
+    # ml_dtypes' bfloat16 (registered by jax) is not of numpy kind "f".
+    if (v.dtype.kind == "f" or v.dtype.name == "bfloat16") and v.dtype.itemsize < 4:
+      v = v.astype(np.float32)
+    out[k] = v
+  return out
 
 
 # A rule: our flattened param path -> (source key, transform(np array, our shape) -> array).
@@ -138,22 +164,115 @@ def bert_rules(depth: int, *, with_pooler: bool) -> Rules:
   return r
 
 
-def _strip_prefix(state_dict: Mapping[str, np.ndarray], marker: str) -> str:
-  """The prefix before ``marker`` in the checkpoint's keys ('' or e.g. 'bert.')."""
-  for k in state_dict:
-    i = k.find(marker)
-    if i >= 0:
-      return k[:i]
-  raise CheckpointMismatch(f"no key containing {marker!r}: not this tower's checkpoint "
-                           f"(first keys: {sorted(state_dict)[:5]})")
+
+# Keys a BERT-family checkpoint holds that are not parameters: ``position_ids`` and
+# ``token_type_ids`` are index buffers (ClapTextModel saves both).
+_BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 
-def import_bert(state_dict: Mapping[str, np.ndarray], target: Any, *, depth: int,
-                where: str = "checkpoint") -> Any:
-  """HF BertModel / RobertaModel weights -> ``BertTower`` params shaped like ``target``."""
-  prefix = _strip_prefix(state_dict, "embeddings.word_embeddings.weight")
+def _find_prefix(state_dict: Mapping[str, Any], marker: str, prefix: str | None,
+                 where: str) -> str:
+  """The prefix of the keys ending in ``marker``: '' for a bare BertModel, 'bert.' or
+  'roberta.' for HF task models, 'text_model.' for ClapModel. An explicit ``prefix`` wins;
+  a checkpoint with several candidates (two text encoders) must name one."""
+  if prefix is not None:
+    if prefix + marker not in state_dict:
+      raise CheckpointMismatch(f"{where}: missing key {prefix + marker!r} (prefix={prefix!r})")
+    return prefix
+  found = sorted(k[:-len(marker)] for k in state_dict if k.endswith(marker))
+  if not found:
+    raise CheckpointMismatch(f"{where}: no key ending in {marker!r}: not this tower's "
+                             f"checkpoint (first keys: {sorted(state_dict)[:5]})")
+  if len(found) > 1:
+    raise CheckpointMismatch(f"{where}: several encoders hold {marker!r} (prefixes {found}); "
+                             "pass prefix= to pick one")
+  return found[0]
+
+
+def _rename_legacy_layer_norm(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+  """Original Google/early HF BERT checkpoints name LayerNorm parameters gamma/beta;
+  transformers renames them to weight/bias on load, and so do we."""
+  if not any(k.endswith(("LayerNorm.gamma", "LayerNorm.beta")) for k in state_dict):
+    return state_dict
+  out = {}
+  for k, v in state_dict.items():
+    if k.endswith("LayerNorm.gamma"):
+      k = k[:-len("gamma")] + "weight"
+    elif k.endswith("LayerNorm.beta"):
+      k = k[:-len("beta")] + "bias"
+    out[k] = v
+  return out
+
+
+def import_bert(state_dict: Mapping[str, Any], target: Any, *, depth: int | None = None,
+                where: str = "checkpoint", prefix: str | None = None) -> Any:
+  """HF BertModel / RobertaModel / ClapTextModel weights -> ``BertTower`` params shaped
+  like ``target``.
+
+  ``depth`` defaults to the number of layers in ``target``. The checkpoint may be a whole
+  task or two-tower model: the encoder is found by its prefix (see ``_find_prefix``) and
+  keys outside it (an MLM head, ClapModel's audio tower and projections) are left alone;
+  inside it, every key must be used. A checkpoint pooler is dropped when the tower pools
+  with ``cls``/``mean`` (no ``pooler`` in ``target``).
+  """
+  import flax.linen as nn
+
+  target = nn.meta.unbox(target)
+  if depth is None:
+    depth = sum(1 for k in target.get("encoder", {}) if k.startswith("layer_"))
+  state_dict = _rename_legacy_layer_norm(state_dict)
+  prefix = _find_prefix(state_dict, "embeddings.word_embeddings.weight", prefix, where)
   with_pooler = "pooler" in target
-  # position_ids is a buffer; an unused pooler is dropped by pooling='cls'/'mean' towers.
-  ignore = lambda k: k.endswith("position_ids") or (not with_pooler and k.startswith("pooler."))
+  ignore = lambda k: k in _BERT_BUFFERS or (not with_pooler and k.startswith("pooler."))
   return apply_rules(bert_rules(depth, with_pooler=with_pooler), state_dict, target,
                      prefix=prefix, ignore=ignore, where=where)
+
+
+# --------------------------------------------------------------------------- entry point
+
+# Tower kind -> "module:function" importer, imported on first use so that loading a BERT
+# checkpoint does not import every model in the zoo. Each importer has the signature
+# ``fn(state_dict, target, *, where="checkpoint", **kw) -> params``.
+IMPORTERS: dict[str, str] = {
+    "bert": "jaxclap.models.convert:import_bert",
+    "roberta": "jaxclap.models.convert:import_bert",
+    "minilm": "jaxclap.models.convert:import_bert",
+    "htsat": "jaxclap.models.htsat:import_torch",
+    "cnn14": "jaxclap.models.cnn14:import_torch",
+    "audiomae": "jaxclap.models.audiomae:import_torch",
+    "vit": "jaxclap.models.audiomae:import_torch",
+    "qwen3": "jaxclap.models.decoder_lm:import_torch",
+    "gemma3": "jaxclap.models.decoder_lm:import_torch",
+}
+# Kinds served by one shared importer, which learns the family from ``family=``.
+_FAMILY_KINDS = frozenset({"qwen3", "gemma3"})
+
+
+def importer(name: str) -> Callable[..., Any]:
+  """The import function registered for tower kind ``name``."""
+  key = str(name).lower()
+  if key not in IMPORTERS:
+    raise ValueError(f"unknown tower kind {name!r}; known: {sorted(IMPORTERS)}")
+  module, fn = IMPORTERS[key].split(":")
+  return getattr(importlib.import_module(module), fn)
+
+
+def import_tower(name: str, source: str | os.PathLike | Mapping[str, Any], target: Any, *,
+                 where: str | None = None, **kw) -> Any:
+  """The one entry point: a checkpoint -> tower ``name``'s params shaped like ``target``.
+
+  ``source``: a safetensors file, a ``torch.save``'d state_dict, an HF model folder, or an
+  already-loaded state dict (numpy arrays or torch tensors). ``target``: the tower's params
+  tree, arrays or ``jax.eval_shape`` ShapeDtypeStructs. ``where`` names the source in
+  errors (default: the path). ``kw`` go to the importer (``prefix=``, ``depth=`` for the
+  BERT family). Returns numpy float32 arrays in the tree structure of ``target``.
+  """
+  fn = importer(name)
+  if isinstance(source, Mapping):
+    state_dict, where = to_numpy(source), where or "checkpoint"
+  else:
+    path = os.fspath(source)
+    state_dict, where = load_state_dict(path), where or path
+  if str(name).lower() in _FAMILY_KINDS:
+    kw.setdefault("family", str(name).lower())
+  return fn(state_dict, target, where=where, **kw)
