@@ -110,6 +110,18 @@ def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(float(clip)), tx) if clip else tx
 
 
+def _check_patterns(cfg: Any, params) -> None:
+  """A regex in ``optim.frozen`` / ``optim.lr_mults`` that matches no parameter is a typo
+  that would silently train (or not slow down) a whole tower: refuse it, naming it."""
+  names = ["/".join(p) for p in traverse_util.flatten_dict(params)]
+  for field, pats in (("frozen", list(cfg.get("frozen") or [])),
+                      ("lr_mults", [k for k, _ in (cfg.get("lr_mults") or [])])):
+    for pat in pats:
+      if not any(re.fullmatch(str(pat), n) for n in names):
+        raise ValueError(f"config.optim.{field}: {pat!r} matches no parameter "
+                         f"(parameters look like {names[0]!r}, {names[-1]!r})")
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -159,6 +171,8 @@ class Trainer:
   def _state_shardings(self):
     with nn.logical_axis_rules(self.rules):
       abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+    _check_patterns(self.config.optim, nn.meta.unbox(abstract.params))
+    with nn.logical_axis_rules(self.rules):
       return sharding.logical_shardings(abstract, self.mesh, self.rules)
 
   def abstract_state(self) -> TrainState:
@@ -197,8 +211,20 @@ class Trainer:
 
   # -- the step
 
+  def _stop_frozen(self, params):
+    """``optim.frozen`` parameters enter the loss as constants: no gradient is computed
+    for them (XLA drops their backward entirely, e.g. the lower layers of a pretrained
+    text tower), and the optimiser keeps no state for them."""
+    frozen = list(self.config.optim.get("frozen") or [])
+    if not frozen:
+      return params
+    labels = _path_labels(params, {p: "frozen" for p in frozen}, "trained")
+    return jax.tree_util.tree_map(
+        lambda lab, x: jax.lax.stop_gradient(x) if lab == "frozen" else x, labels, params)
+
   def loss_fn(self, params, batch, rng):
     cfg = self.config.loss
+    params = self._stop_frozen(params)
     spec, frames = self.features(batch)
     variables = {"params": params}
     a, t, scale = self.model.apply(variables, spec, frames, batch["text_ids"], batch["text_mask"])

@@ -143,6 +143,7 @@ ACCUM_SCRIPT = textwrap.dedent("""
     c.global_batch_size = 8
     c.optim.grad_accum = 2
     c.loss.mae_weight = 0.0          # contrastive only: its value per micro-batch is exact
+    c.optim.frozen = ()              # the reference differentiates every parameter
     c.model.text.update(vocab_size=200, hidden_size=32, depth=1, num_heads=2, mlp_dim=64,
                         max_len=64, init=None)
     rng = np.random.default_rng(0)
@@ -178,3 +179,56 @@ def test_gradient_accumulation_averages_micro_batches():
   out = json.loads(res.stdout.strip().splitlines()[-1])
   assert abs(out["step"] - out["ref"]) <= 1e-5 * max(1.0, abs(out["ref"]))
   assert abs(out["gnorm"] - out["gnorm_ref"]) <= 1e-4 * max(1.0, out["gnorm_ref"])
+
+
+def _tiny_trainer(**optim):
+  import sys
+  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  import demo
+  from jaxclap import sharding, train
+  c = demo.get_config("runlocal")
+  c.global_batch_size = 4
+  c.model.text.update(vocab_size=200, hidden_size=32, depth=2, num_heads=2, mlp_dim=64,
+                      max_len=64, init=None)
+  c.optim.update(optim)
+  import jax
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  return c, mesh, train.Trainer(c, mesh)
+
+
+def test_frozen_parameters_get_no_update_and_no_optimizer_state():
+  import jax
+  import numpy as np
+  from flax import traverse_util
+  from jaxclap import sharding
+  frozen = ("text/encoder/layer_0/.*", "text/word_embeddings/.*")
+  c, mesh, tr = _tiny_trainer(frozen=frozen)
+  state = tr.init_state(0)
+  before = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+  rng = np.random.default_rng(0)
+  samples = int(c.input.clip_seconds * c.input.sample_rate)
+  batch = {"audio": (0.1 * rng.normal(size=(4, samples))).astype(np.float32),
+           "audio_len": np.full(4, samples, np.int32),
+           "text_ids": rng.integers(1, 200, size=(4, c.input.max_text_len)).astype(np.int32),
+           "text_mask": np.ones((4, c.input.max_text_len), np.int32)}
+  for _ in range(2):
+    state, _ = tr.step(state, sharding.global_batch(batch, mesh))
+  after = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+  is_frozen = lambda k: k.startswith(("text/encoder/layer_0/", "text/word_embeddings/"))
+  assert any(map(is_frozen, before))
+  for k in before:
+    if is_frozen(k):
+      np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+  moved = [k for k in before if not is_frozen(k) and not np.array_equal(after[k], before[k])]
+  assert "text/encoder/layer_1/attn/query/kernel" in moved and "audio_head/fc_in/kernel" in moved
+  # Adam keeps two moments per trained parameter and nothing for frozen ones.
+  trained = sum(v.size for k, v in before.items() if not is_frozen(k) and v.ndim > 0)
+  opt = sum(x.size for x in jax.tree_util.tree_leaves(state.opt_state) if x.ndim > 0)
+  assert opt == 2 * trained
+
+
+def test_a_pattern_matching_no_parameter_is_refused():
+  with pytest.raises(ValueError, match=r"optim.frozen: 'text/encoder/layer_9/\.\*' matches no"):
+    _tiny_trainer(frozen=("text/encoder/layer_9/.*",))
+  with pytest.raises(ValueError, match=r"optim.lr_mults: 'txt/\.\*' matches no"):
+    _tiny_trainer(lr_mults=(("txt/.*", 0.1),))
