@@ -2,12 +2,12 @@
 
 The mesh has three named axes, ``data``, ``fsdp`` and ``tensor`` (any may be 1, one may be
 -1 to take the devices left over). Towers name their parameter and activation axes
-logically (``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``, ``patch``, ``batch``,
-``length``); ``config.sharding_rules`` is the ordered table from logical names to mesh
-axes. Flax resolves each array left to right and never uses a mesh axis twice in one
-array, so with the default table parameters are FSDP-sharded on ``embed`` and
-tensor-sharded on ``mlp``/``heads``/``vocab``, while activations shard their batch over
-``data`` x ``fsdp``.
+logically (``embed``, ``mlp``, ``heads``, ``kv_heads``, ``kv``, ``vocab``, ``patch``,
+``batch``, ``length``); ``config.sharding_rules`` is the ordered table from logical names
+to mesh axes. Flax resolves each array left to right and never uses a mesh axis twice in
+one array, so with the default table parameters are FSDP-sharded on ``embed`` and
+tensor-sharded on ``mlp``/``heads``/``kv_heads``/``vocab``, while activations shard their
+batch over ``data`` x ``fsdp``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ DEFAULT_RULES = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    # Grouped-query key/value heads (fewer than query heads): split like the query heads
+    # they serve, so each tensor shard holds its queries' keys; a tensor axis that does
+    # not divide num_kv_heads needs ("kv_heads", None) in config.sharding_rules.
+    ("kv_heads", "tensor"),
     ("vocab", "tensor"),
     ("kv", None),
     ("length", None),

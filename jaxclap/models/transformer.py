@@ -1,16 +1,39 @@
-"""The one transformer block every jaxclap tower is built from (ViT, BERT, and later LLMs).
+"""The one transformer block every jaxclap tower is built from (ViT, BERT, decoder LLMs).
 
 Towers differ by configuration, not by code: ``pre_norm`` picks ViT/LLM-style pre-LN or
-BERT-style post-LN, ``activation`` the MLP nonlinearity. Every parameter carries logical
-axis names (``embed``, ``heads``, ``kv``, ``mlp``) so FSDP / tensor sharding is a rules
-table in the config (``jaxclap.sharding``), never model code.
+BERT-style post-LN, ``activation`` the MLP nonlinearity. The decoder-LLM text towers
+(Qwen3, Gemma3; ``jaxclap.models.decoder_lm``) switch on the options below, all off by
+default so that BERT and ViT parameters and numerics stay what they were:
+
+* ``norm``: ``"layer"`` (LayerNorm), ``"rms"`` (RMSNorm ``x * w``, Qwen/Llama) or
+  ``"rms1p"`` (RMSNorm ``x * (1 + w)``, ``w`` initialised to 0, Gemma); ``post_norms``
+  adds Gemma's norms on the attention and MLP outputs (four norms per block);
+* ``num_kv_heads`` < ``num_heads``: grouped-query attention; ``head_dim`` may differ
+  from ``width / num_heads`` (Gemma3-4B: 8 heads of 256 on a 2560-wide stream);
+* ``qk_norm``: per-head RMSNorm of queries and keys (Qwen3, Gemma3);
+* ``rope_theta`` / ``rope_scale``: rotary positions in HF's rotate-half layout; linear
+  scaling divides the frequencies (Gemma3 4B+ global layers);
+* ``query_scale`` (Gemma's ``query_pre_attn_scalar ** -0.5``), ``logit_softcap``
+  (``cap * tanh(logits / cap)``, before the masks as HF applies it);
+* ``causal`` and ``sliding_window``: query i sees key j iff ``0 <= i - j < window``
+  (``|i - j| < window`` without ``causal``), on top of the key padding mask;
+* ``attn_bias`` / ``mlp_bias`` off (LLMs have none); ``gated_mlp``:
+  ``fc_out(act(gate(x)) * fc_in(x))``, SwiGLU with ``silu``, GeGLU with ``gelu_tanh``.
+
+Every parameter carries logical axis names (``embed``, ``heads``, ``kv_heads``, ``kv``,
+``mlp``) so FSDP / tensor sharding is a rules table in the config (``jaxclap.sharding``),
+never model code. Key/value heads are named ``heads`` when there are as many as query
+heads (BERT, ViT: unchanged) and ``kv_heads`` under grouped-query attention, where there
+are fewer and a rules table may have to keep them whole.
 
 Parameter names are chosen so PyTorch checkpoints map onto them one to one:
-``attn/{query,key,value,out}``, ``attn_norm``, ``mlp/{fc_in,fc_out}``, ``mlp_norm``.
+``attn/{query,key,value,out}``, ``attn/{query_norm,key_norm}``, ``attn_norm``,
+``attn_post_norm``, ``mlp/{gate,fc_in,fc_out}``, ``mlp_norm``, ``mlp_post_norm``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -43,67 +66,188 @@ def logical(init, *names):
   return nn.with_logical_partitioning(init, names)
 
 
-class MultiHeadAttention(nn.Module):
-  num_heads: int
-  head_dim: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x, mask=None, deterministic: bool = True, bias=None):
-    """x: [b, t, d]; mask: [b, t] (1 = attend to this key) or None; bias: additive
-    attention logits broadcastable to [b, heads, t, t] (relative positions, Swin's shift
-    mask, a causal mask) or None."""
-    d = x.shape[-1]
-    proj = lambda name: nn.DenseGeneral(
-        (self.num_heads, self.head_dim), dtype=self.dtype, name=name,
-        kernel_init=logical(dense_init(), "embed", "heads", "kv"),
-        bias_init=logical(nn.initializers.zeros, "heads", "kv"))
-    q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
-    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-    key_mask = None if mask is None else mask[:, None, None, :].astype(bool)
-    # Softmax in float32 whatever the compute dtype: logits overflow bf16's mantissa.
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits / jnp.sqrt(self.head_dim).astype(jnp.float32)
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
-    if key_mask is not None:
-      logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
-    return nn.DenseGeneral(
-        d, axis=(-2, -1), dtype=self.dtype, name="out",
-        kernel_init=logical(dense_init(), "heads", "kv", "embed"),
-        bias_init=logical(nn.initializers.zeros, "embed"))(out)
-
-
-class Mlp(nn.Module):
-  hidden_dim: int
-  activation: str = "gelu"
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    h = nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc_in",
-                 kernel_init=logical(dense_init(), "embed", "mlp"),
-                 bias_init=logical(nn.initializers.zeros, "mlp"))(x)
-    h = ACTIVATIONS[self.activation](h)
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    return nn.Dense(d, dtype=self.dtype, name="fc_out",
-                    kernel_init=logical(dense_init(), "mlp", "embed"),
-                    bias_init=logical(nn.initializers.zeros, "embed"))(h)
-
-
 def layer_norm(name: str, eps: float, dtype: Dtype):
   return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name,
                       scale_init=logical(nn.initializers.ones, "embed"),
                       bias_init=logical(nn.initializers.zeros, "embed"))
 
 
+class RMSNorm(nn.Module):
+  """RMSNorm over the last axis, in float32 whatever the compute dtype (as HF computes
+  it). ``unit_offset`` scales by ``1 + w`` with ``w`` initialised to 0 (Gemma), else by
+  ``w`` initialised to 1 (Qwen, Llama)."""
+  epsilon: float = 1e-6
+  unit_offset: bool = False
+  dtype: Dtype = jnp.float32
+  axis_name: str = "embed"
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.zeros if self.unit_offset else nn.initializers.ones
+    w = self.param("scale", logical(init, self.axis_name), (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+    w = w.astype(jnp.float32)
+    return (y * (1.0 + w if self.unit_offset else w)).astype(self.dtype)
+
+
+NORMS = ("layer", "rms", "rms1p")
+
+
+def make_norm(kind: str, name: str, eps: float, dtype: Dtype, axis_name: str = "embed"):
+  """A ``NORMS`` kind of norm; ``axis_name`` is its scale's logical axis."""
+  if kind == "layer":
+    return layer_norm(name, eps, dtype)
+  if kind in ("rms", "rms1p"):
+    return RMSNorm(eps, kind == "rms1p", dtype, axis_name, name=name)
+  raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def rope_frequencies(head_dim: int, theta: float, scale: float = 1.0) -> np.ndarray:
+  """[head_dim / 2] inverse frequencies; ``scale`` is HF's linear rope-scaling factor."""
+  if head_dim % 2:
+    raise ValueError(f"rotary positions need an even head_dim, got {head_dim}")
+  inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+  return (inv / scale).astype(np.float32)
+
+
+def apply_rope(x, positions, inv_freq):
+  """x: [b, t, h, d] rotated by ``positions`` [t] in HF's rotate-half layout (channel i
+  pairs with i + d/2, not RoFormer's interleaved pairs). In float32 whatever the compute
+  dtype: the angles of late positions need the mantissa."""
+  ang = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]      # [t, d/2]
+  cos, sin = jnp.cos(ang)[None, :, None, :], jnp.sin(ang)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def position_mask(t: int, causal: bool, window: int | None) -> np.ndarray | None:
+  """[t, t] bool, True where query i may see key j; None when every pair may. A
+  trace-time constant: it depends on shapes only."""
+  if not causal and window is None:
+    return None
+  i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+  ok = np.ones((t, t), bool)
+  if causal:
+    ok &= j <= i
+  if window is not None:
+    ok &= (i - j < window) if causal else (np.abs(i - j) < window)
+  return ok
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention; the fields after ``dropout_rate`` are the decoder-LLM options of the
+  module docstring."""
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0
+  num_kv_heads: int | None = None       # None: as many as num_heads
+  use_bias: bool = True
+  qk_norm: str | None = None            # a NORMS kind for per-head q/k norms, or None
+  norm_eps: float = 1e-6
+  rope_theta: float | None = None       # None: no rotary positions
+  rope_scale: float = 1.0
+  query_scale: float | None = None      # None: 1 / sqrt(head_dim)
+  logit_softcap: float | None = None
+  causal: bool = False
+  sliding_window: int | None = None
+
+  @nn.compact
+  def __call__(self, x, mask=None, deterministic: bool = True, bias=None):
+    """x: [b, t, d]; mask: [b, t] (1 = attend to this key) or None; bias: additive
+    attention logits broadcastable to [b, heads, t, t] (relative positions, Swin's shift
+    mask, a causal mask) or None."""
+    b, t, d = x.shape
+    kv_heads = self.num_kv_heads or self.num_heads
+    if self.num_heads % kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}")
+    groups = self.num_heads // kv_heads
+    kv_axis = "heads" if groups == 1 else "kv_heads"
+    proj = lambda name, heads, axis: nn.DenseGeneral(
+        (heads, self.head_dim), dtype=self.dtype, name=name, use_bias=self.use_bias,
+        kernel_init=logical(dense_init(), "embed", axis, "kv"),
+        bias_init=logical(nn.initializers.zeros, axis, "kv"))
+    q = proj("query", self.num_heads, "heads")(x)
+    k = proj("key", kv_heads, kv_axis)(x)
+    v = proj("value", kv_heads, kv_axis)(x)
+    if self.qk_norm:
+      q = make_norm(self.qk_norm, "query_norm", self.norm_eps, self.dtype, "kv")(q)
+      k = make_norm(self.qk_norm, "key_norm", self.norm_eps, self.dtype, "kv")(k)
+    if self.rope_theta is not None:
+      inv_freq = rope_frequencies(self.head_dim, float(self.rope_theta), float(self.rope_scale))
+      q = apply_rope(q, jnp.arange(t), inv_freq)
+      k = apply_rope(k, jnp.arange(t), inv_freq)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    allowed = None if mask is None else mask[:, None, None, :].astype(bool)
+    pos = position_mask(t, self.causal, self.sliding_window)
+    if pos is not None:
+      allowed = pos[None, None] if allowed is None else allowed & pos[None, None]
+    # Softmax in float32 whatever the compute dtype: logits overflow bf16's mantissa.
+    if groups == 1:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    else:
+      # Grouped-query: query head h reads key/value head h // groups (HF's repeat_kv),
+      # without materialising the repeated keys and values.
+      k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "kv"))
+      qg = q.reshape(b, t, kv_heads, groups, self.head_dim)
+      logits = jnp.einsum("bqngd,bknd->bngqk", qg, k, preferred_element_type=jnp.float32)
+      logits = logits.reshape(b, self.num_heads, t, t)
+    if self.query_scale is None:
+      logits = logits / jnp.sqrt(self.head_dim).astype(jnp.float32)
+    else:
+      logits = logits * np.float32(self.query_scale)
+    if self.logit_softcap is not None:
+      cap = np.float32(self.logit_softcap)
+      logits = jnp.tanh(logits / cap) * cap
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    if allowed is not None:
+      logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+    if groups == 1:
+      out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    else:
+      pg = probs.astype(self.dtype).reshape(b, kv_heads, groups, t, t)
+      out = jnp.einsum("bngqk,bknd->bqngd", pg, v).reshape(b, t, self.num_heads, self.head_dim)
+    return nn.DenseGeneral(
+        d, axis=(-2, -1), dtype=self.dtype, name="out", use_bias=self.use_bias,
+        kernel_init=logical(dense_init(), "heads", "kv", "embed"),
+        bias_init=logical(nn.initializers.zeros, "embed"))(out)
+
+
+class Mlp(nn.Module):
+  """``fc_out(act(fc_in(x)))``, or gated ``fc_out(act(gate(x)) * fc_in(x))`` (SwiGLU,
+  GeGLU; HF's gate_proj / up_proj / down_proj)."""
+  hidden_dim: int
+  activation: str = "gelu"
+  dtype: Dtype = jnp.float32
+  gated: bool = False
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    dense_in = lambda name: nn.Dense(
+        self.hidden_dim, dtype=self.dtype, name=name, use_bias=self.use_bias,
+        kernel_init=logical(dense_init(), "embed", "mlp"),
+        bias_init=logical(nn.initializers.zeros, "mlp"))
+    if self.gated:
+      h = ACTIVATIONS[self.activation](dense_in("gate")(x)) * dense_in("fc_in")(x)
+    else:
+      h = ACTIVATIONS[self.activation](dense_in("fc_in")(x))
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    return nn.Dense(d, dtype=self.dtype, name="fc_out", use_bias=self.use_bias,
+                    kernel_init=logical(dense_init(), "mlp", "embed"),
+                    bias_init=logical(nn.initializers.zeros, "embed"))(h)
+
+
 class TransformerBlock(nn.Module):
-  """Self-attention + MLP with residuals; pre-LN (ViT) or post-LN (BERT)."""
+  """Self-attention + MLP with residuals; pre-LN (ViT, LLMs) or post-LN (BERT). The
+  fields after ``dtype`` are the decoder-LLM options of the module docstring; positional
+  construction (``Encoder``) only reaches the first seven."""
   num_heads: int
   mlp_dim: int
   pre_norm: bool = True
@@ -111,21 +255,48 @@ class TransformerBlock(nn.Module):
   layer_norm_eps: float = 1e-6
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  head_dim: int | None = None           # None: width / num_heads
+  num_kv_heads: int | None = None
+  norm: str = "layer"
+  post_norms: bool = False
+  qk_norm: bool = False
+  gated_mlp: bool = False
+  attn_bias: bool = True
+  mlp_bias: bool = True
+  rope_theta: float | None = None
+  rope_scale: float = 1.0
+  query_scale: float | None = None
+  logit_softcap: float | None = None
+  causal: bool = False
+  sliding_window: int | None = None
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic: bool = True):
     d = x.shape[-1]
-    if d % self.num_heads:
-      raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
-    attn = MultiHeadAttention(self.num_heads, d // self.num_heads, self.dtype,
-                              self.dropout_rate, name="attn")
-    mlp = Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")
-    norm1 = layer_norm("attn_norm", self.layer_norm_eps, self.dtype)
-    norm2 = layer_norm("mlp_norm", self.layer_norm_eps, self.dtype)
+    head_dim = self.head_dim
+    if head_dim is None:
+      if d % self.num_heads:
+        raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
+      head_dim = d // self.num_heads
+    if self.post_norms and not self.pre_norm:
+      raise ValueError("post_norms (Gemma's sandwich norms) need pre_norm=True")
+    attn = MultiHeadAttention(
+        self.num_heads, head_dim, self.dtype, self.dropout_rate,
+        num_kv_heads=self.num_kv_heads, use_bias=self.attn_bias,
+        qk_norm=self.norm if self.qk_norm else None, norm_eps=self.layer_norm_eps,
+        rope_theta=self.rope_theta, rope_scale=self.rope_scale,
+        query_scale=self.query_scale, logit_softcap=self.logit_softcap,
+        causal=self.causal, sliding_window=self.sliding_window, name="attn")
+    mlp = Mlp(self.mlp_dim, self.activation, self.dtype, gated=self.gated_mlp,
+              use_bias=self.mlp_bias, name="mlp")
+    norm = lambda name: make_norm(self.norm, name, self.layer_norm_eps, self.dtype)
+    norm1, norm2 = norm("attn_norm"), norm("mlp_norm")
+    post1 = norm("attn_post_norm") if self.post_norms else (lambda y: y)
+    post2 = norm("mlp_post_norm") if self.post_norms else (lambda y: y)
     drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     if self.pre_norm:
-      x = x + drop(attn(norm1(x), mask, deterministic))
-      x = x + drop(mlp(norm2(x)))
+      x = x + drop(post1(attn(norm1(x), mask, deterministic)))
+      x = x + drop(post2(mlp(norm2(x))))
     else:
       x = norm1(x + drop(attn(x, mask, deterministic)))
       x = norm2(x + drop(mlp(x)))
