@@ -9,6 +9,21 @@ Arguments after the colon (big_vision style, comma-separated ``key=value``):
   batch=N        global batch size (default 48)
   scale=X        corpus size multiplier (default 1.0; 0.05 for a smoke test)
   runlocal       a tiny run for tests: small towers, few steps, a small corpus
+  audio=NAME     the audio tower (default vit):
+                   vit     AudioMAE-shaped spectrogram ViT + MAE decoder (SLAP, AcuLa)
+                   htsat   HTS-AT tiny, Swin over the folded mel image (LAION-CLAP);
+                           contrastive only (no MAE decoder)
+                   cnn14   PANNs CNN14, 2048-d (the original CLAP); contrastive only
+  text=NAME      the text tower (default minilm):
+                   minilm  all-MiniLM-L6-v2's real weights, lower 4 layers frozen
+                   bert    a BERT encoder from scratch on MiniLM's WordPiece vocabulary
+                   roberta a RoBERTa encoder (CLAP's text tower, tanh pooler) from scratch
+                           on a byte-level BPE trained on the corpus captions
+                   qwen3   a small Qwen3-style decoder, last-token pooling (Speech-CLAP)
+                   gemma3  a small Gemma3-style decoder, mean pooling (AcuLa)
+                 Pretrained weights for any of them: --config.model.<audio|text>.init=PATH
+                 (safetensors, torch state_dict or HF folder; jaxclap.models.convert),
+                 with the tower's real sizes set through --config.model.<tower>.<field>.
 
 What it trains: a small AudioMAE-shaped spectrogram ViT from scratch (contrastive +
 masked reconstruction, SLAP's loss) against the all-MiniLM-L6-v2 BERT text tower,
@@ -31,11 +46,52 @@ def _parse(arg: str | None) -> dict:
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
     out[key.strip()] = value.strip() if sep else True
-  unknown = set(out) - {"steps", "batch", "scale", "runlocal"}
+  unknown = set(out) - {"steps", "batch", "scale", "runlocal", "audio", "text"}
   if unknown:
     raise ValueError(f"configs/demo.py: unknown argument(s) {sorted(unknown)}; "
-                     "use steps=N, batch=N, scale=X, runlocal")
+                     "use steps=N, batch=N, scale=X, runlocal, audio=NAME, text=NAME")
+  for key, known in (("audio", AUDIO), ("text", TEXT)):
+    if out.get(key, next(iter(known))) not in known:
+      raise ValueError(f"configs/demo.py: {key}={out[key]!r}; use one of {sorted(known)}")
   return out
+
+
+# Tower choices: (full-size fields, runlocal overrides).
+AUDIO = {
+    "vit": (dict(name="vit", width=192, depth=4, num_heads=3, mlp_dim=768, patch=16,
+                 pooling="mean", mask_ratio=0.75, mae_width=96, mae_depth=1, mae_heads=3),
+            dict(width=32, depth=1, num_heads=2, mlp_dim=64, mae_width=32, mae_heads=2)),
+    # The mel image is spec_size x spec_size: 64 bins x 1024 frames folded 4 ways (clips
+    # are stretched to 1024 frames, as LAION-CLAP's 10 s input).
+    "htsat": (dict(name="htsat", size="tiny", spec_size=256, num_mel_bins=64),
+              # 32 bins folded 4 ways: 512 frames >= a 3 s clip's 288
+              dict(spec_size=128, num_mel_bins=32, embed_dim=16, depths=(2, 2),
+                   num_heads=(2, 2))),
+    "cnn14": (dict(name="cnn14"),
+              dict(channels=(8, 16, 16, 16, 16, 32), embed_dim=24)),
+}
+TEXT = {
+    "minilm": (dict(name="bert", init="minilm",  # real pretrained all-MiniLM-L6-v2 weights
+                    vocab_size=30522, hidden_size=384, depth=6, num_heads=12, mlp_dim=1536,
+                    max_len=512, pooling="mean"), {}),
+    "bert": (dict(name="bert", vocab_size=30522, hidden_size=256, depth=4, num_heads=4,
+                  mlp_dim=1024, max_len=512, pooling="cls"),
+             dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64)),
+    # RoBERTa: positions from padding_idx + 1, one token type, LayerNorm eps 1e-5.
+    "roberta": (dict(name="roberta", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
+                     mlp_dim=1024, max_len=514, type_vocab_size=1, padding_idx=1,
+                     layer_norm_eps=1e-5, pooling="pooler"),
+                dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64)),
+    "qwen3": (dict(name="qwen3", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
+                   num_kv_heads=2, head_dim=64, mlp_dim=768, pooling="last"),
+              dict(hidden_size=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                   mlp_dim=64)),
+    "gemma3": (dict(name="gemma3", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
+                    num_kv_heads=2, head_dim=64, mlp_dim=768, sliding_window=16,
+                    sliding_window_pattern=2, query_pre_attn_scalar=64.0, pooling="mean"),
+               dict(hidden_size=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                    mlp_dim=64, query_pre_attn_scalar=16.0)),
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -89,19 +145,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.embed_dim = 256         # shared space
   c.model.head = "mlp"            # projection heads: "linear" or "mlp"
   c.model.head_hidden = 512
+  c.model.head_activation = "gelu"  # MLP heads' nonlinearity ("relu" in LAION-CLAP / HF CLAP)
   c.model.logit_scale_init = math.log(1 / 0.07)  # CLIP/SLAP temperature 0.07
-  c.model.audio = ml_collections.ConfigDict(dict(
-      name="vit", width=192, depth=4, num_heads=3, mlp_dim=768, patch=16, pooling="mean",
-      mask_ratio=0.75, mae_width=96, mae_depth=1, mae_heads=3))
-  c.model.text = ml_collections.ConfigDict(dict(
-      name="bert", init="minilm",  # real pretrained all-MiniLM-L6-v2 weights
-      vocab_size=30522, hidden_size=384, depth=6, num_heads=12, mlp_dim=1536,
-      max_len=512, pooling="mean"))
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="minilm"))
+  audio, text = args.get("audio", "vit"), args.get("text", "minilm")
+  c.model.audio = ml_collections.ConfigDict(AUDIO[audio][0])
+  c.model.text = ml_collections.ConfigDict(TEXT[text][0])
+  for tower in (c.model.audio, c.model.text):  # init=PATH: pretrained weights to import
+    if "init" not in tower:
+      tower.init = ml_collections.FieldReference(None, field_type=str)
+  # Tokenizer: MiniLM's WordPiece for the BERT towers; for the others a vocabulary of
+  # vocab_size trained on the corpus captions (path "@corpus": kept in <workdir>/tokenizer).
+  c.tokenizer = ml_collections.ConfigDict(
+      dict(kind="minilm") if text in ("minilm", "bert") else
+      dict(kind="roberta", path="@corpus", vocab_size=c.model.text.vocab_size))
 
   c.loss = ml_collections.ConfigDict()
   c.loss.contrastive_weight = 1.0  # SLAP's lambda
-  c.loss.mae_weight = 0.1          # masked-reconstruction term
+  c.loss.mae_weight = 0.1 if audio == "vit" else 0.0  # masked reconstruction (ViT only)
   c.loss.norm_pix = True           # MAE target normalised per tile
   c.loss.mode = "gather"           # InfoNCE across devices: "gather" or "chunked"
 
@@ -113,13 +173,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 1e-4
   c.optim.grad_clip = 1.0
   c.optim.grad_accum = 1           # micro-batches per step (same global batch)
-  c.optim.lr_mults = (("text/.*", 0.1),)  # (regex, multiplier): the pretrained tower moves slowly
+  # (regex, multiplier): the pretrained tower moves slowly
+  c.optim.lr_mults = (("text/.*", 0.1),) if text == "minilm" else ()
   # Regexes of parameter paths never updated, and never differentiated (no backward pass
   # through them, no optimiser state): MiniLM's embeddings and its lower 4 of 6 layers stay
   # as pretrained, which halves the step time (the text tower is ~2/3 of it). Tuples, so
   # ``--config.optim.frozen='("audio/.*",)'`` works on the command line; () trains all.
   c.optim.frozen = ("text/(word|position|token_type)_embeddings/.*", "text/embeddings_norm/.*",
-                    "text/encoder/layer_[0-3]/.*")
+                    "text/encoder/layer_[0-3]/.*") if text == "minilm" else ()
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = None          # None: jaxclap.sharding.DEFAULT_RULES
@@ -135,8 +196,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.templates = list(DEFAULT_TEMPLATES)
 
   if runlocal:
-    c.model.audio.update(width=32, depth=1, num_heads=2, mlp_dim=64, mae_width=32,
-                         mae_heads=2)
+    c.model.audio.update(AUDIO[audio][1])
+    c.model.text.update(TEXT[text][1])
+    if audio == "htsat":
+      c.features.n_mels = c.model.audio.num_mel_bins
     c.model.embed_dim = 32
     c.model.head_hidden = 64
     c.optim.warmup_steps = 2

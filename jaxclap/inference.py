@@ -26,18 +26,21 @@ from jaxclap import audio as audio_lib
 
 
 class Model:
-  def __init__(self, config, params, tokenizer, trainer):
-    self.config, self.params, self.tokenizer, self._trainer = config, params, tokenizer, trainer
+  def __init__(self, config, variables, tokenizer, trainer):
+    """``variables``: {"params": ..., and "batch_stats" for batch-norm towers}."""
+    self.config, self.variables, self.tokenizer, self._trainer = (config, dict(variables),
+                                                                  tokenizer, trainer)
+    self.params = self.variables["params"]
     self.sample_rate = int(config.input.sample_rate)
     self.window = int(round(float(config.input.clip_seconds) * self.sample_rate))
     self.hop = max(1, self.window // 2)
     m = trainer.model
     self._audio_fn = jax.jit(lambda p, wave, n: m.apply(
-        {"params": p}, *trainer.features({"audio": wave, "audio_len": n}),
+        p, *trainer.features({"audio": wave, "audio_len": n}),
         method=m.embed_audio))
-    self._text_fn = jax.jit(lambda p, ids, mask: m.apply({"params": p}, ids, mask,
+    self._text_fn = jax.jit(lambda p, ids, mask: m.apply(p, ids, mask,
                                                          method=m.embed_text))
-    self.logit_scale = float(np.exp(np.minimum(np.asarray(params["logit_scale"]), np.log(100.0))))
+    self.logit_scale = float(np.exp(np.minimum(np.asarray(self.params["logit_scale"]), np.log(100.0))))
 
   # -- audio
 
@@ -85,7 +88,7 @@ class Model:
       pad = batch_size - len(wb)   # one compiled shape for every batch
       wb = np.concatenate([wb, np.zeros((pad,) + wb.shape[1:], np.float32)])
       lb = np.concatenate([lb, np.full(pad, self.window, np.int32)])
-      embs.append(np.asarray(self._audio_fn(self.params, wb, lb))[:batch_size - pad])
+      embs.append(np.asarray(self._audio_fn(self.variables, wb, lb))[:batch_size - pad])
     embs = np.concatenate(embs)
     owner = np.asarray(owner)
     pooled = np.stack([embs[owner == i].mean(0) for i in range(len(clips))])
@@ -101,7 +104,7 @@ class Model:
     for s in range(0, len(texts), batch_size):
       chunk = list(texts[s:s + batch_size])
       ids, mask = self.tokenizer.encode(chunk + [""] * (batch_size - len(chunk)), max_len)
-      out.append(np.asarray(self._text_fn(self.params, ids, mask))[:len(chunk)])
+      out.append(np.asarray(self._text_fn(self.variables, ids, mask))[:len(chunk)])
     return np.concatenate(out)
 
   def zero_shot(self, clips: Any, prompts: Sequence[str],
@@ -135,4 +138,4 @@ def load(workdir: str, step: int | None = None) -> Model:
     raise FileNotFoundError(f"{workdir}: no checkpoints yet")
   state = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(trainer.abstract_state())))["state"]
-  return Model(config, state.params, tokenizers.from_config(config.tokenizer), trainer)
+  return Model(config, state.variables(), tokenizers.from_config(config.tokenizer), trainer)

@@ -10,6 +10,7 @@ first uses it. Nothing here touches the network or a model hub.
   SentencePieceTokenizer  a sentencepiece model (the from-scratch demo text tower, Gemma's
                           tokenizer.model)
   train_sentencepiece     trains one deterministically on the corpus captions
+  train_bpe               a RoBERTa-layout byte-level BPE trained on the corpus captions
   HFTokenizer             WordPiece (BERT), byte-level BPE (RoBERTa, CLAP, Qwen3) or any
                           tokenizer.json (Gemma) through HF ``tokenizers``, matching
                           transformers' tokenizers loading the same files
@@ -568,6 +569,29 @@ def _byte_level_bpe(vocab_json: pathlib.Path, merges_txt: pathlib.Path, config: 
       (sep, tok.token_to_id(sep)), (cls, tok.token_to_id(cls)),
       trim_offsets=trim_offsets, add_prefix_space=add_prefix_space)
   return tok
+
+
+def train_bpe(texts: Iterable[str], folder: PathLike, *, vocab_size: int = 4000) -> pathlib.Path:
+  """Trains a RoBERTa-layout byte-level BPE on ``texts`` and writes ``vocab.json`` +
+  ``merges.txt`` to ``folder`` (load it with kind "roberta"). Ids: <s> 0, <pad> 1, </s> 2,
+  <unk> 3, <mask> 4, as roberta-base. For towers trained from scratch on a corpus with
+  no published vocabulary (the demo's RoBERTa tower on the embedded corpus)."""
+  from tokenizers import Tokenizer as _HF, decoders, models, pre_tokenizers, trainers
+  tok = _HF(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=int(vocab_size), show_progress=False,
+      special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  texts = [t for t in texts if t and t.strip()]
+  if not texts:
+    raise ValueError("train_bpe got no non-empty texts")
+  tok.train_from_iterator(texts, trainer)
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  tok.model.save(str(folder))
+  return folder
 
 
 # --------------------------------------------------------------------------- entry points

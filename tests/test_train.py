@@ -232,3 +232,39 @@ def test_a_pattern_matching_no_parameter_is_refused():
     _tiny_trainer(frozen=("text/encoder/layer_9/.*",))
   with pytest.raises(ValueError, match=r"optim.lr_mults: 'txt/\.\*' matches no"):
     _tiny_trainer(lr_mults=(("txt/.*", 0.1),))
+
+
+@pytest.mark.parametrize("towers", ["audio=htsat,text=roberta", "audio=cnn14,text=qwen3",
+                                    "audio=vit,text=gemma3"])
+def test_demo_trains_other_towers_by_one_override(tmp_path, data_dir, towers):
+  """The model zoo's towers drop into the demo through its config arguments: the loss is
+  finite, batch-norm statistics are carried and updated, a
+  corpus-trained vocabulary is kept beside the checkpoints, and jaxclap.load serves it."""
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "jaxclap.main",
+         f"--config=configs/demo.py:runlocal,steps=6,{towers}", f"--workdir={workdir}",
+         f"--config.corpus.data_dir={data_dir}", "--config.log_every=1"]
+  subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, timeout=900, stdout=subprocess.DEVNULL)
+  rows = _per_step(workdir)
+  assert sorted(rows) == list(range(1, 7))
+  assert all(abs(r["loss"]) < 1e3 for r in rows.values())
+  results = json.loads((workdir / "results.json").read_text())
+  assert len(results["zero_shot"]) == 10
+  check = textwrap.dedent(f"""
+      import json, numpy as np, jax, jaxclap
+      m = jaxclap.load({str(workdir)!r})
+      stats = m.variables.get("batch_stats", {{}}).get("audio", {{}})
+      var = [float(np.mean(np.asarray(v))) for k, v in
+             jax.tree_util.tree_flatten_with_path(stats)[0] if "var" in str(k[-1])]
+      e = m.embed_text(["A woman speaking quickly."])
+      print(json.dumps({{"var": var, "tok": m.config.tokenizer.get("path") or "",
+                        "norm": float(np.linalg.norm(e))}}))
+  """)
+  out = json.loads(subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=_env(),
+                                  check=True, capture_output=True, text=True,
+                                  timeout=600).stdout.strip().splitlines()[-1])
+  assert abs(out["norm"] - 1.0) < 1e-4
+  if "htsat" in towers or "cnn14" in towers:
+    assert out["var"] and all(v != 1.0 for v in out["var"])   # running stats moved from init
+  if "minilm" not in towers:
+    assert out["tok"].startswith(str(workdir / "tokenizer"))

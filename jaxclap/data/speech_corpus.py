@@ -158,9 +158,13 @@ _WORD_LENGTH = {"English": 1.1, "German": 0.95, "French": 0.95, "Spanish": 1.15,
                 "Russian": 1.25, "Greek": 1.25, "Ukrainian": 1.8}
 
 # (split, language voice, variant, text: "en" = English, "own" = the voice's language).
-# Test speakers use held-out variants (m2, m6, f4), held-out native accents (Lancashire,
-# West Midlands), a held-out foreign accent (Portuguese) and languages (Danish, Ukrainian),
-# and new voice x variant pairs for the special variants, which exist once per split.
+# Each language and each foreign accent is spoken by several variants (3-4 per language,
+# 2-3 per accent), and every variant speaks several of them: with one or two voices per
+# language a model tells languages apart by who is speaking, which does not carry over to
+# new voices. Test speakers use held-out variants (m2, m6, f4), held-out native accents
+# (Lancashire, West Midlands), a held-out foreign accent (Portuguese) and languages
+# (Danish, Ukrainian), and new voice x variant pairs for the special variants, which
+# exist once per split.
 SPEAKERS = [
     ("train", "en-us", "m1", "en"), ("train", "en-us", "f1", "en"),
     ("train", "en-us", "f5", "en"), ("train", "en-us", "grandpa", "en"),
@@ -175,17 +179,18 @@ SPEAKERS = [
     ("train", "en-029", "child", "en"),
     ("train", "de", "m1", "en"), ("train", "de", "f3", "en"), ("train", "de", "croak", "en"),
     ("train", "fr", "m4", "en"), ("train", "fr", "f5", "en"), ("train", "fr", "whisper", "en"),
-    ("train", "es", "m7", "en"), ("train", "es", "f1", "en"),
-    ("train", "it", "m3", "en"), ("train", "it", "f2", "en"),
-    ("train", "de", "m8", "own"), ("train", "de", "f1", "own"),
-    ("train", "fr", "m3", "own"), ("train", "fr", "f2", "own"),
-    ("train", "es", "m5", "own"), ("train", "es", "f3", "own"),
-    ("train", "it", "f5", "own"), ("train", "it", "grandpa", "own"),
-    ("train", "nl", "m4", "own"), ("train", "nl", "f3", "own"),
-    ("train", "pl", "m1", "own"), ("train", "pl", "grandma", "own"),
-    ("train", "ru", "m7", "own"), ("train", "ru", "f1", "own"),
-    ("train", "ru", "whisperf", "own"), ("train", "cs", "f2", "own"),
-    ("train", "el", "m5", "own"),
+    ("train", "es", "m7", "en"), ("train", "es", "f1", "en"), ("train", "es", "m3", "en"),
+    ("train", "it", "m3", "en"), ("train", "it", "f2", "en"), ("train", "it", "m8", "en"),
+    ("train", "nl", "m5", "en"), ("train", "pl", "f5", "en"), ("train", "ru", "m4", "en"),
+    ("train", "de", "m8", "own"), ("train", "de", "f1", "own"), ("train", "de", "m4", "own"),
+    ("train", "fr", "m3", "own"), ("train", "fr", "f2", "own"), ("train", "fr", "m7", "own"),
+    ("train", "es", "m5", "own"), ("train", "es", "f3", "own"), ("train", "es", "m1", "own"),
+    ("train", "it", "f5", "own"), ("train", "it", "grandpa", "own"), ("train", "it", "m8", "own"),
+    ("train", "nl", "m4", "own"), ("train", "nl", "f3", "own"), ("train", "nl", "m1", "own"),
+    ("train", "pl", "m1", "own"), ("train", "pl", "grandma", "own"), ("train", "pl", "f2", "own"),
+    ("train", "ru", "m7", "own"), ("train", "ru", "f1", "own"), ("train", "ru", "whisperf", "own"),
+    ("train", "cs", "f2", "own"), ("train", "cs", "m5", "own"),
+    ("train", "el", "m5", "own"), ("train", "el", "f3", "own"),
     ("test", "en-gb-x-gbclan", "m6", "en"), ("test", "en-gb-x-gbclan", "f4", "en"),
     ("test", "en-gb-x-gbclan", "grandpa", "en"),
     ("test", "en-gb-x-gbcwmd", "m2", "en"), ("test", "en-gb-x-gbcwmd", "f4", "en"),

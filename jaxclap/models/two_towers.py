@@ -16,11 +16,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclap import audio as audio_features
-from jaxclap.models import bert, vit
-from jaxclap.models.transformer import dense_init, gelu_erf, logical
+from jaxclap.models import bert, cnn14, decoder_lm, htsat, vit
+from jaxclap.models.transformer import ACTIVATIONS, dense_init, logical
 
-AUDIO_TOWERS = {"vit": vit.SpectrogramViT}
-TEXT_TOWERS = {"bert": bert.BertTower}
+# ``model.<tower>.name`` -> (module, fixed fields). The name is also the checkpoint kind
+# ``convert.import_tower`` reads for ``model.<tower>.init``.
+AUDIO_TOWERS = {"vit": (vit.SpectrogramViT, {}), "htsat": (htsat.HTSAT, {}),
+                "cnn14": (cnn14.Cnn14, {})}
+TEXT_TOWERS = {
+    "bert": (bert.BertTower, {}),
+    "roberta": (bert.BertTower, {}),       # padding_idx=1, type_vocab_size=1 in the config
+    "qwen3": (decoder_lm.DecoderTower, {"family": "qwen3"}),
+    "gemma3": (decoder_lm.DecoderTower, {"family": "gemma3"}),
+}
+
+
+def _tower(registry: dict, field: str, name: str, kwargs: dict, dtype):
+  if name not in registry:
+    raise ValueError(f"model.{field}.name={name!r}; known: {sorted(registry)}")
+  cls, fixed = registry[name]
+  kwargs = dict(kwargs)
+  preset = kwargs.pop("preset", None)  # decoder towers: a published size by name
+  if preset is not None:
+    kwargs = {**decoder_lm.PRESETS[preset], **kwargs}
+  return cls(**{**kwargs, **fixed}, dtype=dtype)
 
 
 def spectrogram(cfg: Any, wave, lengths):
@@ -52,10 +71,12 @@ def spectrogram(cfg: Any, wave, lengths):
 
 
 class ProjectionHead(nn.Module):
-  """``linear`` (CLAP) or ``mlp`` (Linear-GELU-Linear; CLSP, AcuLa) into the shared space."""
+  """``linear`` or ``mlp`` (Linear-activation-Linear) into the shared space. LAION-CLAP
+  and transformers' ClapProjectionLayer use ReLU; CLSP and AcuLa's MLP heads GELU."""
   embed_dim: int
   kind: str = "linear"
   hidden_dim: int | None = None
+  activation: str = "gelu"
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
@@ -67,7 +88,7 @@ class ProjectionHead(nn.Module):
     if self.kind == "linear":
       return dense(self.embed_dim, "proj")(x)
     if self.kind == "mlp":
-      h = gelu_erf(dense(self.hidden_dim or self.embed_dim, "fc_in")(x))
+      h = ACTIVATIONS[self.activation](dense(self.hidden_dim or self.embed_dim, "fc_in")(x))
       h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
       return dense(self.embed_dim, "fc_out")(h)
     raise ValueError(f"model.head must be 'linear' or 'mlp', got {self.kind!r}")
@@ -86,36 +107,40 @@ class TwoTowers(nn.Module):
   embed_dim: int = 512
   head: str = "mlp"
   head_hidden: int | None = None
+  head_activation: str = "gelu"
   logit_scale_init: float = float(np.log(1 / 0.07))
   dtype: Any = jnp.float32
 
   def setup(self):
-    if self.audio_name not in AUDIO_TOWERS:
-      raise ValueError(f"model.audio.name={self.audio_name!r}; known: {sorted(AUDIO_TOWERS)}")
-    if self.text_name not in TEXT_TOWERS:
-      raise ValueError(f"model.text.name={self.text_name!r}; known: {sorted(TEXT_TOWERS)}")
-    self.audio = AUDIO_TOWERS[self.audio_name](**self.audio_kwargs, dtype=self.dtype)
-    self.text = TEXT_TOWERS[self.text_name](**self.text_kwargs, dtype=self.dtype)
-    self.audio_head = ProjectionHead(self.embed_dim, self.head, self.head_hidden, dtype=self.dtype)
-    self.text_head = ProjectionHead(self.embed_dim, self.head, self.head_hidden, dtype=self.dtype)
+    self.audio = _tower(AUDIO_TOWERS, "audio", self.audio_name, self.audio_kwargs, self.dtype)
+    self.text = _tower(TEXT_TOWERS, "text", self.text_name, self.text_kwargs, self.dtype)
+    head = lambda: ProjectionHead(self.embed_dim, self.head, self.head_hidden,
+                                  self.head_activation, dtype=self.dtype)
+    self.audio_head, self.text_head = head(), head()
     self.logit_scale = self.param(
         "logit_scale", logical(nn.initializers.constant(self.logit_scale_init)), ())
 
-  def embed_audio(self, spec, frames):
-    pooled, _ = self.audio(spec, frames)
+  def embed_audio(self, spec, frames, train: bool = False):
+    pooled, _ = self.audio(spec, frames, deterministic=not train)
     return _l2norm(self.audio_head(pooled))
 
-  def embed_text(self, ids, mask):
-    pooled, _ = self.text(ids, mask)
+  def embed_text(self, ids, mask, train: bool = False):
+    pooled, _ = self.text(ids, mask, deterministic=not train)
     return _l2norm(self.text_head(pooled))
 
   def reconstruct(self, spec, frames, rng):
+    if not hasattr(self.audio, "reconstruct"):
+      raise ValueError(f"loss.mae_weight > 0 needs an audio tower with an MAE decoder "
+                       f"(vit); model.audio.name={self.audio_name!r} has none")
     return self.audio.reconstruct(spec, frames, rng)
 
-  def __call__(self, spec, frames, ids, mask, rng=None):
+  def __call__(self, spec, frames, ids, mask, rng=None, train: bool = False):
     """Both embeddings and the logit scale; with ``rng`` also runs the MAE pass (so that
-    ``init`` creates the decoder's parameters)."""
-    out = (self.embed_audio(spec, frames), self.embed_text(ids, mask), self.logit_scale)
+    ``init`` creates the decoder's parameters). ``train``: dropout on, batch-norm towers
+    (HTS-AT, CNN14) normalise with batch statistics (apply with
+    ``mutable=["batch_stats"]`` to update the running ones)."""
+    out = (self.embed_audio(spec, frames, train), self.embed_text(ids, mask, train),
+           self.logit_scale)
     if rng is not None:
       out = out + (self.reconstruct(spec, frames, rng),)
     return out
@@ -127,8 +152,10 @@ def from_config(cfg: Any, dtype=jnp.float32) -> TwoTowers:
   t = dict(cfg.text)
   for d in (a, t):
     d.pop("init", None)
+    d.pop("init_kind", None)
   return TwoTowers(audio_name=a.pop("name"), audio_kwargs=a, text_name=t.pop("name"),
                    text_kwargs=t, embed_dim=int(cfg.embed_dim), head=str(cfg.head),
                    head_hidden=cfg.get("head_hidden"),
+                   head_activation=str(cfg.get("head_activation", "gelu")),
                    logit_scale_init=float(cfg.get("logit_scale_init", np.log(1 / 0.07))),
                    dtype=dtype)

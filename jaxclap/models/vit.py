@@ -130,9 +130,10 @@ class SpectrogramViT(nn.Module):
     mask = jnp.concatenate([jnp.ones((b, 1), valid.dtype), valid], axis=1)
     return self.norm(self.encoder(x, mask)), mask
 
-  def __call__(self, spec, num_frames=None):
+  def __call__(self, spec, num_frames=None, deterministic: bool = True):
     """spec: [b, T, F] log-mel; num_frames: [b] real frames (None = all real).
-    Returns (pooled [b, width], tokens [b, 1 + tiles, width])."""
+    Returns (pooled [b, width], tokens [b, 1 + tiles, width]). ``deterministic`` is the
+    audio towers' shared train/eval switch; this tower has no dropout or batch norm."""
     x, _ = self._tokens(spec)
     valid = (jnp.ones(x.shape[:2], jnp.int32) if num_frames is None else
              patch_mask(num_frames, spec.shape[1], spec.shape[2], self.patch))
