@@ -235,6 +235,15 @@ def test_positions_on_a_non_square_grid():
   with pytest.raises(convert.CheckpointMismatch, match="pass positions='mae'"):
     audiomae.import_torch(_sd(straight), shapes, n_mels=32, positions="audiomae")
 
+  # AudioMAE's own (swapped) table imports exactly into a tower that adds it.
+  am_tower = vit.SpectrogramViT(**SMALL, pos_layout="audiomae", pos_max_frames=64)
+  params = audiomae.import_torch(_sd(swapped), _shapes(am_tower, spec), n_mels=32,
+                                 positions="audiomae")
+  with torch.no_grad():
+    tokens_ref = swapped.encode(torch.tensor(spec)[:, None]).numpy()
+  _, tokens = jax.jit(lambda p, s: am_tower.apply({"params": p}, s))(params, spec)
+  assert _max_err(tokens, tokens_ref) <= 1e-4
+
 
 def test_checkpoint_rules_and_bad_checkpoints():
   spec = _spec(1, 64, 64, 2)
@@ -293,3 +302,35 @@ def test_features_config():
   assert cfg["window_type"] == "hanning" and cfg["dither"] == 0.0
   assert cfg["norm_mean"] == -4.2677393 and cfg["norm_std"] == pytest.approx(2 * 4.5689974)
   assert audiomae.VIT_B["width"] == 768 and audiomae.VIT_B["mae_width"] == 512
+
+
+def test_fbank_front_end_is_audiomaes():
+  """``spectrogram`` with ``features_config()`` = AudioMAE's input recipe: clip mean
+  removed over real samples, Kaldi fbank, zero-padded to 1024 frames, then normalised."""
+  import ml_collections
+  from jaxclap import audio
+  from jaxclap.models import two_towers
+  cfg = ml_collections.ConfigDict(audiomae.features_config())
+  rng = np.random.default_rng(0)
+  wave = (0.1 * rng.standard_normal((2, 48000)) + 0.01).astype(np.float32)
+  lengths = np.array([48000, 30000], np.int32)
+  wave[1, 30000:] = 0.0
+  spec, frames = jax.jit(lambda w, n: two_towers.spectrogram(cfg, w, n))(wave, lengths)
+  assert spec.shape == (2, 1024, 128)
+  for i, n in enumerate(lengths):
+    x = wave[i, :n] - wave[i, :n].mean()
+    fb = np.asarray(audio.fbank(x[None], num_mel_bins=128, window_type="hanning"))[0]
+    full = np.zeros((1024, 128), np.float32)
+    full[:len(fb)] = fb
+    ref = (full - audiomae.AUDIOSET_MEAN) / (2 * audiomae.AUDIOSET_STD)
+    assert int(frames[i]) == len(fb)
+    assert _max_err(spec[i], ref) <= 1e-4
+
+
+def test_training_checkpoint_wrapper_loads(tmp_path):
+  """AudioMAE / PANNs .pth files: {"model": weights, "args": argparse.Namespace, ...}."""
+  import argparse
+  torch.save({"model": {"w": torch.ones(2, 3)}, "args": argparse.Namespace(lr=1e-3),
+              "epoch": 3}, tmp_path / "ckpt.pth")
+  sd = convert.load_state_dict(str(tmp_path / "ckpt.pth"))
+  assert list(sd) == ["w"] and sd["w"].shape == (2, 3)

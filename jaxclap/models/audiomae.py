@@ -38,9 +38,9 @@ fine-tuned ones copy ``pos_embed`` from pretraining) carries that table;
 ``audiomae_positions`` reproduces it. It equals ``vit.sincos_2d(d, F/p, T/p)`` (grid
 arguments swapped) and differs from what ``SpectrogramViT`` adds,
 ``vit.sincos_2d(d, T/p, F/p)``, unless the tile grid is square. Importing those weights
-exactly needs ``SpectrogramViT`` to offer AudioMAE's table (for shorter inputs its first
-rows, as AudioMAE pads every clip to 1024 frames); ``import_torch(positions="audiomae")``
-accepts them once the tower can add it.
+exactly needs AudioMAE's table: build the tower with ``pos_layout="audiomae"`` (for
+shorter inputs it adds the table's first rows, as AudioMAE pads every clip to 1024
+frames) and import with ``import_torch(positions="audiomae")``.
 
 Input features (``features_config``): torchaudio's Kaldi fbank as AudioMAE's dataset
 computes it (16 kHz, 25 ms Hanning window, 10 ms shift, 128 bins, dither 0, the clip's

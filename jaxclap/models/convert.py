@@ -53,13 +53,21 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       return to_numpy(load_torch(path))
     except Exception as e:  # noqa: BLE001 - a damaged header is a damaged file
       raise CheckpointMismatch(f"{path}: not a readable safetensors file ({e})") from None
+  import argparse
   import torch
   try:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    # Research checkpoints (AudioMAE, PANNs) also pickle their argparse.Namespace of
+    # training options; allowing that one class keeps weights_only's safety otherwise.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      sd = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # noqa: BLE001
     raise CheckpointMismatch(f"{path}: not a readable PyTorch checkpoint ({e})") from None
-  if isinstance(sd, Mapping) and "state_dict" in sd:
-    sd = sd["state_dict"]
+  # Training checkpoints wrap the weights: {"state_dict": ...} (Lightning, msclap),
+  # {"model": ...} (AudioMAE, PANNs) beside optimiser state and options.
+  for wrapper in ("state_dict", "model"):
+    if isinstance(sd, Mapping) and isinstance(sd.get(wrapper), Mapping):
+      sd = sd[wrapper]
+      break
   if not isinstance(sd, Mapping):
     raise CheckpointMismatch(f"{path}: holds a {type(sd).__name__}, not a state_dict")
   return to_numpy(sd)

@@ -43,30 +43,63 @@ def _tower(registry: dict, field: str, name: str, kwargs: dict, dtype):
 
 
 def spectrogram(cfg: Any, wave, lengths):
-  """Raw waveforms [b, samples] -> normalised log-mel [b, frames, n_mels] and the number
+  """Raw waveforms [b, samples] -> normalised features [b, frames, n_mels] and the number
   of frames holding real audio per clip.
 
   ``cfg`` is ``config.features``: sample_rate (the waveform's), optionally target_rate
-  (resampled on the device with ``res_type``), n_fft, win_length, hop_length, n_mels, fmin, fmax, and the
-  normalisation ``(dB - norm_mean) / norm_std``; ``frames_multiple`` crops the frame axis
-  to a multiple of the ViT patch.
+  (resampled on the device with ``res_type``), then by ``kind``:
+    "logmel" (default)  librosa-style log-mel: n_fft, win_length, hop_length, n_mels,
+                        fmin, fmax; power_to_db
+    "fbank"             Kaldi fbank as AudioMAE feeds it (jaxclap.models.audiomae.
+                        features_config()): frame_length_ms, frame_shift_ms, n_mels,
+                        window_type, low_freq, high_freq, preemph_coeff,
+                        remove_dc_offset, round_to_power_of_two, snip_edges;
+                        subtract_mean (the clip's mean over its real samples first) and
+                        max_frames (zero-pad / cut the fbank to a fixed length first)
+  and the normalisation ``(x - norm_mean) / norm_std``; ``frames_multiple`` crops the
+  frame axis to a multiple of the ViT patch.
   """
   sr = int(cfg.sample_rate)
   target = int(cfg.get("target_rate", sr) or sr)
   if target != sr:
     wave = audio_features.resample(wave, sr, target, res_type=cfg.get("res_type", "polyphase"))
     lengths = (lengths.astype(jnp.int64) * target + sr - 1) // sr
-  mel = audio_features.melspectrogram(
-      wave, sr=target, n_fft=int(cfg.n_fft), hop_length=int(cfg.hop_length),
-      win_length=int(cfg.win_length), window="hann", center=True, pad_mode="constant",
-      power=2.0, n_mels=int(cfg.n_mels), fmin=float(cfg.fmin), fmax=cfg.get("fmax"),
-      htk=False, norm="slaney")
-  db = audio_features.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
-  spec = (jnp.swapaxes(db, -1, -2) - cfg.norm_mean) / cfg.norm_std
+  kind = cfg.get("kind", "logmel")
+  if kind == "logmel":
+    mel = audio_features.melspectrogram(
+        wave, sr=target, n_fft=int(cfg.n_fft), hop_length=int(cfg.hop_length),
+        win_length=int(cfg.win_length), window="hann", center=True, pad_mode="constant",
+        power=2.0, n_mels=int(cfg.n_mels), fmin=float(cfg.fmin), fmax=cfg.get("fmax"),
+        htk=False, norm="slaney")
+    feats = jnp.swapaxes(audio_features.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None),
+                         -1, -2)
+    frames = lengths // int(cfg.hop_length) + 1
+  elif kind == "fbank":
+    kw = dict(sample_frequency=float(target), frame_length_ms=float(cfg.frame_length_ms),
+              frame_shift_ms=float(cfg.frame_shift_ms), snip_edges=bool(cfg.snip_edges))
+    if cfg.get("subtract_mean", False):
+      real = (jnp.arange(wave.shape[-1])[None] < lengths[:, None]).astype(wave.dtype)
+      mean = (wave * real).sum(-1, keepdims=True) / jnp.maximum(lengths[:, None], 1)
+      wave = (wave - mean) * real
+    feats = audio_features.fbank(
+        wave, num_mel_bins=int(cfg.n_mels), window_type=str(cfg.window_type),
+        low_freq=float(cfg.low_freq), high_freq=float(cfg.high_freq),
+        preemph_coeff=float(cfg.preemph_coeff), remove_dc_offset=bool(cfg.remove_dc_offset),
+        round_to_power_of_two=bool(cfg.round_to_power_of_two), **kw)
+    frames = audio_features.fbank_num_frames(lengths, **kw)
+    # Padded frames are zeros in AudioMAE's fbank, not the log floor of silence.
+    feats = feats * (jnp.arange(feats.shape[1])[None, :, None] < frames[:, None, None])
+    max_frames = cfg.get("max_frames")
+    if max_frames:
+      feats = feats[:, :int(max_frames)]
+      feats = jnp.pad(feats, ((0, 0), (0, int(max_frames) - feats.shape[1]), (0, 0)))
+  else:
+    raise ValueError(f"config.features.kind must be 'logmel' or 'fbank', got {kind!r}")
+  spec = (feats - cfg.norm_mean) / cfg.norm_std
   multiple = int(cfg.get("frames_multiple", 1))
   usable = spec.shape[1] // multiple * multiple
   spec = spec[:, :usable]
-  frames = jnp.minimum(lengths // int(cfg.hop_length) + 1, usable).astype(jnp.int32)
+  frames = jnp.minimum(frames, usable).astype(jnp.int32)
   return spec, frames
 
 

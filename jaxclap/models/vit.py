@@ -90,6 +90,12 @@ class SpectrogramViT(nn.Module):
   mae_width: int = 512
   mae_depth: int = 8
   mae_heads: int = 16
+  # Positions: "mae" = sincos_2d over the (time, mel) tile grid; "audiomae" = the table
+  # released AudioMAE checkpoints carry (their patch_hw swap: sincos_2d over (mel, time)
+  # for inputs padded to pos_max_frames, first rows for shorter ones), to import them
+  # exactly (jaxclap.models.audiomae).
+  pos_layout: str = "mae"
+  pos_max_frames: int = 1024
   remat: bool = False
   dtype: Any = jnp.float32
 
@@ -120,8 +126,19 @@ class SpectrogramViT(nn.Module):
 
   def _tokens(self, spec):
     tiles = patchify(spec, self.patch)
-    pos = sincos_2d(self.width, spec.shape[1] // self.patch, spec.shape[2] // self.patch)
+    pos = self._positions(self.width, spec.shape[1] // self.patch, spec.shape[2] // self.patch)
     return self.patch_embed(tiles.astype(self.dtype)) + pos, tiles
+
+  def _positions(self, dim: int, t_tiles: int, f_tiles: int) -> np.ndarray:
+    if self.pos_layout == "mae":
+      return sincos_2d(dim, t_tiles, f_tiles)
+    if self.pos_layout == "audiomae":
+      full = self.pos_max_frames // self.patch
+      if t_tiles > full:
+        raise ValueError(f"{t_tiles * self.patch} frames exceed pos_max_frames="
+                         f"{self.pos_max_frames} of the 'audiomae' position table")
+      return sincos_2d(dim, f_tiles, full)[:t_tiles * f_tiles]
+    raise ValueError(f"pos_layout must be 'mae' or 'audiomae', got {self.pos_layout!r}")
 
   def _encode(self, x, valid):
     b = x.shape[0]
@@ -165,7 +182,7 @@ class SpectrogramViT(nn.Module):
     filler = jnp.broadcast_to(self.mask_token.astype(d.dtype), (b, n - keep, self.mae_width))
     full = jnp.concatenate([d[:, 1:], filler], axis=1)
     full = jnp.take_along_axis(full, restore[..., None], axis=1)
-    pos = sincos_2d(self.mae_width, spec.shape[1] // self.patch, spec.shape[2] // self.patch)
+    pos = self._positions(self.mae_width, spec.shape[1] // self.patch, spec.shape[2] // self.patch)
     full = jnp.concatenate([d[:, :1], full + pos], axis=1)
     dmask = jnp.concatenate([jnp.ones((b, 1), valid.dtype), valid], axis=1)
     pred = self.dec_pred(self.dec_norm(self.decoder(full, dmask)))[:, 1:]
