@@ -15,7 +15,6 @@ process runs this same command.
 """
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags

@@ -24,7 +24,7 @@ import collections
 import json
 import logging
 import re
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 

@@ -37,11 +37,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxclap.models import convert
+from jaxclap.models.batch_norm import BatchNorm
 from jaxclap.models.convert import Rules, ident, linear_t
 from jaxclap.models.transformer import logical
 
@@ -75,50 +75,6 @@ def features_config(sample_rate: int = MSCLAP_SAMPLE_RATE) -> dict:
               frames_multiple=1)
 
 
-def _moments(x, valid):
-  """Per-channel (last axis) mean, biased variance and count over every other axis,
-  counting only positions where ``valid`` [b, t] (broadcast over later axes) is 1."""
-  x = x.astype(jnp.float32)
-  axes = tuple(range(x.ndim - 1))
-  if valid is None:
-    mean = jnp.mean(x, axes)
-    return mean, jnp.mean(jnp.square(x - mean), axes), float(np.prod(x.shape[:-1]))
-  w = valid.astype(jnp.float32).reshape(valid.shape + (1,) * (x.ndim - valid.ndim))
-  w = jnp.broadcast_to(w, x.shape[:-1] + (1,))
-  n = jnp.maximum(jnp.sum(w), 1.0)
-  mean = jnp.sum(x * w, axes) / n
-  return mean, jnp.sum(w * jnp.square(x - mean), axes) / n, n
-
-
-class BatchNorm(nn.Module):
-  """Batch norm over the last axis with PyTorch's semantics (see the module docstring);
-  ``valid`` [b, t] restricts the batch statistics to real time steps."""
-  axis_name: str | None = None    # logical axis of the channel dimension
-  momentum: float = 0.1
-  eps: float = BN_EPS
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, valid=None, use_batch_stats: bool = False):
-    c = x.shape[-1]
-    scale = self.param("scale", logical(nn.initializers.ones, self.axis_name), (c,))
-    bias = self.param("bias", logical(nn.initializers.zeros, self.axis_name), (c,))
-    box = lambda v: nn.LogicallyPartitioned(v, (self.axis_name,))
-    ra_mean = self.variable("batch_stats", "mean", lambda: box(jnp.zeros((c,), jnp.float32)))
-    ra_var = self.variable("batch_stats", "var", lambda: box(jnp.ones((c,), jnp.float32)))
-    if use_batch_stats:
-      mean, var, count = _moments(x, valid)
-      if self.is_mutable_collection("batch_stats") and not self.is_initializing():
-        m = self.momentum
-        unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
-        ra_mean.value = (1 - m) * ra_mean.value + m * mean
-        ra_var.value = (1 - m) * ra_var.value + m * unbiased
-    else:
-      mean, var = ra_mean.value, ra_var.value
-    y = (x.astype(jnp.float32) - mean) * (jax.lax.rsqrt(var + self.eps) * scale) + bias
-    return y.astype(self.dtype)
-
-
 def _time_mask(frames, length: int, level: int):
   """[b, length] 1 where a step at resolution ``level`` (after ``level`` 2x pools) is
   real audio; None when every frame is real."""
@@ -144,7 +100,7 @@ class ConvBlock(nn.Module):
                   dtype=self.dtype, name=f"conv{i}",
                   kernel_init=logical(nn.initializers.xavier_uniform(), None, None,
                                       in_axis, "mlp"))(x)
-      x = nn.relu(BatchNorm("mlp", dtype=self.dtype, name=f"bn{i}")(x, valid, use_batch_stats))
+      x = nn.relu(BatchNorm("mlp", epsilon=BN_EPS, dtype=self.dtype, name=f"bn{i}")(x, use_batch_stats, valid))
     if self.pool > 1:
       x = nn.avg_pool(x, (self.pool, self.pool), strides=(self.pool, self.pool))
     return x
@@ -174,8 +130,8 @@ class Cnn14(nn.Module):
 
     # bn0 normalises each mel bin over batch and time (PANNs transposes mel into the
     # channel slot of BatchNorm2d for it).
-    x = BatchNorm(None, dtype=self.dtype, name="bn0")(
-        spec, _time_mask(frames, t, 0), batch_stats)[..., None]
+    x = BatchNorm(None, epsilon=BN_EPS, dtype=self.dtype, name="bn0")(
+        spec, batch_stats, _time_mask(frames, t, 0))[..., None]
     for i, c in enumerate(self.channels):
       pool = 2 if i < len(self.channels) - 1 else 1
       x = ConvBlock(c, pool, self.dtype, name=f"conv_block{i + 1}")(

@@ -68,6 +68,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxclap.models import convert
+from jaxclap.models.batch_norm import BatchNorm
 from jaxclap.models.convert import (CheckpointMismatch, Rules, ident, linear_t,
                                     merge_heads_out, split_heads_bias, split_heads_in)
 from jaxclap.models.transformer import (MultiHeadAttention, Mlp, dense_init, layer_norm,
@@ -222,44 +223,6 @@ def fusion_input(mel, frames, chunk_frames: int, rng=None):
 
 
 # -- modules
-
-class BatchNorm(nn.Module):
-  """Batch norm over the last axis with PyTorch's semantics (see the module docstring).
-
-  ``mask`` [b] restricts the batch statistics to some examples (AFF normalises only the
-  clips it fuses, as the references index them out)."""
-  axis_name: str | None = None
-  momentum: float = 0.1
-  epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, x, use_batch_stats: bool, mask=None):
-    c = x.shape[-1]
-    scale = self.param("scale", logical(nn.initializers.ones, self.axis_name), (c,))
-    bias = self.param("bias", logical(nn.initializers.zeros, self.axis_name), (c,))
-    box = lambda v: nn.LogicallyPartitioned(v, (self.axis_name,))
-    ra_mean = self.variable("batch_stats", "mean", lambda: box(jnp.zeros((c,), jnp.float32)))
-    ra_var = self.variable("batch_stats", "var", lambda: box(jnp.ones((c,), jnp.float32)))
-    x32 = x.astype(jnp.float32)
-    if use_batch_stats:
-      axes = tuple(range(x.ndim - 1))
-      w = (jnp.ones(x.shape[:-1] + (1,), jnp.float32) if mask is None else
-           jnp.broadcast_to(mask.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1)),
-                            x.shape[:-1] + (1,)))
-      count = jnp.maximum(w.sum(), 1.0)
-      mean = (x32 * w).sum(axes) / count
-      var = (jnp.square(x32 - mean) * w).sum(axes) / count
-      if self.is_mutable_collection("batch_stats") and not self.is_initializing():
-        m = self.momentum
-        unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
-        some = w.sum() > 0
-        ra_mean.value = jnp.where(some, (1 - m) * ra_mean.value + m * mean, ra_mean.value)
-        ra_var.value = jnp.where(some, (1 - m) * ra_var.value + m * unbiased, ra_var.value)
-    else:
-      mean, var = ra_mean.value, ra_var.value
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
-    return y.astype(x.dtype)
-
 
 class AttentionalFeatureFusion(nn.Module):
   """AFF-2D (LAION's ``AFF``, transformers' ``ClapAudioAFFBlock``), channels-last: 1x1
