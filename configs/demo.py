@@ -5,7 +5,7 @@ r"""The demo: a speech-style CLAP trained on the corpus jaxclap synthesises on y
   python -m jaxclap.main --config=configs/demo.py --config.optim.lr=3e-4
 
 Arguments after the colon (big_vision style, comma-separated ``key=value``):
-  steps=N        training steps (default 900)
+  steps=N        training steps (default 1300)
   batch=N        global batch size (default 48)
   scale=X        corpus size multiplier (default 1.0; 0.05 for a smoke test)
   runlocal       a tiny run for tests: small towers, few steps, a small corpus
@@ -99,7 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   runlocal = bool(args.get("runlocal"))
   c = ml_collections.ConfigDict()
   c.seed = 0                      # model init, data order, masking: one seed for the run
-  c.total_steps = int(args.get("steps", 12 if runlocal else 900))
+  c.total_steps = int(args.get("steps", 12 if runlocal else 1300))
   c.global_batch_size = int(args.get("batch", 8 if runlocal else 48))  # over all processes
   c.compute_dtype = "float32"     # or "bfloat16" (params and softmax stay float32)
 
@@ -134,6 +134,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.features.n_fft = 512
   c.features.win_length = 400
   c.features.hop_length = 160
+  c.features.pad_mode = "constant"  # STFT centre padding: "constant" or "reflect"
   c.features.n_mels = 64
   c.features.fmin = 20.0
   c.features.fmax = 8000.0
@@ -195,11 +196,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.templates = list(DEFAULT_TEMPLATES)
 
+  if audio == "htsat":
+    # LAION-CLAP's input, at 16 kHz: 10 s windows, short clips repeated ("repeatpad"),
+    # a 1024-point Hann window as long as the FFT, reflect padding, raw dB (bn0 is the
+    # normalisation): what transformers' ClapFeatureExtractor computes, so an export
+    # (jaxclap.export) reproduces these features exactly.
+    c.input.clip_seconds = 10.0
+    c.input.pad = "repeat"
+    c.features.update(n_fft=1024, win_length=1024, pad_mode="reflect", fmin=50.0,
+                      fmax=8000.0, norm_mean=0.0, norm_std=1.0, frames_multiple=1)
+
   if runlocal:
     c.model.audio.update(AUDIO[audio][1])
     c.model.text.update(TEXT[text][1])
     if audio == "htsat":
       c.features.n_mels = c.model.audio.num_mel_bins
+      c.input.clip_seconds = 4.0   # 401 frames <= the toy tower's 512
     c.model.embed_dim = 32
     c.model.head_hidden = 64
     c.optim.warmup_steps = 2

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from jaxclap import audio as audio_lib
+from jaxclap.input_pipeline import crop_or_pad
 
 
 class Model:
@@ -61,9 +62,8 @@ class Model:
 
   def _windows(self, wave):
     n = wave.shape[0]
-    if n <= self.window:
-      out = np.zeros(self.window, np.float32)
-      out[:n] = wave
+    if n <= self.window:   # padded as in training (input.pad)
+      out, n = crop_or_pad(wave, self.window, None, self.config.input.get("pad", "zero"))
       return [out], [n]
     starts = list(range(0, n - self.window + 1, self.hop))
     if starts[-1] + self.window < n:

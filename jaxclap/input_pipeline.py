@@ -246,15 +246,19 @@ def crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None,
   """A waveform of exactly ``length`` samples and how many of them are real audio.
 
   Longer clips are cropped at a random offset (``rng``) or at the start (``rng=None``).
-  Shorter clips are zero-padded (``pad="zero"``) or tiled (``pad="repeat"``, as
-  LAION-CLAP's "repeatpad"); the returned length is the original one either way.
+  Shorter clips are zero-padded (``pad="zero"``; the length returned is the clip's) or
+  repeated a whole number of times and then zero-padded (``pad="repeat"``, LAION-CLAP's
+  and transformers' ClapFeatureExtractor's "repeatpad"; the length returned covers the
+  repeats).
   """
   n = wave.shape[0]
   if n >= length:
     start = 0 if rng is None or n == length else int(rng.integers(0, n - length + 1))
     return wave[start:start + length], length
   if pad == "repeat":
-    out = np.tile(wave, -(-length // n))[:length]
+    out = np.zeros(length, np.float32)
+    n *= length // n
+    out[:n] = np.tile(wave, length // wave.shape[0])
   elif pad == "zero":
     out = np.zeros(length, np.float32)
     out[:n] = wave

@@ -146,7 +146,7 @@ def test_two_captions_and_repeat_pad(corpora):
     a, b2 = (bytes(int(t) - 1 for t in b["text_ids"][row, k] if t) for k in range(2))
     assert a != b2   # two different captions of the same clip
   wave, n = ip.crop_or_pad(np.arange(1, 4, dtype=np.float32), 8, None, "repeat")
-  assert n == 3 and wave.tolist() == [1, 2, 3, 1, 2, 3, 1, 2]
+  assert n == 6 and wave.tolist() == [1, 2, 3, 1, 2, 3, 0, 0]   # LAION's "repeatpad"
   with pytest.raises(ValueError, match="input.pad"):
     ip.crop_or_pad(np.ones(2, np.float32), 8, None, "mirror")
 

@@ -48,7 +48,8 @@ def spectrogram(cfg: Any, wave, lengths):
   ``cfg`` is ``config.features``: sample_rate (the waveform's), optionally target_rate
   (resampled on the device with ``res_type``), then by ``kind``:
     "logmel" (default)  librosa-style log-mel: n_fft, win_length, hop_length, n_mels,
-                        fmin, fmax; power_to_db
+                        fmin, fmax, pad_mode ("constant", or "reflect" as LAION-CLAP and
+                        transformers' ClapFeatureExtractor); power_to_db
     "fbank"             Kaldi fbank as AudioMAE feeds it (jaxclap.models.audiomae.
                         features_config()): frame_length_ms, frame_shift_ms, n_mels,
                         window_type, low_freq, high_freq, preemph_coeff,
@@ -67,7 +68,8 @@ def spectrogram(cfg: Any, wave, lengths):
   if kind == "logmel":
     mel = audio_features.melspectrogram(
         wave, sr=target, n_fft=int(cfg.n_fft), hop_length=int(cfg.hop_length),
-        win_length=int(cfg.win_length), window="hann", center=True, pad_mode="constant",
+        win_length=int(cfg.win_length), window="hann", center=True,
+        pad_mode=cfg.get("pad_mode", "constant"),
         power=2.0, n_mels=int(cfg.n_mels), fmin=float(cfg.fmin), fmax=cfg.get("fmax"),
         htk=False, norm="slaney")
     feats = jnp.swapaxes(audio_features.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None),
