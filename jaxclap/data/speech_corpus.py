@@ -204,6 +204,15 @@ SPEAKERS = [
 ]
 
 SPLIT_CLIPS = {"train": 3600, "validation": 400, "test": 700}
+# Whispered, creaky, shaky-elderly and child voices are a fifth of the train speakers and
+# each class rests on a handful of them: they speak SPECIAL_WEIGHT times as many train and
+# validation clips as a modal adult voice (a third of the clips in all), so that the
+# model hears enough of each rare class. The test split keeps one turn per speaker.
+SPECIAL_WEIGHT = 2
+
+
+def _special(speaker: dict) -> bool:
+  return speaker["quality"] != "modal" or speaker["age_group"] != "young adult"
 
 # ---------------------------------------------------------------------------- levels
 
@@ -428,6 +437,8 @@ def make_plan(seed: int = 0, scale: float = 1.0) -> list[dict]:
   for split, n in _clip_counts(scale).items():  # train first: its sentences are drawn first
     rng = random.Random(f"plan-{seed}-{split}")
     pool = [s for s in speakers(seed) if s["split"] == ("test" if split == "test" else "train")]
+    if split != "test":  # the rare voices (see SPECIAL_WEIGHT) take more turns
+      pool += [s for s in pool if _special(s)] * (SPECIAL_WEIGHT - 1)
     order: list[dict] = []
     for i in range(n):
       if not order:  # every speaker once per round, in a fresh order each round
