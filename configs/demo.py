@@ -218,4 +218,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 2
     c.checkpoint_every = 4
     c.eval.batch_size = 16
+
+  if audio == "htsat" and text == "roberta":
+    # LAION-CLAP's heads (transformers' ClapProjectionLayer): Linear-ReLU-Linear at the
+    # shared width, so `python -m jaxclap.export` writes a transformers ClapModel.
+    c.model.head_hidden = c.model.embed_dim
+    c.model.head_activation = "relu"
   return c

@@ -41,7 +41,9 @@ class Model:
         method=m.embed_audio))
     self._text_fn = jax.jit(lambda p, ids, mask: m.apply(p, ids, mask,
                                                          method=m.embed_text))
-    self.logit_scale = float(np.exp(np.minimum(np.asarray(self.params["logit_scale"]), np.log(100.0))))
+    # Clamped as in the loss (losses.clamp_logit_scale): exp of [0, ln 100].
+    self.logit_scale = float(np.exp(np.clip(np.asarray(self.params["logit_scale"]), 0.0,
+                                            np.log(100.0))))
 
   # -- audio
 

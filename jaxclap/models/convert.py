@@ -11,6 +11,10 @@ Every mapping is a table from our parameter path to the source key plus a transf
 head). Missing, unexpected or mis-shaped keys raise ``CheckpointMismatch`` naming the key
 and both shapes: a half-loaded tower trains silently badly, which is worse than not
 starting.
+
+The way back (``jaxclap.export``): ``export_rules`` walks a rule table backwards through
+each transform's ``INVERSE``, and ``export_bert`` writes a ``BertTower`` as an HF state
+dict, so that import and export share one table per model.
 """
 
 from __future__ import annotations
@@ -234,6 +238,63 @@ def import_bert(state_dict: Mapping[str, Any], target: Any, *, depth: int | None
   ignore = lambda k: k in _BERT_BUFFERS or (not with_pooler and k.startswith("pooler."))
   return apply_rules(bert_rules(depth, with_pooler=with_pooler), state_dict, target,
                      prefix=prefix, ignore=ignore, where=where)
+
+
+# ---------------------------------------------------------------- the way back (export)
+
+# Each import transform's inverse, our array -> the checkpoint's layout, so that exporters
+# walk the very rule tables the importers use (one table, two directions: they cannot
+# drift apart). Keyed by the transform's identity.
+INVERSE: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    id(ident): lambda a: a,
+    id(linear_t): lambda a: a.T,                                     # [in, out] -> [out, in]
+    id(split_heads_in): lambda a: a.reshape(a.shape[0], -1).T,       # [d, h, k] -> [h*k, d]
+    id(split_heads_bias): lambda a: a.reshape(-1),                   # [h, k] -> [h*k]
+    id(merge_heads_out): lambda a: a.reshape(-1, a.shape[-1]).T,     # [h, k, d] -> [d, h*k]
+}
+
+
+def export_rules(rules: Rules, params: Any, *, prefix: str = "",
+                 where: str = "params") -> dict[str, np.ndarray]:
+  """``apply_rules`` backwards: our params tree -> {prefix + source key: float32 array}.
+  Every parameter needs a rule and every rule a parameter (an exported checkpoint with a
+  hole loads with random weights in PyTorch unless ``strict``)."""
+  import flax.linen as nn
+  flat = traverse_util.flatten_dict(nn.meta.unbox(params))
+  no_rule = ["/".join(p) for p in flat if p not in rules]
+  if no_rule:
+    raise CheckpointMismatch(f"{where}: no export rule for parameters {no_rule[:5]}")
+  absent = ["/".join(p) for p in rules if p not in flat]
+  if absent:
+    raise CheckpointMismatch(f"{where}: parameters {absent[:5]} that the checkpoint layout "
+                             "needs are missing")
+  out = {}
+  for path, (key, fn) in rules.items():
+    if id(fn) not in INVERSE:
+      raise ValueError(f"{where}: the transform for {'/'.join(path)} -> {key!r} has no inverse")
+    out[prefix + key] = np.ascontiguousarray(INVERSE[id(fn)](np.asarray(flat[path], np.float32)))
+  return out
+
+
+def export_bert(params: Any, *, prefix: str = "", buffers: bool = True) -> dict[str, np.ndarray]:
+  """``BertTower`` params -> an HF BertModel / RobertaModel / ClapTextModel state dict
+  (``prefix="text_model."`` inside ``ClapModel``), the inverse of ``import_bert``: the
+  pooler is written when the tower has one (``pooling="pooler"``).
+
+  ``buffers``: also write the ``embeddings.position_ids`` (0, 1, ..., max_len - 1) and
+  ``embeddings.token_type_ids`` (zeros) index buffers, [1, max_len] int64, which
+  ClapTextModel keeps persistent (so ``load_state_dict(strict=True)`` wants them);
+  BertModel / RobertaModel keep them non-persistent (pass False)."""
+  import flax.linen as nn
+  params = nn.meta.unbox(params)
+  depth = sum(1 for k in params.get("encoder", {}) if k.startswith("layer_"))
+  out = export_rules(bert_rules(depth, with_pooler="pooler" in params), params,
+                     prefix=prefix, where="BertTower")
+  if buffers:
+    rows = np.asarray(params["position_embeddings"]["embedding"]).shape[0]
+    out[prefix + "embeddings.position_ids"] = np.arange(rows, dtype=np.int64)[None]
+    out[prefix + "embeddings.token_type_ids"] = np.zeros((1, rows), np.int64)
+  return out
 
 
 # --------------------------------------------------------------------------- entry point

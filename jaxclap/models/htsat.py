@@ -497,15 +497,9 @@ class HTSAT(nn.Module):
 conv_t = lambda a, shape: a.transpose(2, 3, 1, 0)          # [o, i, kh, kw] -> [kh, kw, i, o]
 conv1x1_t = lambda a, shape: a.reshape(a.shape[0], -1).T   # [o, i, 1, 1] -> [i, o]
 
-_INVERSE = {
-    id(ident): lambda a: a,
-    id(linear_t): lambda a: a.T,
-    id(split_heads_in): lambda a: a.reshape(a.shape[0], -1).T,
-    id(split_heads_bias): lambda a: a.reshape(-1),
-    id(merge_heads_out): lambda a: a.reshape(-1, a.shape[-1]).T,
-    id(conv_t): lambda a: a.transpose(3, 2, 0, 1),
-    id(conv1x1_t): lambda a: a.T[:, :, None, None],
-}
+_INVERSE = {**convert.INVERSE,
+            id(conv_t): lambda a: a.transpose(3, 2, 0, 1),
+            id(conv1x1_t): lambda a: a.T[:, :, None, None]}
 
 
 def _layout(variables: Mapping) -> tuple[list[int], bool, bool]:

@@ -1,0 +1,545 @@
+r"""Export a trained run to PyTorch: transformers' CLAP format (``ClapModel`` +
+``ClapProcessor``), so that the model serves from PyTorch with no jaxclap installed.
+
+  python -m jaxclap.export --workdir=DIR --out=OUT [--step=N]
+  path = jaxclap.export.export(workdir, out, step=None)
+
+  model = transformers.ClapModel.from_pretrained(OUT)
+  processor = transformers.ClapProcessor.from_pretrained(OUT)
+  transformers.pipeline("zero-shot-audio-classification", model=OUT)
+
+What can be exported: an HTS-AT audio tower (``model.audio.name="htsat"``, no fusion)
+with a RoBERTa-style ``BertTower`` (``padding_idx`` set, ``pooling="pooler"``) and MLP
+heads whose hidden width is ``embed_dim`` (``ClapProjectionLayer`` is Linear(hidden ->
+embed_dim) -> activation -> Linear(embed_dim -> embed_dim)): the demo's
+``audio=htsat,text=roberta`` with ``--config.model.head_hidden`` = ``embed_dim``. The
+heads' activation becomes ``projection_hidden_act`` (LAION-CLAP's is "relu"; transformers
+builds any of relu / gelu / gelu_pytorch_tanh / silu, so each of ours maps exactly).
+Anything else is refused up front with an error naming the config field.
+
+What is written to ``out``:
+  config.json, model.safetensors   ``ClapModel``: text_model.* (inverse BERT rules, with
+                                   the position_ids / token_type_ids buffers),
+                                   audio_model.audio_encoder.* (``htsat.export_torch``,
+                                   batch-norm statistics included), text_projection /
+                                   audio_projection linear1 / linear2 from our heads,
+                                   logit_scale_a = logit_scale_t = our logit_scale
+                                   clamped to [0, ln 100] as training uses it; loaded
+                                   into ``ClapModel`` with ``strict=True`` before saving
+  processor and tokenizer files    ``ClapProcessor``: a ``ClapFeatureExtractor`` set to
+                                   compute jaxclap's log-mel (below) and the run's
+                                   byte-level BPE as ``RobertaTokenizerFast`` (ids
+                                   checked equal to jaxclap's before anything is written)
+  jaxclap_export.json              the run's config and step (``import_clap`` reads it)
+
+The front end. transformers' ``ClapFeatureExtractor`` (``truncation="rand_trunc"``) is a
+librosa-style log-mel: periodic Hann window as long as the FFT, reflect centre padding,
+Slaney mel filters, ``10 log10(max(mel, 1e-10))``. So jaxclap's features must use
+``win_length == n_fft`` and ``pad_mode="reflect"`` (what the demo's htsat setting uses),
+``n_mels == model.audio.num_mel_bins`` and an integer ``input.clip_seconds``
+(``max_length_s``). The extractor's sample rate is ``features.target_rate``: jaxclap
+resamples audio at other rates on the device, transformers' extractor refuses it, so
+resample first. Short clips are repeated then zero-padded (``input.pad="repeat"`` ->
+``padding="repeatpad"``) or zero-padded (``"zero"`` -> ``"pad"``), as jaxclap does.
+jaxclap's normalisation ``(dB - norm_mean) / norm_std`` is folded into HTS-AT's first
+batch norm (``bn0``, per mel bin, running statistics at inference: exact algebra, float64
+then rounded once), so the exported model takes transformers' raw dB features. Measured on
+the runlocal demo (tests/test_export.py): features within 5e-4 dB (numpy's complex64 STFT
+against XLA's float32 one), embeddings and zero-shot probabilities within 3e-7.
+
+Limitation: clips longer than ``input.clip_seconds``. jaxclap cuts them into windows
+(half-window hop) and averages the windows' embeddings; ``ClapFeatureExtractor`` with
+``rand_trunc`` embeds ONE random crop of the window's length. Embeddings agree for clips
+no longer than the window; for longer clips call the model once per window and average
+(as ``jaxclap.inference`` does) to get jaxclap's answer. Likewise texts: jaxclap cuts a
+caption to ``input.max_text_len`` tokens; the exported tokenizer has that
+``model_max_length`` but, as any transformers tokenizer, truncates only when asked
+(``truncation=True``; the zero-shot pipeline does not), so prompts longer than that differ.
+Through ``ClapProcessor`` pass it as ``text_kwargs={"truncation": True}``: a bare
+``truncation=`` reaches the feature extractor too, where it names the crop mode.
+
+The way back: ``import_clap(out)`` reads such a folder into jaxclap variables
+(``{"params", "batch_stats"}``), un-folding bn0 with the config's normalisation; the
+round trip is bitwise when ``norm_mean=0, norm_std=1`` (the demo's htsat setting, where
+the fold is the identity) and within float32 rounding of bn0's mean and scale otherwise
+(one rounding each way). A logit_scale outside [0, ln 100] comes back clamped: that is
+the value training and inference use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any, Mapping
+
+import numpy as np
+
+from jaxclap.models import convert
+
+# Our activation names -> transformers' ACT2FN names computing the same function.
+_HF_ACT = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "silu": "silu"}
+_LOG_100 = math.log(100.0)
+# Texts the exported tokenizer must encode exactly as jaxclap's does: spacing, case,
+# punctuation, non-ASCII, a literal special token, and one long enough to be truncated.
+_PROBES = ("A woman speaking quickly.", "", "  two  spaces and a tab\tthere",
+           "Héllo wörld – naïve café 🙂", "a <mask> and </s> inside",
+           " ".join(["a very long caption"] * 40))
+
+AUDIO_PREFIX = "audio_model.audio_encoder."
+TEXT_PREFIX = "text_model."
+
+
+class NotExportable(ValueError):
+  """The run's model or features have no exact transformers CLAP equivalent."""
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def _tower_kwargs(tower_cfg: Any) -> dict:
+  kw = dict(tower_cfg.to_dict() if hasattr(tower_cfg, "to_dict") else tower_cfg)
+  for k in ("name", "init", "init_kind"):
+    kw.pop(k, None)
+  return kw
+
+
+# ----------------------------------------------------------------- config -> transformers
+
+
+def _feature_rate(config: Any) -> int:
+  f = config.features
+  return int(_get(f, "target_rate") or f.sample_rate)
+
+
+def feature_extractor_kwargs(config: Any) -> dict:
+  """``ClapFeatureExtractor`` arguments computing ``config.features``' log-mel, or
+  ``NotExportable`` naming the field that transformers' front end cannot reproduce."""
+  f, inp = config.features, config.input
+  kind = _get(f, "kind", "logmel")
+  if kind != "logmel":
+    raise NotExportable(f"config.features.kind={kind!r}: ClapFeatureExtractor computes a "
+                        "log-mel ('logmel') only")
+  n_fft, win = int(f.n_fft), int(_get(f, "win_length") or f.n_fft)
+  if win != n_fft:
+    raise NotExportable(f"config.features.win_length={win} != n_fft={n_fft}: "
+                        "ClapFeatureExtractor's window is always fft_window_size long")
+  pad_mode = _get(f, "pad_mode", "constant")
+  if pad_mode != "reflect":
+    raise NotExportable(f"config.features.pad_mode={pad_mode!r}: ClapFeatureExtractor pads "
+                        "the STFT with 'reflect' only")
+  rate, hop = _feature_rate(config), int(f.hop_length)
+  seconds = float(inp.clip_seconds)
+  if seconds != int(seconds):
+    # max_length_s * sampling_rate becomes a float sample count, which numpy's padding
+    # and slicing in the extractor reject.
+    raise NotExportable(f"config.input.clip_seconds={seconds}: ClapFeatureExtractor's "
+                        "max_length_s must be a whole number of seconds")
+  multiple = int(_get(f, "frames_multiple", 1) or 1)
+  frames = int(seconds) * rate // hop + 1
+  if frames % multiple:
+    raise NotExportable(f"config.features.frames_multiple={multiple} crops a window's "
+                        f"{frames} frames; ClapFeatureExtractor keeps them all")
+  pad = _get(inp, "pad", "zero")
+  if pad not in ("repeat", "zero"):
+    raise NotExportable(f"config.input.pad={pad!r}: expected 'repeat' or 'zero'")
+  fmax = _get(f, "fmax")
+  return dict(
+      feature_size=int(f.n_mels), sampling_rate=rate, hop_length=hop,
+      max_length_s=int(seconds), fft_window_size=n_fft, padding_value=0.0,
+      return_attention_mask=False,          # HTS-AT sees a fixed-size image, no mask
+      frequency_min=float(f.fmin), frequency_max=float(rate / 2 if fmax is None else fmax),
+      top_db=None, truncation="rand_trunc",
+      # "repeatpad": whole repeats, then zeros (jaxclap's "repeat"); any other value is
+      # plain zero padding in the extractor, "pad" by its docstring.
+      padding="repeatpad" if pad == "repeat" else "pad")
+
+
+def _audio_config(config: Any) -> dict:
+  from jaxclap.models import htsat
+  a = config.model.audio
+  if a.name != "htsat":
+    raise NotExportable(f"config.model.audio.name={a.name!r}: transformers' ClapModel has "
+                        "an HTS-AT audio tower ('htsat') only")
+  tower = htsat.HTSAT(**_tower_kwargs(a))
+  if tower.enable_fusion:
+    raise NotExportable("config.model.audio.enable_fusion=True: the fusion front end is not "
+                        "exported (jaxclap trains single-window towers)")
+  width, depths, heads = tower.arch()
+  if int(config.features.n_mels) != int(tower.num_mel_bins):
+    raise NotExportable(f"config.features.n_mels={config.features.n_mels} != "
+                        f"config.model.audio.num_mel_bins={tower.num_mel_bins}: "
+                        "transformers' bn0 normalises num_mel_bins channels")
+  ps = tower.patch_size if np.isscalar(tower.patch_size) else list(tower.patch_size)
+  st = tower.patch_stride
+  st = [int(st), int(st)] if np.isscalar(st) else [int(s) for s in st]
+  return dict(
+      spec_size=int(tower.spec_size), num_mel_bins=int(tower.num_mel_bins),
+      window_size=int(tower.window_size), patch_size=ps, patch_stride=st,
+      patch_embeds_hidden_size=width, hidden_size=tower.num_features(),
+      depths=list(depths), num_attention_heads=list(heads), mlp_ratio=float(tower.mlp_ratio),
+      layer_norm_eps=float(tower.layer_norm_eps), enable_patch_layer_norm=bool(tower.patch_norm),
+      enable_fusion=False, fusion_type=None, hidden_act="gelu", qkv_bias=True,
+      flatten_patch_embeds=True, patch_embed_input_channels=1,
+      hidden_dropout_prob=float(tower.dropout_rate),
+      attention_probs_dropout_prob=float(tower.attention_dropout_rate),
+      drop_path_rate=float(tower.drop_path_rate))
+
+
+def _text_config(config: Any) -> dict:
+  from jaxclap.models import bert, two_towers
+  t = config.model.text
+  cls = two_towers.TEXT_TOWERS.get(t.name, (None,))[0]
+  if cls is not bert.BertTower:
+    raise NotExportable(f"config.model.text.name={t.name!r}: ClapModel's text tower is a "
+                        "RoBERTa encoder (a BertTower: 'roberta')")
+  tower = bert.BertTower(**_tower_kwargs(t))
+  if tower.padding_idx is None:
+    raise NotExportable("config.model.text.padding_idx is None: ClapTextModel numbers "
+                        "positions RoBERTa's way, from padding_idx + 1 (set padding_idx)")
+  if tower.pooling != "pooler":
+    raise NotExportable(f"config.model.text.pooling={tower.pooling!r}: ClapModel projects "
+                        "the tanh pooler's output ('pooler')")
+  if tower.activation not in _HF_ACT:
+    raise NotExportable(f"config.model.text.activation={tower.activation!r} has no "
+                        "transformers equivalent")
+  return dict(
+      vocab_size=int(tower.vocab_size), hidden_size=int(tower.hidden_size),
+      num_hidden_layers=int(tower.depth), num_attention_heads=int(tower.num_heads),
+      intermediate_size=int(tower.mlp_dim), hidden_act=_HF_ACT[tower.activation],
+      max_position_embeddings=int(tower.max_len), type_vocab_size=int(tower.type_vocab_size),
+      layer_norm_eps=float(tower.layer_norm_eps), pad_token_id=int(tower.padding_idx),
+      hidden_dropout_prob=float(tower.dropout_rate),
+      attention_probs_dropout_prob=float(tower.dropout_rate),
+      position_embedding_type="absolute")
+
+
+def _head_activation(config: Any) -> str:
+  m = config.model
+  if m.head != "mlp":
+    raise NotExportable(f"config.model.head={m.head!r}: ClapProjectionLayer is "
+                        "Linear -> activation -> Linear ('mlp')")
+  hidden = _get(m, "head_hidden")
+  if hidden is not None and int(hidden) != int(m.embed_dim):
+    raise NotExportable(f"config.model.head_hidden={hidden} != model.embed_dim={m.embed_dim}: "
+                        "ClapProjectionLayer's hidden width is projection_dim")
+  act = str(_get(m, "head_activation", "gelu"))
+  if act not in _HF_ACT:
+    raise NotExportable(f"config.model.head_activation={act!r} has no transformers "
+                        "equivalent")
+  return _HF_ACT[act]
+
+
+def clap_config(config: Any, logit_scale: float = math.log(1 / 0.07), tokenizer: Any = None):
+  """``transformers.ClapConfig`` for the run ``config`` (raises ``NotExportable`` naming
+  the field that has no equivalent). ``tokenizer``: the exported transformers tokenizer,
+  for the bos / eos ids (default: RoBERTa's 0 and 2)."""
+  import transformers
+  act = _head_activation(config)
+  text = _text_config(config)
+  if tokenizer is not None:
+    text.update(bos_token_id=int(tokenizer.cls_token_id), eos_token_id=int(tokenizer.sep_token_id))
+  return transformers.ClapConfig(
+      text_config=text, audio_config=_audio_config(config),
+      projection_dim=int(config.model.embed_dim), projection_hidden_act=act,
+      logit_scale_init_value=float(math.exp(logit_scale)))
+
+
+def check(config: Any) -> None:
+  """Raises ``NotExportable`` (naming the config field) unless the run exports exactly."""
+  clap_config(config)
+  feature_extractor_kwargs(config)
+
+
+# ----------------------------------------------------------------------- parameters
+
+
+def fold_bn0(bn0: Mapping[str, np.ndarray], stats: Mapping[str, np.ndarray], mean: Any,
+             std: Any) -> tuple[dict, dict]:
+  """bn0 applied to ``(x - mean) / std`` == bn0' applied to the raw ``x``: the running mean
+  becomes ``mean + std * mu`` and the scale ``gamma / std`` (variance and bias unchanged),
+  since ``((x - m) / s - mu) g / sqrt(v + eps) = (x - (m + s mu)) (g / s) / sqrt(v + eps)``.
+  Computed in float64 and rounded to float32 once. Returns (params, batch_stats)."""
+  s = np.asarray(std, np.float64)
+  if np.any(s == 0):
+    raise NotExportable("config.features.norm_std is 0")
+  m = np.asarray(mean, np.float64)
+  scale = np.asarray(bn0["scale"], np.float64) / s
+  mu = m + s * np.asarray(stats["mean"], np.float64)
+  return ({"scale": scale.astype(np.float32), "bias": np.asarray(bn0["bias"], np.float32)},
+          {"mean": mu.astype(np.float32), "var": np.asarray(stats["var"], np.float32)})
+
+
+def unfold_bn0(bn0: Mapping[str, np.ndarray], stats: Mapping[str, np.ndarray], mean: Any,
+               std: Any) -> tuple[dict, dict]:
+  """The inverse of ``fold_bn0``."""
+  s = np.asarray(std, np.float64)
+  m = np.asarray(mean, np.float64)
+  scale = np.asarray(bn0["scale"], np.float64) * s
+  mu = (np.asarray(stats["mean"], np.float64) - m) / s
+  return ({"scale": scale.astype(np.float32), "bias": np.asarray(bn0["bias"], np.float32)},
+          {"mean": mu.astype(np.float32), "var": np.asarray(stats["var"], np.float32)})
+
+
+def _head_to_torch(head: Mapping, name: str) -> dict[str, np.ndarray]:
+  out = {}
+  for ours, theirs in (("fc_in", "linear1"), ("fc_out", "linear2")):
+    out[f"{name}.{theirs}.weight"] = np.ascontiguousarray(np.asarray(head[ours]["kernel"],
+                                                                     np.float32).T)
+    out[f"{name}.{theirs}.bias"] = np.asarray(head[ours]["bias"], np.float32)
+  return out
+
+
+def clamp_logit_scale(value: Any) -> np.float32:
+  """Our logit_scale parameter as training uses it: clamped to [0, ln 100]."""
+  return np.float32(np.clip(np.asarray(value, np.float32), 0.0, np.float32(_LOG_100)))
+
+
+def clap_state_dict(config: Any, variables: Mapping) -> dict[str, np.ndarray]:
+  """Our variables (``{"params", "batch_stats"}``) -> a complete ``ClapModel`` state dict
+  (numpy; buffers included), with the feature normalisation folded into bn0."""
+  import flax.linen as nn
+  from jaxclap.models import htsat
+  check(config)
+  v = nn.meta.unbox(dict(variables))
+  params, stats = v["params"], v.get("batch_stats", {})
+  if "audio" not in stats:
+    raise convert.CheckpointMismatch("variables have no batch_stats for the HTS-AT audio "
+                                     "tower (TrainState.model_state)")
+  audio_p, audio_s = dict(params["audio"]), dict(stats["audio"])
+  bn0_p, bn0_s = fold_bn0(audio_p["bn0"], audio_s["bn0"], config.features.norm_mean,
+                          config.features.norm_std)
+  audio_p["bn0"], audio_s["bn0"] = bn0_p, bn0_s
+  sd = htsat.export_torch({"params": audio_p, "batch_stats": audio_s}, prefix=AUDIO_PREFIX)
+  sd.update(convert.export_bert(params["text"], prefix=TEXT_PREFIX, buffers=True))
+  sd.update(_head_to_torch(params["audio_head"], "audio_projection"))
+  sd.update(_head_to_torch(params["text_head"], "text_projection"))
+  scale = clamp_logit_scale(params["logit_scale"])
+  sd["logit_scale_a"] = np.asarray(scale, np.float32).reshape(())
+  sd["logit_scale_t"] = np.asarray(scale, np.float32).reshape(())
+  return sd
+
+
+# ------------------------------------------------------------------------ tokenizer
+
+
+def hf_tokenizer(config: Any, tokenizer: Any = None):
+  """The run's tokenizer as a transformers ``RobertaTokenizerFast`` with
+  ``model_max_length = input.max_text_len``, its ids checked against jaxclap's
+  ``tokenizer.encode`` on a few probe texts (``NotExportable`` on any difference)."""
+  import transformers
+  from jaxclap import tokenizers
+  tc = config.tokenizer
+  kind = str(tc.kind).lower()
+  if kind not in ("roberta", "bpe", "clap"):
+    raise NotExportable(f"config.tokenizer.kind={tc.kind!r}: ClapProcessor's tokenizer is a "
+                        "RoBERTa byte-level BPE ('roberta')")
+  path = _get(tc, "path")
+  if not path or not os.path.isdir(str(path)):
+    raise NotExportable(f"config.tokenizer.path={path!r} is not a tokenizer folder")
+  extra = sorted(set(tc.to_dict() if hasattr(tc, "to_dict") else dict(tc)) - {"kind", "path"})
+  if extra:
+    raise NotExportable(f"config.tokenizer sets {extra}: only kind and path are exported")
+  ours = tokenizer or tokenizers.from_config(tc)
+  max_len = int(config.input.max_text_len)
+  load = lambda: transformers.RobertaTokenizerFast.from_pretrained(str(path),
+                                                                   model_max_length=max_len)
+  # Probing with padding / truncation switches them on in the backend tokenizer, which
+  # save_pretrained would write into tokenizer.json; from there ClapProcessor passes that
+  # max_length (in tokens) to the feature extractor as a length in samples. So the probe
+  # uses its own instance.
+  hf, probe = load(), load()
+  vocab = int(config.model.text.vocab_size)
+  if len(hf) > vocab:
+    # An id past the embedding table fails in PyTorch (and is clamped silently by a JAX
+    # gather): the two would not agree.
+    raise NotExportable(f"config.tokenizer at {path} has {len(hf)} tokens but "
+                        f"config.model.text.vocab_size={vocab}")
+  pad = int(config.model.text.get("padding_idx", -1))
+  if hf.pad_token_id != pad or ours.pad_id != pad:
+    raise NotExportable(f"the tokenizer pads with id {hf.pad_token_id} (jaxclap: "
+                        f"{ours.pad_id}) but config.model.text.padding_idx={pad}")
+  ids, _ = ours.encode(list(_PROBES), max_len)
+  theirs = probe(list(_PROBES), padding="max_length", truncation=True, max_length=max_len,
+                 return_tensors="np")["input_ids"]
+  for text, a, b in zip(_PROBES, ids, theirs):
+    if not np.array_equal(a, b):
+      raise NotExportable(f"config.tokenizer at {path}: transformers encodes {text[:40]!r} as "
+                          f"{b[:12].tolist()}..., jaxclap as {a[:12].tolist()}...")
+  return hf
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export(workdir: str, out: str, step: int | None = None) -> str:
+  """Writes the run in ``workdir`` (latest checkpoint, or ``step``) to the folder ``out``
+  as a transformers ``ClapModel`` + ``ClapProcessor``; returns ``out``. Raises
+  ``NotExportable`` naming the config field when the run has no exact equivalent."""
+  import ml_collections
+  import torch
+  import transformers
+  from jaxclap import inference
+
+  import orbax.checkpoint as ocp
+
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"{workdir}: no config.json; is it a jaxclap run folder?")
+  with open(cfg_path) as f:
+    run_config = ml_collections.ConfigDict(json.load(f))
+  # Refuse what cannot be exported before the checkpoint loads.
+  check(run_config)
+  tok = hf_tokenizer(run_config)
+  if step is None:
+    ckpts = os.path.join(os.path.abspath(workdir), "checkpoints")
+    step = ocp.CheckpointManager(ckpts).latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{workdir}: no checkpoints yet")
+  model = inference.load(workdir, step)
+  config = model.config
+  sd = clap_state_dict(config, model.variables)
+  cfg = clap_config(config, float(sd["logit_scale_a"]), tok)
+
+  torch_model = transformers.ClapModel(cfg).eval()
+  result = torch_model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
+                                       strict=True)
+  if result.missing_keys or result.unexpected_keys:   # strict raises first; belt and braces
+    raise convert.CheckpointMismatch(f"ClapModel: missing {result.missing_keys[:5]}, "
+                                     f"unexpected {result.unexpected_keys[:5]}")
+  os.makedirs(out, exist_ok=True)
+  torch_model.save_pretrained(out)
+  processor = transformers.ClapProcessor(
+      feature_extractor=transformers.ClapFeatureExtractor(**feature_extractor_kwargs(config)),
+      tokenizer=tok)
+  processor.save_pretrained(out)
+  with open(os.path.join(out, "jaxclap_export.json"), "w") as f:
+    json.dump({"workdir": os.path.abspath(workdir), "step": int(step),
+               "config": json.loads(config.to_json_best_effort())}, f, indent=2)
+  return out
+
+
+# ------------------------------------------------------------------------ the way back
+
+
+def _target(config: Any):
+  """Shapes of the run's variables, ``{"params", "batch_stats"}``, without creating them."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from jaxclap.models import two_towers
+  model = two_towers.from_config(config.model)
+  samples = int(round(float(config.input.clip_seconds) * int(config.input.sample_rate)))
+  t = int(config.input.max_text_len)
+
+  def init():
+    wave = jnp.zeros((1, samples), jnp.float32)
+    spec, frames = two_towers.spectrogram(config.features, wave, jnp.full((1,), samples))
+    return model.init(jax.random.PRNGKey(0), spec, frames, jnp.zeros((1, t), jnp.int32),
+                      jnp.ones((1, t), jnp.int32))
+  return nn.meta.unbox(jax.eval_shape(init))
+
+
+def import_clap(source: str | Mapping[str, Any], config: Any = None) -> dict:
+  """A ``ClapModel`` written by ``export`` (its folder, or a state dict) -> jaxclap
+  variables ``{"params": ..., "batch_stats": {"audio": ...}}`` for the run ``config``
+  (default: the ``jaxclap_export.json`` in the folder). bn0 is un-folded with the config's
+  ``features.norm_mean`` / ``norm_std``; ``logit_scale_a`` and ``logit_scale_t`` must agree
+  (ours is one parameter). Every key must be used (``CheckpointMismatch`` otherwise)."""
+  import ml_collections
+  from jaxclap.models import htsat
+  where = "state dict"
+  if not isinstance(source, Mapping):
+    where = os.fspath(source)
+    if config is None:
+      meta = os.path.join(where, "jaxclap_export.json")
+      if not os.path.exists(meta):
+        raise FileNotFoundError(f"{where}: no jaxclap_export.json; pass config=")
+      with open(meta) as f:
+        config = ml_collections.ConfigDict(json.load(f)["config"])
+    sd = convert.load_state_dict(where)
+  else:
+    sd = convert.to_numpy(source)
+    if config is None:
+      raise ValueError("import_clap of a state dict needs config=")
+  check(config)
+  target = _target(config)
+  tp, ts = target["params"], target["batch_stats"]
+  audio = htsat.import_torch(sd, {"params": tp["audio"], "batch_stats": ts["audio"]},
+                             prefix=AUDIO_PREFIX, where=where)
+  bn0_p, bn0_s = unfold_bn0(audio["params"]["bn0"], audio["batch_stats"]["bn0"],
+                            config.features.norm_mean, config.features.norm_std)
+  audio["params"]["bn0"], audio["batch_stats"]["bn0"] = bn0_p, bn0_s
+  text = convert.import_bert(sd, tp["text"], prefix=TEXT_PREFIX, where=where)
+
+  used = {k for k in sd if k.startswith((AUDIO_PREFIX, TEXT_PREFIX))}
+  heads = {}
+  for ours, theirs in (("audio_head", "audio_projection"), ("text_head", "text_projection")):
+    head = {}
+    for layer, lin in (("fc_in", "linear1"), ("fc_out", "linear2")):
+      w, b = f"{theirs}.{lin}.weight", f"{theirs}.{lin}.bias"
+      for key in (w, b):
+        if key not in sd:
+          raise convert.CheckpointMismatch(f"{where}: missing key {key!r}")
+      want = tuple(tp[ours][layer]["kernel"].shape)
+      if tuple(sd[w].shape[::-1]) != want or tuple(sd[b].shape) != want[-1:]:
+        raise convert.CheckpointMismatch(
+            f"{where}: {w!r} has shape {tuple(sd[w].shape)}, but {ours}/{layer}/kernel "
+            f"needs {want} (transposed)")
+      head[layer] = {"kernel": np.ascontiguousarray(np.asarray(sd[w], np.float32).T),
+                     "bias": np.asarray(sd[b], np.float32)}
+      used |= {w, b}
+    heads[ours] = head
+  for key in ("logit_scale_a", "logit_scale_t"):
+    if key not in sd:
+      raise convert.CheckpointMismatch(f"{where}: missing key {key!r}")
+  a, t = np.asarray(sd["logit_scale_a"], np.float32), np.asarray(sd["logit_scale_t"], np.float32)
+  if a != t:
+    raise convert.CheckpointMismatch(f"{where}: logit_scale_a={float(a)} != logit_scale_t="
+                                     f"{float(t)}; jaxclap has one logit_scale")
+  used |= {"logit_scale_a", "logit_scale_t"}
+  unexpected = sorted(set(sd) - used)
+  if unexpected:
+    raise convert.CheckpointMismatch(f"{where}: unexpected keys {unexpected[:8]} "
+                                     f"({len(unexpected)} in all)")
+  params = {"audio": audio["params"], "text": text, **heads,
+            "logit_scale": a.reshape(())}
+  return {"params": params, "batch_stats": {"audio": audio["batch_stats"]}}
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m jaxclap.export",
+      description="Export a jaxclap run (HTS-AT audio + RoBERTa text towers, MLP heads) "
+                  "to transformers' CLAP format: ClapModel weights and config plus a "
+                  "ClapProcessor (feature extractor + tokenizer), loadable with "
+                  "ClapModel.from_pretrained(OUT) and pipeline('zero-shot-audio-"
+                  "classification', model=OUT).",
+      epilog="Runs with no exact transformers equivalent (other towers, linear heads, a "
+             "head width other than embed_dim, win_length != n_fft, constant STFT "
+             "padding, ...) are refused with the config field named. The exported "
+             "processor embeds one random crop of clips longer than input.clip_seconds, "
+             "where jaxclap averages windows; see the jaxclap.export docstring.")
+  parser.add_argument("--workdir", required=True,
+                      help="the run folder written by python -m jaxclap.main")
+  parser.add_argument("--out", required=True, help="the folder to write (created)")
+  parser.add_argument("--step", type=int, default=None,
+                      help="the checkpoint step to export (default: the latest)")
+  args = parser.parse_args(argv)
+  try:
+    path = export(args.workdir, args.out, args.step)
+  except (NotExportable, FileNotFoundError) as e:
+    print(f"jaxclap.export: {e}", file=sys.stderr)
+    return 2
+  print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
