@@ -1,12 +1,43 @@
-r"""Export a trained run to PyTorch: transformers' CLAP format (``ClapModel`` +
-``ClapProcessor``), so that the model serves from PyTorch with no jaxclap installed.
+r"""Export a trained run to PyTorch, in one of two formats picked by the audio tower:
 
   python -m jaxclap.export --workdir=DIR --out=OUT [--step=N]
   path = jaxclap.export.export(workdir, out, step=None)
+  variables = jaxclap.export.import_export(OUT)     # the way back, either format
+
+* HTS-AT runs: transformers' CLAP format (``ClapModel`` + ``ClapProcessor``), served by
+  transformers alone (below).
 
   model = transformers.ClapModel.from_pretrained(OUT)
   processor = transformers.ClapProcessor.from_pretrained(OUT)
   transformers.pipeline("zero-shot-audio-classification", model=OUT)
+
+* Spectrogram-ViT runs (the demo's default): the towers format (``export_towers``),
+  each tower as the transformers class that matches it, served by
+  ``jaxclap.torch_model.ClapModelTorch`` (PyTorch + transformers; no JAX):
+
+  OUT/audio/   ``ViTMAEModel`` (num_channels=1, image_size=(frames, n_mels), patch 16,
+               mask_ratio 0, our sin-cos table in embeddings.position_embeddings with a
+               zero [CLS] row). It reproduces our ViT exactly, padding included: call it
+               with ``noise=arange(tiles)`` (keeps tile order) and ``attention_mask``
+               [b, 1 + tiles] (transformers 5's ViTMAEModel takes one)
+  OUT/text/    ``BertModel`` (BERT / MiniLM towers; ``add_pooling_layer=False`` unless the
+               tower pools with the tanh pooler), ``RobertaModel`` (``padding_idx`` set),
+               ``Qwen3Model`` or ``Gemma3TextModel``, each loaded strictly before saving,
+               plus the tokenizer (ids checked against jaxclap's on probe texts)
+  heads.safetensors      ``{audio,text}_head.{proj|fc_in|fc_out}.{weight,bias}`` (PyTorch
+                         [out, in]) and the raw ``logit_scale`` (clamped when used)
+  frontend.safetensors   the periodic Hann window and librosa's Slaney mel matrix jaxclap
+                         computes with
+  audio_mae_decoder.safetensors   the ViT's MAE decoder (training only; kept so that
+                                  ``import_export`` gives every parameter back)
+  jaxclap_export.json    format "jaxclap-towers": front end, window / hop / padding,
+                         pooling, heads, tokenizer length, and the run's config
+
+  Refused (``NotExportable``, naming the field): Kaldi fbank features, an on-device
+  resampling rate (``features.target_rate``), text towers other than BERT / RoBERTa /
+  Qwen3 / Gemma3, or decoder options HF's models do not have.
+
+The rest of this docstring is about the CLAP format.
 
 What can be exported: an HTS-AT audio tower (``model.audio.name="htsat"``, no fusion)
 with a RoBERTa-style ``BertTower`` (``padding_idx`` set, ``pooling="pooler"``) and MLP
@@ -326,10 +357,11 @@ def clap_state_dict(config: Any, variables: Mapping) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------ tokenizer
 
 
-def hf_tokenizer(config: Any, tokenizer: Any = None):
+def hf_tokenizer(config: Any, tokenizer: Any = None, check_pad: bool = True):
   """The run's tokenizer as a transformers ``RobertaTokenizerFast`` with
   ``model_max_length = input.max_text_len``, its ids checked against jaxclap's
-  ``tokenizer.encode`` on a few probe texts (``NotExportable`` on any difference)."""
+  ``tokenizer.encode`` on a few probe texts (``NotExportable`` on any difference).
+  ``check_pad``: the pad id must be ``model.text.padding_idx`` (RoBERTa positions)."""
   import transformers
   from jaxclap import tokenizers
   tc = config.tokenizer
@@ -358,7 +390,7 @@ def hf_tokenizer(config: Any, tokenizer: Any = None):
     # gather): the two would not agree.
     raise NotExportable(f"config.tokenizer at {path} has {len(hf)} tokens but "
                         f"config.model.text.vocab_size={vocab}")
-  pad = int(config.model.text.get("padding_idx", -1))
+  pad = int(config.model.text.get("padding_idx", -1) if check_pad else ours.pad_id)
   if hf.pad_token_id != pad or ours.pad_id != pad:
     raise NotExportable(f"the tokenizer pads with id {hf.pad_token_id} (jaxclap: "
                         f"{ours.pad_id}) but config.model.text.padding_idx={pad}")
@@ -391,6 +423,8 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
     raise FileNotFoundError(f"{workdir}: no config.json; is it a jaxclap run folder?")
   with open(cfg_path) as f:
     run_config = ml_collections.ConfigDict(json.load(f))
+  if run_config.model.audio.name != "htsat":   # the towers format (ViT runs)
+    return export_towers(workdir, out, step)
   # Refuse what cannot be exported before the checkpoint loads.
   check(run_config)
   tok = hf_tokenizer(run_config)
@@ -425,8 +459,9 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
 # ------------------------------------------------------------------------ the way back
 
 
-def _target(config: Any):
-  """Shapes of the run's variables, ``{"params", "batch_stats"}``, without creating them."""
+def _target(config: Any, mae: bool = False):
+  """Shapes of the run's variables, ``{"params", "batch_stats"}``, without creating them
+  (``mae``: with the ViT's MAE decoder, which only the reconstruction pass creates)."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -439,7 +474,8 @@ def _target(config: Any):
     wave = jnp.zeros((1, samples), jnp.float32)
     spec, frames = two_towers.spectrogram(config.features, wave, jnp.full((1,), samples))
     return model.init(jax.random.PRNGKey(0), spec, frames, jnp.zeros((1, t), jnp.int32),
-                      jnp.ones((1, t), jnp.int32))
+                      jnp.ones((1, t), jnp.int32),
+                      rng=jax.random.PRNGKey(1) if mae else None)
   return nn.meta.unbox(jax.eval_shape(init))
 
 
@@ -510,20 +546,357 @@ def import_clap(source: str | Mapping[str, Any], config: Any = None) -> dict:
   return {"params": params, "batch_stats": {"audio": audio["batch_stats"]}}
 
 
+# ------------------------------------------------------------ towers format (any ViT run)
+#
+# Runs that transformers' ClapModel cannot hold (the demo's spectrogram ViT, BERT / MiniLM
+# text towers, linear heads...) export tower by tower: each tower to the transformers
+# class that matches it, the rest (front end, pooling, heads, windows) to files that
+# ``jaxclap.torch_model.ClapModelTorch`` reads.
+
+TOWERS_FORMAT = "jaxclap-towers"
+HEADS_FILE, FRONTEND_FILE, DECODER_FILE = ("heads.safetensors", "frontend.safetensors",
+                                           "audio_mae_decoder.safetensors")
+
+
+def _towers_check(config: Any) -> None:
+  """``NotExportable`` unless the towers format reproduces the run exactly."""
+  from jaxclap.models import bert, decoder_lm, two_towers
+  a, t, f = config.model.audio, config.model.text, config.features
+  if a.name != "vit":
+    raise NotExportable(f"config.model.audio.name={a.name!r}: the towers format exports the "
+                        "spectrogram ViT ('vit'; HTS-AT runs export as a ClapModel)")
+  kind = _get(f, "kind", "logmel")
+  if kind != "logmel":
+    raise NotExportable(f"config.features.kind={kind!r}: the PyTorch front end computes the "
+                        "log-mel ('logmel') only")
+  target = _get(f, "target_rate")
+  if target and int(target) != int(f.sample_rate):
+    raise NotExportable(f"config.features.target_rate={target} != sample_rate="
+                        f"{f.sample_rate}: jaxclap's on-device resampler is not exported")
+  if int(f.sample_rate) != int(config.input.sample_rate):
+    raise NotExportable(f"config.features.sample_rate={f.sample_rate} != "
+                        f"config.input.sample_rate={config.input.sample_rate}")
+  if _get(config.input, "pad", "zero") not in ("zero", "repeat"):
+    raise NotExportable(f"config.input.pad={config.input.pad!r}")
+  cls = two_towers.TEXT_TOWERS.get(t.name, (None,))[0]
+  if cls is bert.BertTower:
+    tower = bert.BertTower(**_tower_kwargs(t))
+    if tower.activation not in _HF_ACT:
+      raise NotExportable(f"config.model.text.activation={tower.activation!r} has no "
+                          "transformers equivalent")
+  elif cls is decoder_lm.DecoderTower:
+    _decoder_hf(config)
+  else:
+    raise NotExportable(f"config.model.text.name={t.name!r}: the towers format exports "
+                        "BERT-family ('bert', 'roberta') and decoder ('qwen3', 'gemma3') "
+                        "text towers")
+  if _get(config.model, "head") not in ("linear", "mlp"):
+    raise NotExportable(f"config.model.head={config.model.head!r}")
+  if str(_get(config.model, "head_activation", "gelu")) not in _HF_ACT:
+    raise NotExportable(f"config.model.head_activation={config.model.head_activation!r}")
+
+
+def _bert_hf(config: Any):
+  """(transformers class name, config kwargs, add_pooling_layer) for the BertTower."""
+  from jaxclap.models import bert
+  tower = bert.BertTower(**_tower_kwargs(config.model.text))
+  kw = dict(vocab_size=int(tower.vocab_size), hidden_size=int(tower.hidden_size),
+            num_hidden_layers=int(tower.depth), num_attention_heads=int(tower.num_heads),
+            intermediate_size=int(tower.mlp_dim), hidden_act=_HF_ACT[tower.activation],
+            max_position_embeddings=int(tower.max_len),
+            type_vocab_size=int(tower.type_vocab_size), layer_norm_eps=float(tower.layer_norm_eps),
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            position_embedding_type="absolute")
+  if tower.padding_idx is not None:   # RoBERTa's positions, from padding_idx + 1
+    kw["pad_token_id"] = int(tower.padding_idx)
+    return "RobertaModel", kw, tower.pooling == "pooler"
+  return "BertModel", kw, tower.pooling == "pooler"
+
+
+def _decoder_tower(config: Any):
+  from jaxclap.models import decoder_lm, two_towers
+  t = config.model.text
+  fixed = two_towers.TEXT_TOWERS[t.name][1]
+  kw = _tower_kwargs(t)
+  preset = kw.pop("preset", None)
+  if preset is not None:
+    kw = {**decoder_lm.PRESETS[preset], **kw}
+  return decoder_lm.DecoderTower(**{**kw, **fixed})
+
+
+def _decoder_hf(config: Any):
+  """(model class, config class, kwargs) of the decoder text tower's transformers twin."""
+  from jaxclap.models import decoder_lm
+  tower = _decoder_tower(config)
+  try:
+    return decoder_lm.config_to_hf(tower)
+  except ValueError as e:
+    raise NotExportable(f"config.model.text ({tower.family}): {e}") from None
+
+
+def _text_tokenizer(config: Any):
+  """The run's tokenizer as a transformers tokenizer (``model_max_length`` =
+  ``input.max_text_len``), ids checked against jaxclap's on the probe texts."""
+  import transformers
+  from jaxclap import tokenizers
+  tc = config.tokenizer
+  kind = str(tc.kind).lower()
+  if kind in ("roberta", "bpe", "clap"):
+    return hf_tokenizer(config, check_pad=_get(config.model.text, "padding_idx") is not None)
+  extra = sorted(set(tc.to_dict() if hasattr(tc, "to_dict") else dict(tc)) - {"kind", "path"})
+  if extra:
+    raise NotExportable(f"config.tokenizer sets {extra}: only kind and path are exported")
+  if kind == "minilm":
+    path = str(tokenizers.minilm_dir())
+  elif kind in ("wordpiece", "bert", "hf", "qwen3", "gemma"):
+    path = str(_get(tc, "path"))
+    if os.path.isfile(path):
+      path = os.path.dirname(path)
+  else:
+    raise NotExportable(f"config.tokenizer.kind={tc.kind!r} is not exported")
+  max_len = int(config.input.max_text_len)
+  load = lambda: transformers.AutoTokenizer.from_pretrained(path, model_max_length=max_len)
+  hf, probe = load(), load()
+  ours = tokenizers.from_config(tc)
+  ids, _ = ours.encode(list(_PROBES), max_len)
+  theirs = probe(list(_PROBES), padding="max_length", truncation=True, max_length=max_len,
+                 return_tensors="np")["input_ids"]
+  for text, a, b in zip(_PROBES, ids, theirs):
+    if not np.array_equal(a, b):
+      raise NotExportable(f"config.tokenizer ({kind}): transformers encodes {text[:40]!r} as "
+                          f"{b[:12].tolist()}..., jaxclap as {a[:12].tolist()}...")
+  return hf
+
+
+def _heads_to_torch(params: Mapping) -> dict[str, np.ndarray]:
+  out = {}
+  for head in ("audio_head", "text_head"):
+    for layer, p in params[head].items():
+      out[f"{head}.{layer}.weight"] = np.ascontiguousarray(np.asarray(p["kernel"], np.float32).T)
+      out[f"{head}.{layer}.bias"] = np.asarray(p["bias"], np.float32)
+  out["logit_scale"] = np.asarray(params["logit_scale"], np.float32).reshape(())
+  return out
+
+
+def _window_frames(config: Any) -> tuple[int, int, int]:
+  """(samples per window, real frames, frames after the frames_multiple crop)."""
+  f = config.features
+  window = int(round(float(config.input.clip_seconds) * int(config.input.sample_rate)))
+  frames = window // int(f.hop_length) + 1
+  multiple = int(_get(f, "frames_multiple", 1) or 1)
+  return window, frames, frames // multiple * multiple
+
+
+def _text_pooling(config: Any) -> str:
+  if config.model.text.name in ("qwen3", "gemma3"):
+    return str(_decoder_tower(config).pooling)
+  from jaxclap.models import bert
+  return str(bert.BertTower(**_tower_kwargs(config.model.text)).pooling)
+
+
+def towers_metadata(config: Any, step: int, workdir: str, text_class: str,
+                    pooler: bool) -> dict:
+  f = config.features
+  window, _, usable = _window_frames(config)
+  a = config.model.audio
+  n_fft = int(f.n_fft)
+  fmax = _get(f, "fmax")
+  return {
+      "format": TOWERS_FORMAT, "version": 1, "workdir": os.path.abspath(workdir),
+      "step": int(step),
+      "input": {"sample_rate": int(config.input.sample_rate), "window": window,
+                "hop": max(1, window // 2), "pad": str(_get(config.input, "pad", "zero")),
+                "max_text_len": int(config.input.max_text_len)},
+      "features": {"kind": "logmel", "n_fft": n_fft,
+                   "win_length": int(_get(f, "win_length") or n_fft),
+                   "hop_length": int(f.hop_length), "n_mels": int(f.n_mels),
+                   "fmin": float(f.fmin), "fmax": None if fmax is None else float(fmax),
+                   "pad_mode": str(_get(f, "pad_mode", "constant")), "power": 2.0,
+                   "amin": 1e-10, "norm_mean": float(f.norm_mean), "norm_std": float(f.norm_std),
+                   "frames_multiple": int(_get(f, "frames_multiple", 1) or 1),
+                   "frames": usable, "file": FRONTEND_FILE},
+      "audio": {"class": "ViTMAEModel", "path": "audio", "patch": int(_get(a, "patch", 16)),
+                "pooling": str(_get(a, "pooling", "cls")), "mae_decoder": DECODER_FILE},
+      "text": {"class": text_class, "path": "text", "add_pooling_layer": bool(pooler),
+               "pooling": _text_pooling(config)},
+      "heads": {"file": HEADS_FILE, "kind": str(config.model.head),
+                "activation": str(_get(config.model, "head_activation", "gelu")),
+                "logit_scale_max": _LOG_100},
+      "config": json.loads(config.to_json_best_effort()),
+  }
+
+
+def export_towers(workdir: str, out: str, step: int | None = None, model: Any = None) -> str:
+  """Writes a ViT run tower by tower (see ``jaxclap.torch_model``); ``model``: the run
+  already loaded by ``jaxclap.load`` (default: load it). Writes:
+
+    audio/   transformers ``ViTMAEModel`` (config.json + model.safetensors; strict)
+    text/    ``BertModel`` / ``RobertaModel`` (no pooler unless the tower pools with it:
+             load with ``add_pooling_layer=False`` then), or ``Qwen3Model`` /
+             ``Gemma3TextModel``; strict load; plus the tokenizer files
+    heads.safetensors      {audio,text}_head.{proj|fc_in|fc_out}.{weight,bias}, logit_scale
+    frontend.safetensors   the STFT window and the Slaney mel matrix jaxclap uses
+    audio_mae_decoder.safetensors   the ViT's MAE decoder (training only; for the way back)
+    jaxclap_export.json    front end, windows, padding, pooling, heads and the run config
+  """
+  import flax.linen as nn
+  import ml_collections
+  import safetensors.numpy
+  import transformers
+  from jaxclap import audio as audio_lib
+  from jaxclap import inference
+  from jaxclap.models import audiomae, vit
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    run_config = ml_collections.ConfigDict(json.load(f))
+  _towers_check(run_config)
+  tok = _text_tokenizer(run_config)
+  if model is None:
+    model = inference.load(workdir, step)
+  if step is None:
+    import orbax.checkpoint as ocp
+    step = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir),
+                                              "checkpoints")).latest_step()
+  config = model.config
+  params = nn.meta.unbox(dict(model.variables["params"]))
+  os.makedirs(out, exist_ok=True)
+
+  # Audio: ViTMAEModel.
+  a = config.model.audio
+  vt = vit.SpectrogramViT(**_tower_kwargs(a))
+  _, _, frames = _window_frames(config)
+  n_mels, patch = int(config.features.n_mels), int(vt.patch)
+  pos = _vit_positions(vt, frames, n_mels)
+  sd, dec = audiomae.export_vitmae(params["audio"], pos)
+  vcfg = transformers.ViTMAEConfig(
+      hidden_size=int(vt.width), num_hidden_layers=int(vt.depth),
+      num_attention_heads=int(vt.num_heads), intermediate_size=int(vt.mlp_dim),
+      hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+      layer_norm_eps=float(vt.layer_norm_eps), image_size=[frames, n_mels], patch_size=patch,
+      num_channels=1, qkv_bias=True, mask_ratio=0.0, norm_pix_loss=False)
+  _save_strict(transformers.ViTMAEModel(vcfg), sd, os.path.join(out, "audio"))
+  if dec:
+    safetensors.numpy.save_file(dec, os.path.join(out, DECODER_FILE))
+
+  # Text: BertModel / RobertaModel, or Qwen3Model / Gemma3TextModel.
+  text_dir = os.path.join(out, "text")
+  if config.model.text.name in ("qwen3", "gemma3"):
+    from jaxclap.models import decoder_lm
+    cls_name, cfg_name, kw = _decoder_hf(config)
+    tsd = decoder_lm.export_torch(params["text"], _decoder_tower(config).family)
+    cls = getattr(transformers, cls_name)
+    _save_strict(cls(getattr(transformers, cfg_name)(**kw)), tsd, text_dir)
+    pooler = False
+  else:
+    cls_name, kw, pooler = _bert_hf(config)
+    tsd = convert.export_bert(params["text"], buffers=False)
+    cls = getattr(transformers, cls_name)
+    _save_strict(cls(cls.config_class(**kw), add_pooling_layer=pooler), tsd, text_dir)
+  tok.save_pretrained(text_dir)
+
+  # Heads, logit scale, front end.
+  safetensors.numpy.save_file(_heads_to_torch(params), os.path.join(out, HEADS_FILE))
+  f = config.features
+  n_fft = int(f.n_fft)
+  win = int(_get(f, "win_length") or n_fft)
+  fmax = _get(f, "fmax")
+  sr = int(f.sample_rate)
+  safetensors.numpy.save_file({
+      "window": np.asarray(audio_lib._stft_window("hann", win), np.float32),
+      "mel_filters": np.asarray(audio_lib._mel_basis(
+          float(sr), n_fft, n_mels, float(f.fmin), float(sr / 2 if fmax is None else fmax),
+          False, "slaney"), np.float32)}, os.path.join(out, FRONTEND_FILE))
+  with open(os.path.join(out, "jaxclap_export.json"), "w") as fh:
+    json.dump(towers_metadata(config, step, workdir, cls_name, pooler), fh, indent=2)
+  return out
+
+
+def _vit_positions(vt: Any, frames: int, n_mels: int) -> np.ndarray:
+  """The ViT's position table for a window of ``frames`` x ``n_mels`` (no [CLS] row)."""
+  from jaxclap.models import vit
+  p = int(vt.patch)
+  t_tiles, f_tiles = frames // p, n_mels // p
+  if vt.pos_layout == "mae":
+    return np.asarray(vit.sincos_2d(int(vt.width), t_tiles, f_tiles))
+  if vt.pos_layout == "audiomae":
+    return np.asarray(vit.sincos_2d(int(vt.width), f_tiles,
+                                    int(vt.pos_max_frames) // p))[:t_tiles * f_tiles]
+  raise NotExportable(f"config.model.audio.pos_layout={vt.pos_layout!r}")
+
+
+def _save_strict(module: Any, sd: Mapping[str, np.ndarray], folder: str) -> None:
+  import torch
+  module = module.eval()
+  result = module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
+                                  strict=True)
+  if result.missing_keys or result.unexpected_keys:
+    raise convert.CheckpointMismatch(f"{type(module).__name__}: missing "
+                                     f"{result.missing_keys[:5]}, unexpected "
+                                     f"{result.unexpected_keys[:5]}")
+  module.save_pretrained(folder)
+
+
+def import_export(folder: str) -> dict:
+  """A folder written by ``export`` -> jaxclap variables: ``import_clap`` for a ClapModel
+  export, else (the towers format) ``{"params": ...}`` read back from audio/, text/ and
+  heads.safetensors, identical to the exported ones."""
+  import ml_collections
+  import safetensors.numpy
+  from jaxclap.models import audiomae, vit
+  with open(os.path.join(folder, "jaxclap_export.json")) as f:
+    meta = json.load(f)
+  if meta.get("format") != TOWERS_FORMAT:
+    return import_clap(folder)
+  config = ml_collections.ConfigDict(meta["config"])
+  target = _target(config, mae=int(_get(config.model.audio, "mae_depth", 0) or 0) > 0)["params"]
+  vt = vit.SpectrogramViT(**_tower_kwargs(config.model.audio))
+  _, _, frames = _window_frames(config)
+  dec_path = os.path.join(folder, DECODER_FILE)
+  dec = safetensors.numpy.load_file(dec_path) if os.path.exists(dec_path) else {}
+  where = os.path.join(folder, "audio")
+  audio = audiomae.import_vitmae(convert.load_state_dict(where), target["audio"], dec,
+                                 positions=_vit_positions(vt, frames, int(config.features.n_mels)),
+                                 where=where)
+  where = os.path.join(folder, "text")
+  if config.model.text.name in ("qwen3", "gemma3"):
+    from jaxclap.models import decoder_lm
+    text = decoder_lm.import_torch(convert.load_state_dict(where), target["text"],
+                                   family=_decoder_tower(config).family, where=where)
+  else:
+    text = convert.import_bert(convert.load_state_dict(where), target["text"], where=where)
+  hsd = safetensors.numpy.load_file(os.path.join(folder, HEADS_FILE))
+  params = {"audio": audio, "text": text, "logit_scale": np.asarray(hsd.pop("logit_scale"))}
+  for head in ("audio_head", "text_head"):
+    params[head] = {}
+    for layer, p in target[head].items():
+      w, b = hsd.pop(f"{head}.{layer}.weight"), hsd.pop(f"{head}.{layer}.bias")
+      if tuple(w.shape[::-1]) != tuple(p["kernel"].shape):
+        raise convert.CheckpointMismatch(f"{folder}: {head}.{layer}.weight has shape {w.shape}")
+      params[head][layer] = {"kernel": np.ascontiguousarray(w.T), "bias": b}
+  if hsd:
+    raise convert.CheckpointMismatch(f"{folder}/{HEADS_FILE}: unexpected keys {sorted(hsd)}")
+  return {"params": params}
+
+
 # ------------------------------------------------------------------------------ CLI
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m jaxclap.export",
-      description="Export a jaxclap run (HTS-AT audio + RoBERTa text towers, MLP heads) "
-                  "to transformers' CLAP format: ClapModel weights and config plus a "
-                  "ClapProcessor (feature extractor + tokenizer), loadable with "
-                  "ClapModel.from_pretrained(OUT) and pipeline('zero-shot-audio-"
-                  "classification', model=OUT).",
-      epilog="Runs with no exact transformers equivalent (other towers, linear heads, a "
-             "head width other than embed_dim, win_length != n_fft, constant STFT "
-             "padding, ...) are refused with the config field named. The exported "
+      description="Export a jaxclap run to PyTorch. HTS-AT runs (+ RoBERTa text tower, "
+                  "MLP heads) become transformers' CLAP format: ClapModel weights and "
+                  "config plus a ClapProcessor (feature extractor + tokenizer), loadable "
+                  "with ClapModel.from_pretrained(OUT) and pipeline('zero-shot-audio-"
+                  "classification', model=OUT). Spectrogram-ViT runs become the towers "
+                  "format: OUT/audio a ViTMAEModel, OUT/text a BertModel / RobertaModel / "
+                  "Qwen3Model / Gemma3TextModel with its tokenizer, heads and front end "
+                  "files; serve it with jaxclap.torch_model.ClapModelTorch.from_pretrained"
+                  "(OUT).",
+      epilog="Runs with no exact equivalent (for ClapModel: linear heads, a head width "
+             "other than embed_dim, win_length != n_fft, constant STFT padding, ...; for "
+             "the towers format: fbank features, on-device resampling, other text "
+             "towers) are refused with the config field named. The exported ClapModel "
              "processor embeds one random crop of clips longer than input.clip_seconds, "
              "where jaxclap averages windows; see the jaxclap.export docstring.")
   parser.add_argument("--workdir", required=True,

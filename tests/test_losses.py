@@ -10,14 +10,12 @@ it did not ask for; the child is robust to both and costs one jax import.
 import functools
 import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cpu_devices import run_on_cpu_devices
 import torch
 import torch.nn.functional as F
 
@@ -316,17 +314,7 @@ def _sharded_results():
 
 @pytest.fixture(scope="module")
 def sharded():
-  env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=8"])
-  env["JAX_PLATFORMS"] = "cpu"
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return run_on_cpu_devices(__file__)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -264,3 +264,119 @@ def import_torch(state_dict: Mapping[str, Any], target: Any, *, where: str = "ch
 
   return convert.apply_rules(rules(depth, mae_depth), state_dict, target, prefix=prefix,
                              ignore=ignore, where=where)
+
+
+# ------------------------------------------------- transformers ViTMAEModel (export)
+#
+# The way out (``jaxclap.export``): a ``SpectrogramViT`` encoder as transformers'
+# ``ViTMAEModel`` (num_channels=1, image_size=(frames, n_mels), the Conv2d over the
+# [1, T, F] image numbering tiles time-major as ``vit.patchify`` does). ViTMAE's blocks are
+# the same pre-LN blocks (exact GELU); its ``position_embeddings`` [1, 1 + tiles, d] take
+# our table with a zero [CLS] row. Run it with ``noise=arange(tiles)`` (argsort keeps the
+# order, mask_ratio 0 keeps every tile) and ``attention_mask`` [b, 1 + tiles] to get our
+# tower's tokens, padding tiles masked out of attention.
+
+_patch_kernel_inverse = lambda a: np.ascontiguousarray(a.T).reshape(
+    a.shape[1], 1, int(round(np.sqrt(a.shape[0]))), int(round(np.sqrt(a.shape[0]))))
+convert.INVERSE.setdefault(id(_patch_kernel), _patch_kernel_inverse)
+
+
+def vitmae_rules(depth: int) -> Rules:
+  """transformers ``ViTMAEModel`` keys for a ``SpectrogramViT`` encoder (no decoder)."""
+  r: Rules = {
+      ("patch_embed", "kernel"): ("embeddings.patch_embeddings.projection.weight", _patch_kernel),
+      ("patch_embed", "bias"): ("embeddings.patch_embeddings.projection.bias", ident),
+      ("cls",): ("embeddings.cls_token", ident),
+      ("norm", "scale"): ("layernorm.weight", ident),
+      ("norm", "bias"): ("layernorm.bias", ident),
+  }
+  for i in range(depth):
+    ours, theirs = ("encoder", f"layer_{i}"), f"layers.{i}"
+    for name, hf in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+      r[ours + ("attn", name, "kernel")] = (f"{theirs}.attention.{hf}.weight", split_heads_in)
+      r[ours + ("attn", name, "bias")] = (f"{theirs}.attention.{hf}.bias", split_heads_bias)
+    r[ours + ("attn", "out", "kernel")] = (f"{theirs}.attention.o_proj.weight", merge_heads_out)
+    r[ours + ("attn", "out", "bias")] = (f"{theirs}.attention.o_proj.bias", ident)
+    for name, hf in (("attn_norm", "layernorm_before"), ("mlp_norm", "layernorm_after")):
+      r[ours + (name, "scale")] = (f"{theirs}.{hf}.weight", ident)
+      r[ours + (name, "bias")] = (f"{theirs}.{hf}.bias", ident)
+    for name, hf in (("fc_in", "fc1"), ("fc_out", "fc2")):
+      r[ours + ("mlp", name, "kernel")] = (f"{theirs}.mlp.{hf}.weight", linear_t)
+      r[ours + ("mlp", name, "bias")] = (f"{theirs}.mlp.{hf}.bias", ident)
+  return r
+
+
+_DECODER = ("dec_embed", "mask_token", "decoder", "dec_norm", "dec_pred")
+
+
+def export_vitmae(params: Mapping, positions: np.ndarray) -> tuple[dict, dict]:
+  """``SpectrogramViT`` params -> (a ``ViTMAEModel`` state dict with
+  ``embeddings.position_embeddings`` = [zero CLS row; ``positions``], the MAE decoder's
+  params flattened as ``"dec_embed/kernel"``... (ViTMAEModel has no decoder; kept so that
+  ``import_vitmae`` gives every parameter back))."""
+  from flax import traverse_util
+  params = nn.meta.unbox(dict(params))
+  enc = {k: v for k, v in params.items() if k not in _DECODER}
+  depth = sum(1 for k in enc.get("encoder", {}) if k.startswith("layer_"))
+  sd = convert.export_rules(vitmae_rules(depth), enc, where="SpectrogramViT")
+  pos = np.asarray(positions, np.float32)
+  sd["embeddings.position_embeddings"] = np.concatenate(
+      [np.zeros((1, pos.shape[-1]), np.float32), pos])[None]
+  dec = traverse_util.flatten_dict({k: v for k, v in params.items() if k in _DECODER}, sep="/")
+  return sd, {k: np.asarray(v, np.float32) for k, v in dec.items()}
+
+
+# transformers 5 keeps the classic ViT key names on disk (``save_pretrained`` writes, and
+# ``from_pretrained`` reads, ``encoder.layer.N.attention.attention.query``...) while its
+# modules are named ``layers.N.attention.q_proj``...: both are read.
+_VITMAE_DISK = (
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"layers.\1.attention.q_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"layers.\1.attention.k_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"layers.\1.attention.v_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attention.o_proj."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.fc2."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_", r"layers.\1.layernorm_"),
+)
+
+
+def _vitmae_current_names(state_dict: Mapping[str, Any]) -> dict:
+  import re
+  out = {}
+  for k, v in state_dict.items():
+    k = k[len("vit."):] if k.startswith("vit.") else k
+    for pat, rep in _VITMAE_DISK:
+      k = re.sub(pat, rep, k)
+    out[k] = v
+  return out
+
+
+def import_vitmae(state_dict: Mapping[str, Any], target: Any, decoder: Mapping | None = None,
+                  *, positions: np.ndarray | None = None, where: str = "checkpoint") -> dict:
+  """The inverse of ``export_vitmae``: ``target`` is the tower's params (shapes);
+  ``positions``, when given, must equal the stored table's rows after [CLS] (whose row
+  must be zero: our [CLS] has no position)."""
+  from flax import traverse_util
+  target = nn.meta.unbox(dict(target))
+  enc_t = {k: v for k, v in target.items() if k not in _DECODER}
+  depth = sum(1 for k in enc_t.get("encoder", {}) if k.startswith("layer_"))
+  sd = _vitmae_current_names(state_dict)
+  table = np.asarray(sd.pop("embeddings.position_embeddings"), np.float32)[0]
+  if np.any(table[0] != 0):
+    raise CheckpointMismatch(f"{where}: position_embeddings has a non-zero [CLS] row")
+  if positions is not None and not np.array_equal(table[1:], np.asarray(positions, np.float32)):
+    raise CheckpointMismatch(f"{where}: position_embeddings differ from the tower's table")
+  out = convert.apply_rules(vitmae_rules(depth), sd, enc_t, where=where)
+  dec_t = traverse_util.flatten_dict({k: v for k, v in target.items() if k in _DECODER},
+                                     sep="/")
+  if dec_t:
+    decoder = dict(decoder or {})
+    if sorted(decoder) != sorted(dec_t):
+      raise CheckpointMismatch(f"{where}: MAE decoder keys {sorted(decoder)[:4]} != the "
+                               f"tower's {sorted(dec_t)[:4]}")
+    for k, v in dec_t.items():
+      if tuple(decoder[k].shape) != tuple(v.shape):
+        raise CheckpointMismatch(f"{where}: decoder {k} shape {decoder[k].shape} != {v.shape}")
+    out.update(traverse_util.unflatten_dict(
+        {k: np.asarray(v, np.float32) for k, v in decoder.items()}, sep="/"))
+  return out

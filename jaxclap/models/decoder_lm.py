@@ -354,3 +354,75 @@ def import_torch(state_dict: Mapping[str, np.ndarray], target: Any, *, family: s
   ignore = lambda k: k == "lm_head.weight" or k.endswith("rotary_emb.inv_freq")
   return apply_rules(decoder_rules(depth, family), sd, target, prefix=prefix, ignore=ignore,
                      where=where)
+
+
+# ---------------------------------------------------------------------------------------
+# The way out (jaxclap.export): a DecoderTower as transformers' Qwen3Model / Gemma3TextModel.
+
+HF_CLASSES = {"qwen3": ("Qwen3Model", "Qwen3Config"),
+              "gemma3": ("Gemma3TextModel", "Gemma3TextConfig")}
+
+
+def config_to_hf(tower: DecoderTower) -> tuple[str, str, dict]:
+  """(model class, config class, config kwargs) of transformers' model computing the
+  tower's hidden states, the inverse of ``config_from_hf``. Raises ``ValueError`` for
+  what HF's models cannot express (attention logit soft-capping, which HF's Gemma3 never
+  applies; a sliding window without causal masking)."""
+  if tower.family not in FAMILIES:
+    raise ValueError(f"family must be one of {FAMILIES}, got {tower.family!r}")
+  if tower.attn_logit_softcapping is not None:
+    raise ValueError("attn_logit_softcapping: transformers' Qwen3 / Gemma3 attention does "
+                     "not apply it")
+  types = list(tower.resolved_layer_types())
+  sliding = "sliding_attention" in types
+  if sliding and not tower.causal:
+    raise ValueError("a sliding window without causal masking has no exact HF window")
+  kw = dict(vocab_size=int(tower.vocab_size), hidden_size=int(tower.hidden_size),
+            intermediate_size=int(tower.mlp_dim), num_hidden_layers=int(tower.depth),
+            num_attention_heads=int(tower.num_heads),
+            num_key_value_heads=int(tower.num_kv_heads), head_dim=int(tower.head_dim),
+            rms_norm_eps=float(tower.rms_norm_eps), attention_bias=bool(tower.attention_bias),
+            attention_dropout=0.0, layer_types=types,
+            sliding_window=int(tower.sliding_window) if sliding else None)
+  full = {"rope_type": "default", "rope_theta": float(tower.rope_theta)}
+  if tower.rope_scaling != 1.0:
+    full = {"rope_type": "linear", "rope_theta": float(tower.rope_theta),
+            "factor": float(tower.rope_scaling)}
+  if tower.family == "qwen3":
+    if tower.rope_local_theta not in (None, tower.rope_theta) or tower.rope_local_scaling != 1.0:
+      raise ValueError("qwen3: one rope for every layer (rope_local_* unset)")
+    if not tower.causal:
+      raise ValueError("qwen3 with causal=False has no transformers equivalent")
+    kw.update(hidden_act="silu", rope_parameters=full, use_sliding_window=sliding,
+              max_window_layers=types.index("sliding_attention") if sliding else tower.depth)
+    return HF_CLASSES["qwen3"] + (kw,)
+  local = {"rope_type": "default",
+           "rope_theta": float(tower.rope_local_theta or tower.rope_theta)}
+  if tower.rope_local_scaling != 1.0:
+    local = {**local, "rope_type": "linear", "factor": float(tower.rope_local_scaling)}
+  kw.update(hidden_activation="gelu_pytorch_tanh",
+            rope_parameters={"full_attention": full, "sliding_attention": local},
+            query_pre_attn_scalar=_int_scalar(tower.query_pre_attn_scalar or tower.head_dim),
+            attn_logit_softcapping=None, final_logit_softcapping=None,
+            use_bidirectional_attention=not tower.causal,
+            sliding_window=int(tower.sliding_window) if sliding else 4096)
+  return HF_CLASSES["gemma3"] + (kw,)
+
+
+def _int_scalar(v: float) -> int:
+  """Gemma3TextConfig's query_pre_attn_scalar is an int field."""
+  if float(v) != int(v):
+    raise ValueError(f"query_pre_attn_scalar={v}: Gemma3TextConfig takes a whole number")
+  return int(v)
+
+
+def export_torch(params: Mapping, family: str) -> dict[str, np.ndarray]:
+  """``DecoderTower`` params -> a bare ``Qwen3Model`` / ``Gemma3TextModel`` state dict,
+  the inverse of ``import_torch`` (biases only where the tower has them)."""
+  from jaxclap.models import convert
+  params = nn.meta.unbox(dict(params))
+  flat = traverse_util.flatten_dict(params)
+  depth = sum(1 for k in params if re.fullmatch(r"layer_\d+", k))
+  rules = {p: r for p, r in decoder_rules(depth, family).items()
+           if p in flat or p[-1] != "bias"}
+  return convert.export_rules(rules, params, where="DecoderTower")

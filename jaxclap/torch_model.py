@@ -1,0 +1,257 @@
+r"""A jaxclap ViT run in PyTorch: ``ClapModelTorch.from_pretrained(OUT)``.
+
+``python -m jaxclap.export --workdir=RUN --out=OUT`` writes a spectrogram-ViT run tower by
+tower (``jaxclap.export.export_towers``): ``OUT/audio`` a transformers ``ViTMAEModel``,
+``OUT/text`` a ``BertModel`` / ``RobertaModel`` (or ``Qwen3Model`` /
+``Gemma3TextModel`` for decoder text towers) with its tokenizer, ``heads.safetensors``,
+``frontend.safetensors`` (STFT window, Slaney mel matrix) and ``jaxclap_export.json``.
+This module serves that folder with PyTorch and transformers only (no JAX import):
+
+  model = ClapModelTorch.from_pretrained(OUT)
+  model.embed_audio(clips, sample_rate=None)   -> [n, d] L2-normalised (numpy)
+  model.embed_text(["a fast, high-pitched female voice"])   -> [m, d]
+  model.zero_shot(clips, prompts)              -> [n, m] probabilities
+
+with ``jaxclap.load(RUN)``'s semantics (``jaxclap.inference``): ``clips`` are file paths
+and/or 1-D float waveforms (or one [n, samples] array) at ``input.sample_rate``; a clip
+longer than the window is cut into windows with a half-window hop, the windows'
+embeddings averaged and re-normalised; a shorter one is zero-padded or repeated then
+zero-padded (``input.pad``), its real frames masking the padding tiles out of the ViT's
+attention and pooling; texts are tokenized to ``input.max_text_len`` tokens; the heads
+are ``linear`` or Linear-activation-Linear; the logit scale is ``exp`` of the stored
+parameter clamped to [0, ln 100].
+
+The front end is jaxclap's log-mel in torch: ``torch.stft`` (centre padding "constant" or
+"reflect", the periodic Hann window of ``win_length`` centred in ``n_fft`` as librosa),
+power spectrum times librosa's Slaney mel matrix (both stored at export), ``10 log10(
+max(mel, 1e-10))``, ``(dB - norm_mean) / norm_std``, the frame axis cropped to a multiple
+of ``frames_multiple``; real frames = ``samples // hop_length + 1``.
+
+The ViT runs through ``ViTMAEModel`` itself: ``noise=arange(tiles)`` keeps the tiles in
+order (argsort of an increasing noise is the identity; ``mask_ratio=0`` keeps them all)
+and ``attention_mask`` [b, 1 + tiles] masks the padding tiles, so padded clips match.
+Resampling is not done here: pass audio at ``input.sample_rate``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+DECODER_CLASSES = ("Qwen3Model", "Gemma3TextModel")
+_ACTS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu,
+         "gelu_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),
+         "silu": nn.functional.silu}
+
+
+def crop_or_pad(wave: np.ndarray, length: int, pad: str = "zero") -> tuple[np.ndarray, int]:
+  """``jaxclap.input_pipeline.crop_or_pad`` at inference (crop at the start)."""
+  n = wave.shape[0]
+  if n >= length:
+    return wave[:length], length
+  out = np.zeros(length, np.float32)
+  if pad == "repeat":
+    reps = length // n
+    out[:n * reps] = np.tile(wave, reps)
+    return out, n * reps
+  if pad == "zero":
+    out[:n] = wave
+    return out, n
+  raise ValueError(f"input.pad must be 'zero' or 'repeat', got {pad!r}")
+
+
+class Head(nn.Module):
+  """A projection head as exported: ``proj`` (linear) or ``fc_in`` -> act -> ``fc_out``."""
+
+  def __init__(self, sd: dict, name: str, kind: str, activation: str):
+    super().__init__()
+    self.kind, self.act = kind, _ACTS[activation]
+    layers = ("proj",) if kind == "linear" else ("fc_in", "fc_out")
+    for layer in layers:
+      w, b = sd[f"{name}.{layer}.weight"], sd[f"{name}.{layer}.bias"]
+      lin = nn.Linear(w.shape[1], w.shape[0])
+      lin.weight.data.copy_(w)
+      lin.bias.data.copy_(b)
+      setattr(self, layer, lin)
+
+  def forward(self, x):
+    if self.kind == "linear":
+      return self.proj(x)
+    return self.fc_out(self.act(self.fc_in(x)))
+
+
+def _l2norm(x):
+  return x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-12)
+
+
+class ClapModelTorch(nn.Module):
+  """A jaxclap towers export (ViT audio tower, BERT-family text tower) in PyTorch."""
+
+  def __init__(self, folder: str):
+    super().__init__()
+    import transformers
+    from safetensors.torch import load_file
+    with open(os.path.join(folder, "jaxclap_export.json")) as f:
+      self.meta = meta = json.load(f)
+    if meta.get("format") != "jaxclap-towers":
+      raise ValueError(f"{folder}: not a jaxclap towers export (a ClapModel export loads "
+                       "with transformers.ClapModel.from_pretrained)")
+    self.sample_rate = int(meta["input"]["sample_rate"])
+    self.window = int(meta["input"]["window"])
+    self.hop = int(meta["input"]["hop"])
+    self.pad = meta["input"]["pad"]
+    self.max_text_len = int(meta["input"]["max_text_len"])
+    self.feat = meta["features"]
+    fe = load_file(os.path.join(folder, self.feat["file"]))
+    self.register_buffer("stft_window", fe["window"])
+    self.register_buffer("mel_filters", fe["mel_filters"])
+
+    a, t, h = meta["audio"], meta["text"], meta["heads"]
+    self.audio_pooling, self.patch = a["pooling"], int(a["patch"])
+    self.audio = getattr(transformers, a["class"]).from_pretrained(
+        os.path.join(folder, a["path"])).eval()
+    self.text_pooling = t["pooling"]
+    self.decoder_text = t["class"] in DECODER_CLASSES
+    extra = {} if self.decoder_text else {"add_pooling_layer": bool(t["add_pooling_layer"])}
+    self.text = getattr(transformers, t["class"]).from_pretrained(
+        os.path.join(folder, t["path"]), **extra).eval()
+    self.tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(folder, t["path"]))
+    hsd = load_file(os.path.join(folder, h["file"]))
+    self.audio_head = Head(hsd, "audio_head", h["kind"], h["activation"])
+    self.text_head = Head(hsd, "text_head", h["kind"], h["activation"])
+    self.register_buffer("logit_scale_param", hsd["logit_scale"])
+    self.logit_scale = float(np.exp(np.clip(hsd["logit_scale"].numpy(), 0.0,
+                                            np.float32(math.log(100.0)))))
+    self.eval()
+
+  @classmethod
+  def from_pretrained(cls, folder: str) -> "ClapModelTorch":
+    return cls(os.fspath(folder))
+
+  # -- front end
+
+  def features(self, wave: torch.Tensor, lengths: torch.Tensor):
+    """[b, samples] waveforms, [b] real samples -> (normalised log-mel [b, frames, n_mels],
+    real frames [b]), as ``jaxclap.models.two_towers.spectrogram``."""
+    f = self.feat
+    spec = torch.stft(wave, n_fft=f["n_fft"], hop_length=f["hop_length"],
+                      win_length=f["win_length"], window=self.stft_window, center=True,
+                      pad_mode=f["pad_mode"], return_complex=True)
+    power = spec.real.square() + spec.imag.square()           # [b, bins, frames]
+    mel = torch.einsum("mf,bft->btm", self.mel_filters, power)
+    db = 10.0 * torch.log10(torch.clamp(mel, min=f["amin"]))
+    x = (db - f["norm_mean"]) / f["norm_std"]
+    usable = x.shape[1] // f["frames_multiple"] * f["frames_multiple"]
+    x = x[:, :usable]
+    frames = torch.clamp(lengths // f["hop_length"] + 1, max=usable)
+    return x, frames
+
+  def audio_tower(self, spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """The ViT's pooled output: ViTMAEModel in tile order with padding tiles masked."""
+    b, t, m = spec.shape
+    p = self.patch
+    valid = (torch.arange(t // p) * p)[None, :] < frames[:, None]          # [b, t/p]
+    valid = valid.repeat_interleave(m // p, dim=1)                        # time-major tiles
+    mask = torch.cat([torch.ones(b, 1, dtype=torch.long), valid.long()], dim=1)
+    noise = torch.arange(valid.shape[1], dtype=torch.float32)[None].expand(b, -1)
+    h = self.audio(pixel_values=spec[:, None], noise=noise, attention_mask=mask).last_hidden_state
+    if self.audio_pooling == "cls":
+      return h[:, 0]
+    w = valid[..., None].to(h.dtype)
+    return (h[:, 1:] * w).sum(1) / torch.clamp(w.sum(1), min=1.0)
+
+  # -- audio
+
+  def _load(self, clip, sample_rate) -> np.ndarray:
+    if isinstance(clip, (str, os.PathLike)):
+      import soundfile as sf
+      wave, sr = sf.read(str(clip), dtype="float32", always_2d=True)
+      wave = wave.mean(axis=1)
+    else:
+      wave = clip.detach().cpu().numpy() if torch.is_tensor(clip) else clip
+      wave, sr = np.asarray(wave, np.float32), sample_rate or self.sample_rate
+      if wave.ndim != 1:
+        raise ValueError(f"a waveform must be 1-D [samples], got shape {wave.shape}")
+    if wave.size == 0 or not np.all(np.isfinite(wave)):
+      raise ValueError("a clip is empty or has NaN/Inf")
+    if int(sr) != self.sample_rate:
+      raise ValueError(f"audio at {sr} Hz: resample to {self.sample_rate} Hz first "
+                       "(jaxclap's on-device resampler is not part of the export)")
+    return wave
+
+  def _windows(self, wave):
+    n = wave.shape[0]
+    if n <= self.window:
+      out, n = crop_or_pad(wave, self.window, self.pad)
+      return [out], [n]
+    starts = list(range(0, n - self.window + 1, self.hop))
+    if starts[-1] + self.window < n:
+      starts.append(n - self.window)
+    return [wave[s:s + self.window] for s in starts], [self.window] * len(starts)
+
+  @torch.no_grad()
+  def embed_audio(self, clips: Any, sample_rate: int | None = None,
+                  batch_size: int = 32) -> np.ndarray:
+    if (isinstance(clips, np.ndarray) or torch.is_tensor(clips)) and clips.ndim == 2:
+      clips = list(clips)
+    if isinstance(clips, (str, os.PathLike)) or (
+        (isinstance(clips, np.ndarray) or torch.is_tensor(clips)) and clips.ndim == 1):
+      clips = [clips]
+    waves, lens, owner = [], [], []
+    for i, clip in enumerate(clips):
+      w, l = self._windows(self._load(clip, sample_rate))
+      waves += w
+      lens += l
+      owner += [i] * len(w)
+    embs = []
+    for s in range(0, len(waves), batch_size):
+      wb = torch.from_numpy(np.stack(waves[s:s + batch_size]))
+      lb = torch.tensor(lens[s:s + batch_size], dtype=torch.long)
+      spec, frames = self.features(wb, lb)
+      embs.append(_l2norm(self.audio_head(self.audio_tower(spec, frames))).numpy())
+    embs, owner = np.concatenate(embs), np.asarray(owner)
+    pooled = np.stack([embs[owner == i].mean(0) for i in range(len(clips))])
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+  # -- text
+
+  @torch.no_grad()
+  def embed_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    if isinstance(texts, str):
+      texts = [texts]
+    out = []
+    for s in range(0, len(texts), batch_size):
+      enc = self.tokenizer(list(texts[s:s + batch_size]), padding="max_length",
+                           truncation=True, max_length=self.max_text_len, return_tensors="pt")
+      ids, mask = enc["input_ids"], enc["attention_mask"]
+      if self.decoder_text:   # positions 0..t-1, causal + padding mask, as DecoderTower
+        o = self.text(input_ids=ids, attention_mask=mask)
+      else:
+        o = self.text(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+      h = o.last_hidden_state
+      if self.text_pooling == "last":   # the last real token (right or left padding)
+        last = torch.where(mask.bool(), torch.arange(ids.shape[1])[None], 0).max(1).values
+        pooled = h[torch.arange(h.shape[0]), last]
+      elif self.text_pooling == "pooler":
+        pooled = o.pooler_output
+      elif self.text_pooling == "cls":
+        pooled = h[:, 0]
+      else:
+        m = mask[..., None].to(h.dtype)
+        pooled = (h * m).sum(1) / torch.clamp(m.sum(1), min=1.0)
+      out.append(_l2norm(self.text_head(pooled)).numpy())
+    return np.concatenate(out)
+
+  def zero_shot(self, clips: Any, prompts: Sequence[str],
+                sample_rate: int | None = None) -> np.ndarray:
+    """Softmax over ``prompts`` of the scaled similarities, per clip: [n_clips, n_prompts]."""
+    logits = self.logit_scale * self.embed_audio(clips, sample_rate) @ self.embed_text(prompts).T
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)

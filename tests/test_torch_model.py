@@ -1,0 +1,196 @@
+"""jaxclap.export's towers format and jaxclap.torch_model: the default demo (spectrogram
+ViT + MiniLM, runlocal) trained for 4 steps, exported by ``python -m jaxclap.export``,
+served by ``ClapModelTorch``: embeddings and zero-shot probabilities equal
+``jaxclap.load``'s (clips shorter and longer than the window included), the towers load
+strictly into ``ViTMAEModel`` / ``BertModel``, and the folder reads back to identical
+parameters.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = 1e-4
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """(workdir, out): the runlocal demo (vit + minilm) trained 4 steps, then exported."""
+  base = tmp_path_factory.mktemp("towers")
+  workdir, out = base / "run", base / "torch"
+  subprocess.run([sys.executable, "-m", "jaxclap.main",
+                  "--config=configs/demo.py:runlocal,steps=4", f"--workdir={workdir}",
+                  f"--config.corpus.data_dir={base / 'data'}"],
+                 cwd=ROOT, env=_env(), check=True, timeout=900, stdout=subprocess.DEVNULL)
+  res = subprocess.run([sys.executable, "-m", "jaxclap.export", f"--workdir={workdir}",
+                        f"--out={out}"], cwd=ROOT, env=_env(), check=True, timeout=600,
+                       capture_output=True, text=True)
+  assert res.stdout.strip().splitlines()[-1] == str(out)
+  return str(workdir), str(out)
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+  """jaxclap's model, the PyTorch one, clips (test clips, one shorter than the window, one
+  spanning several windows) and captions."""
+  import jaxclap
+  from jaxclap.data import records
+  from jaxclap.torch_model import ClapModelTorch
+  workdir, out = exported
+  m = jaxclap.load(workdir)
+  split = records.open_split(m.config.input.sources[0]["path"], "test")
+  rows = [records.decode(split[i]) for i in range(4)]
+  clips = [r["audio"] for r in rows]
+  captions = [r["captions"][0] for r in rows]
+  clips.append(clips[0][:m.window // 3 - 100])              # padded: masked tiles
+  clips.append(np.concatenate(clips[:3]))                   # several windows
+  assert min(map(len, clips)) < m.window < max(map(len, clips))
+  return m, ClapModelTorch.from_pretrained(out), clips, captions
+
+
+def test_towers_load_strictly_into_transformers(exported):
+  import transformers
+  _, out = exported
+  empty = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+  text, info = transformers.BertModel.from_pretrained(os.path.join(out, "text"),
+                                                      add_pooling_layer=False,
+                                                      output_loading_info=True)
+  assert {k: list(v) for k, v in info.items()} == empty
+  assert text.config.hidden_size == 384 and text.config.num_hidden_layers == 6
+  audio, info = transformers.ViTMAEModel.from_pretrained(os.path.join(out, "audio"),
+                                                         output_loading_info=True)
+  assert {k: list(v) for k, v in info.items()} == empty
+  cfg = audio.config
+  assert (cfg.num_channels, cfg.patch_size, cfg.mask_ratio, list(cfg.image_size)) == (
+      1, 16, 0.0, [288, 64])
+  # Our sin-cos table (zero [CLS] row) survives loading, not ViTMAE's own initialisation.
+  from jaxclap.models import vit
+  pos = audio.embeddings.position_embeddings.detach().numpy()[0]
+  np.testing.assert_array_equal(pos[0], 0.0)
+  np.testing.assert_array_equal(pos[1:], vit.sincos_2d(32, 18, 4))
+  meta = json.load(open(os.path.join(out, "jaxclap_export.json")))
+  assert meta["format"] == "jaxclap-towers" and meta["step"] == 4
+  assert (meta["text"]["class"], meta["audio"]["class"]) == ("BertModel", "ViTMAEModel")
+  assert meta["input"]["window"] == 48000 and meta["input"]["hop"] == 24000
+
+
+def test_embeddings_and_zero_shot_match_jaxclap(loaded):
+  m, tm, clips, captions = loaded
+  a, b = m.embed_audio(clips), tm.embed_audio(clips)
+  assert a.shape == b.shape == (len(clips), 32)
+  np.testing.assert_allclose(b, a, atol=TOL)
+  texts = captions + ["", " ".join(["a very long caption"] * 40)]
+  np.testing.assert_allclose(tm.embed_text(texts), m.embed_text(texts), atol=TOL)
+  assert tm.logit_scale == pytest.approx(m.logit_scale, rel=1e-6)
+  np.testing.assert_allclose(tm.zero_shot(clips, captions), m.zero_shot(clips, captions),
+                             atol=TOL)
+
+
+def test_padding_is_masked_not_embedded(loaded):
+  """A short clip zero-padded further (to one window) embeds as itself: the padding tiles
+  are masked in ViTMAEModel's attention and the mean pooling."""
+  m, tm, clips, _ = loaded
+  short = clips[4]
+  longer = np.concatenate([short, np.zeros(1000, np.float32)])
+  np.testing.assert_allclose(tm.embed_audio([longer]), m.embed_audio([longer]), atol=TOL)
+
+
+def test_front_end_matches_for_both_pad_modes(loaded):
+  import jax.numpy as jnp
+  import torch
+  from jaxclap.input_pipeline import crop_or_pad as ours_crop
+  from jaxclap.models import two_towers
+  from jaxclap import torch_model
+  m, tm, clips, _ = loaded
+  for pad in ("zero", "repeat"):
+    for clip in clips[3:5]:
+      w1, n1 = ours_crop(clip, m.window, None, pad)
+      w2, n2 = torch_model.crop_or_pad(clip, m.window, pad)
+      np.testing.assert_array_equal(w1, w2)
+      assert n1 == n2
+  waves, lens = zip(*(ours_crop(c, m.window, None, "zero") for c in clips))
+  for pad_mode in ("constant", "reflect"):
+    cfg = m.config.features.copy_and_resolve_references()
+    cfg.pad_mode = pad_mode
+    tm.feat["pad_mode"] = pad_mode
+    try:
+      spec, frames = two_towers.spectrogram(cfg, jnp.asarray(np.stack(waves)), jnp.asarray(lens))
+      got, got_frames = tm.features(torch.from_numpy(np.stack(waves)), torch.tensor(lens))
+    finally:
+      tm.feat["pad_mode"] = m.config.features.get("pad_mode", "constant")
+    np.testing.assert_array_equal(got_frames.numpy(), np.asarray(frames))
+    # Normalised log-mel: float32 FFTs on both sides; 1e-3 of a unit-variance input.
+    np.testing.assert_allclose(got.numpy(), np.asarray(spec), atol=1e-3)
+
+
+def test_the_folder_reads_back_to_identical_parameters(exported, loaded):
+  import flax.linen as nn
+  import jax
+  from jaxclap import export
+  _, out = exported
+  m = loaded[0]
+  back = export.import_export(out)
+  flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v)
+                    for k, v in jax.tree_util.tree_leaves_with_path(t)}
+  want, got = flat(nn.meta.unbox(m.variables["params"])), flat(back["params"])
+  assert sorted(want) == sorted(got)
+  for k in want:
+    assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+
+
+def test_torch_is_not_imported_by_jaxclap():
+  code = "import sys, jaxclap, jaxclap.export; assert 'torch' not in sys.modules"
+  subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), check=True, timeout=300)
+
+
+@pytest.mark.parametrize("family,extra", [
+    ("qwen3", {}),
+    ("gemma3", dict(sliding_window=4, sliding_window_pattern=2, query_pre_attn_scalar=16.0,
+                    rope_local_theta=10000.0, rope_scaling=2.0)),
+])
+def test_decoder_towers_export_to_their_transformers_class(family, extra):
+  """A DecoderTower (random weights, padded batch) as Qwen3Model / Gemma3TextModel: loads
+  strictly, computes the same hidden states on real tokens, its config reads back to the
+  tower's fields and its weights to identical parameters."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  import transformers
+  from jaxclap.models import decoder_lm
+  tower = decoder_lm.DecoderTower(family=family, vocab_size=100, hidden_size=32, depth=2,
+                                  num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
+                                  pooling="mean", **extra)
+  ids = jnp.asarray(np.random.RandomState(0).randint(2, 100, (3, 9)))
+  mask = jnp.asarray([[1] * 9, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7])
+  params = tower.init(jax.random.PRNGKey(0), ids, mask)["params"]
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(3), a.shape),
+                        params)   # non-trivial norm scales
+  _, hidden = tower.apply({"params": params}, ids, mask)
+  model_cls, config_cls, kw = decoder_lm.config_to_hf(tower)
+  assert model_cls == {"qwen3": "Qwen3Model", "gemma3": "Gemma3TextModel"}[family]
+  hf_config = getattr(transformers, config_cls)(**kw)
+  model = getattr(transformers, model_cls)(hf_config).eval()
+  sd = decoder_lm.export_torch(params, family)
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
+  with torch.no_grad():
+    got = model(input_ids=torch.from_numpy(np.array(ids)).long(),
+                attention_mask=torch.from_numpy(np.array(mask)).long()).last_hidden_state
+  real = np.asarray(mask, bool)
+  np.testing.assert_allclose(got.numpy()[real], np.asarray(hidden)[real], atol=1e-5)
+  fields = decoder_lm.config_from_hf(hf_config)
+  assert {k: v for k, v in fields.items() if getattr(tower, k) != v and k != "layer_types"} == {}
+  assert tuple(fields["layer_types"]) == tower.resolved_layer_types()
+  back = decoder_lm.import_torch(sd, params, family=family)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+    np.testing.assert_array_equal(np.asarray(a), b)
