@@ -4,15 +4,17 @@ r"""Export a trained run to PyTorch, in one of two formats picked by the audio t
   path = jaxclap.export.export(workdir, out, step=None)
   variables = jaxclap.export.import_export(OUT)     # the way back, either format
 
-* HTS-AT runs: transformers' CLAP format (``ClapModel`` + ``ClapProcessor``), served by
-  transformers alone (below).
+* HTS-AT runs that ``ClapModel`` can hold (RoBERTa text tower, ClapProjectionLayer heads,
+  transformers' front end; see below): transformers' CLAP format (``ClapModel`` +
+  ``ClapProcessor``), served by transformers alone (below).
 
   model = transformers.ClapModel.from_pretrained(OUT)
   processor = transformers.ClapProcessor.from_pretrained(OUT)
   transformers.pipeline("zero-shot-audio-classification", model=OUT)
 
-* Spectrogram-ViT runs (the demo's default): the towers format (``export_towers``),
-  each tower as the transformers class that matches it, served by
+* Every other run (the demo's default spectrogram ViT, CNN14, HTS-AT with another text
+  tower or heads / features ClapModel cannot express): the towers format
+  (``export_towers``), each tower as the PyTorch class that matches it, served by
   ``jaxclap.torch_model.ClapModelTorch`` (PyTorch + transformers; no JAX):
 
   OUT/audio/   ``ViTMAEModel`` (num_channels=1, image_size=(frames, n_mels), patch 16,
@@ -20,6 +22,16 @@ r"""Export a trained run to PyTorch, in one of two formats picked by the audio t
                zero [CLS] row). It reproduces our ViT exactly, padding included: call it
                with ``noise=arange(tiles)`` (keeps tile order) and ``attention_mask``
                [b, 1 + tiles] (transformers 5's ViTMAEModel takes one)
+               or, for HTS-AT, ``ClapAudioModel`` (``ClapAudioConfig`` from the tower's
+               fields, ``htsat.export_torch`` weights and buffers, strict load): fed
+               jaxclap's own normalised log-mel as ``input_features`` [b, 1, T, F], its
+               ``pooler_output`` is our pooled output (bn0 is not folded: the front end
+               is ours; no fusion: ``enable_fusion=True`` is refused)
+               or, for CNN14, ``jaxclap.torch_model.Cnn14Torch`` (no transformers class
+               exists): ``config.json`` (channels, embed_dim, mel_bins, bn_eps) and
+               ``model.safetensors`` in PANNs' / msclap's key names
+               (``cnn14.export_torch``, the inverse of ``cnn14.import_torch``), called
+               with the clip's real frames (padding masked as our Cnn14 does)
   OUT/text/    ``BertModel`` (BERT / MiniLM towers; ``add_pooling_layer=False`` unless the
                tower pools with the tanh pooler), ``RobertaModel`` (``padding_idx`` set),
                ``Qwen3Model`` or ``Gemma3TextModel``, each loaded strictly before saving,
@@ -35,7 +47,9 @@ r"""Export a trained run to PyTorch, in one of two formats picked by the audio t
 
   Refused (``NotExportable``, naming the field): Kaldi fbank features, an on-device
   resampling rate (``features.target_rate``), text towers other than BERT / RoBERTa /
-  Qwen3 / Gemma3, or decoder options HF's models do not have.
+  Qwen3 / Gemma3, decoder options HF's models do not have, HTS-AT fusion or an HTS-AT
+  whose ``num_mel_bins`` differs from ``features.n_mels``. ``import_export`` gives the
+  HTS-AT / CNN14 batch-norm statistics back too (``{"params", "batch_stats"}``).
 
 The rest of this docstring is about the CLAP format.
 
@@ -409,8 +423,9 @@ def hf_tokenizer(config: Any, tokenizer: Any = None, check_pad: bool = True):
 
 def export(workdir: str, out: str, step: int | None = None) -> str:
   """Writes the run in ``workdir`` (latest checkpoint, or ``step``) to the folder ``out``
-  as a transformers ``ClapModel`` + ``ClapProcessor``; returns ``out``. Raises
-  ``NotExportable`` naming the config field when the run has no exact equivalent."""
+  as a transformers ``ClapModel`` + ``ClapProcessor`` when it can hold the run (HTS-AT +
+  RoBERTa, see ``check``), else in the towers format (``export_towers``); returns ``out``.
+  Raises ``NotExportable`` naming the config field when neither format holds the run."""
   import ml_collections
   import torch
   import transformers
@@ -423,11 +438,19 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
     raise FileNotFoundError(f"{workdir}: no config.json; is it a jaxclap run folder?")
   with open(cfg_path) as f:
     run_config = ml_collections.ConfigDict(json.load(f))
-  if run_config.model.audio.name != "htsat":   # the towers format (ViT runs)
+  if run_config.model.audio.name != "htsat":   # the towers format (ViT, CNN14 runs)
     return export_towers(workdir, out, step)
-  # Refuse what cannot be exported before the checkpoint loads.
-  check(run_config)
-  tok = hf_tokenizer(run_config)
+  # HTS-AT runs that ClapModel cannot hold go to the towers format (which refuses, naming
+  # the field, what it cannot hold either); decided before the checkpoint loads.
+  try:
+    check(run_config)
+    tok = hf_tokenizer(run_config)
+  except NotExportable as e:
+    try:
+      _towers_check(run_config)
+    except NotExportable as e2:
+      raise NotExportable(f"{e2} (and for transformers' ClapModel: {e})") from None
+    return export_towers(workdir, out, step)
   if step is None:
     ckpts = os.path.join(os.path.abspath(workdir), "checkpoints")
     step = ocp.CheckpointManager(ckpts).latest_step()
@@ -554,6 +577,9 @@ def import_clap(source: str | Mapping[str, Any], config: Any = None) -> dict:
 # ``jaxclap.torch_model.ClapModelTorch`` reads.
 
 TOWERS_FORMAT = "jaxclap-towers"
+# Our audio tower -> the class OUT/audio holds (Cnn14Torch: jaxclap.torch_model's).
+TOWERS_AUDIO = {"vit": "ViTMAEModel", "htsat": "ClapAudioModel", "cnn14": "Cnn14Torch"}
+HTSAT_PREFIX = "audio_encoder."      # ClapAudioModel's state-dict prefix
 HEADS_FILE, FRONTEND_FILE, DECODER_FILE = ("heads.safetensors", "frontend.safetensors",
                                            "audio_mae_decoder.safetensors")
 
@@ -562,9 +588,19 @@ def _towers_check(config: Any) -> None:
   """``NotExportable`` unless the towers format reproduces the run exactly."""
   from jaxclap.models import bert, decoder_lm, two_towers
   a, t, f = config.model.audio, config.model.text, config.features
-  if a.name != "vit":
-    raise NotExportable(f"config.model.audio.name={a.name!r}: the towers format exports the "
-                        "spectrogram ViT ('vit'; HTS-AT runs export as a ClapModel)")
+  if a.name not in TOWERS_AUDIO:
+    raise NotExportable(f"config.model.audio.name={a.name!r}: the towers format exports "
+                        f"the audio towers {sorted(TOWERS_AUDIO)}")
+  if a.name == "htsat":
+    if bool(_get(a, "enable_fusion", False)):
+      raise NotExportable("config.model.audio.enable_fusion=True: the fusion front end is "
+                          "not exported (jaxclap trains single-window towers)")
+    from jaxclap.models import htsat
+    tower = htsat.HTSAT(**_tower_kwargs(a))
+    if int(f.n_mels) != int(tower.num_mel_bins):
+      raise NotExportable(f"config.features.n_mels={f.n_mels} != "
+                          f"config.model.audio.num_mel_bins={tower.num_mel_bins}: "
+                          "ClapAudioModel's bn0 normalises num_mel_bins channels")
   kind = _get(f, "kind", "logmel")
   if kind != "logmel":
     raise NotExportable(f"config.features.kind={kind!r}: the PyTorch front end computes the "
@@ -694,6 +730,16 @@ def _text_pooling(config: Any) -> str:
   return str(bert.BertTower(**_tower_kwargs(config.model.text)).pooling)
 
 
+def _audio_metadata(a: Any) -> dict:
+  cls = TOWERS_AUDIO[a.name]
+  if a.name == "vit":
+    return {"class": cls, "path": "audio", "patch": int(_get(a, "patch", 16)),
+            "pooling": str(_get(a, "pooling", "cls")), "mae_decoder": DECODER_FILE}
+  if a.name == "htsat":   # input_features [b, 1, T, F] -> pooler_output (no frame mask)
+    return {"class": cls, "path": "audio", "pooling": "pooler_output"}
+  return {"class": cls, "path": "audio", "pooling": "max+mean over real frames"}
+
+
 def towers_metadata(config: Any, step: int, workdir: str, text_class: str,
                     pooler: bool) -> dict:
   f = config.features
@@ -715,8 +761,7 @@ def towers_metadata(config: Any, step: int, workdir: str, text_class: str,
                    "amin": 1e-10, "norm_mean": float(f.norm_mean), "norm_std": float(f.norm_std),
                    "frames_multiple": int(_get(f, "frames_multiple", 1) or 1),
                    "frames": usable, "file": FRONTEND_FILE},
-      "audio": {"class": "ViTMAEModel", "path": "audio", "patch": int(_get(a, "patch", 16)),
-                "pooling": str(_get(a, "pooling", "cls")), "mae_decoder": DECODER_FILE},
+      "audio": _audio_metadata(a),
       "text": {"class": text_class, "path": "text", "add_pooling_layer": bool(pooler),
                "pooling": _text_pooling(config)},
       "heads": {"file": HEADS_FILE, "kind": str(config.model.head),
@@ -727,10 +772,11 @@ def towers_metadata(config: Any, step: int, workdir: str, text_class: str,
 
 
 def export_towers(workdir: str, out: str, step: int | None = None, model: Any = None) -> str:
-  """Writes a ViT run tower by tower (see ``jaxclap.torch_model``); ``model``: the run
-  already loaded by ``jaxclap.load`` (default: load it). Writes:
+  """Writes a ViT, HTS-AT or CNN14 run tower by tower (see ``jaxclap.torch_model``);
+  ``model``: the run already loaded by ``jaxclap.load`` (default: load it). Writes:
 
-    audio/   transformers ``ViTMAEModel`` (config.json + model.safetensors; strict)
+    audio/   transformers ``ViTMAEModel`` / ``ClapAudioModel`` (HTS-AT), or
+             ``Cnn14Torch`` (PANNs key names) (config.json + model.safetensors; strict)
     text/    ``BertModel`` / ``RobertaModel`` (no pooler unless the tower pools with it:
              load with ``add_pooling_layer=False`` then), or ``Qwen3Model`` /
              ``Gemma3TextModel``; strict load; plus the tokenizer files
@@ -761,22 +807,42 @@ def export_towers(workdir: str, out: str, step: int | None = None, model: Any = 
   params = nn.meta.unbox(dict(model.variables["params"]))
   os.makedirs(out, exist_ok=True)
 
-  # Audio: ViTMAEModel.
+  # Audio: ViTMAEModel, ClapAudioModel (HTS-AT) or Cnn14Torch.
   a = config.model.audio
-  vt = vit.SpectrogramViT(**_tower_kwargs(a))
-  _, _, frames = _window_frames(config)
-  n_mels, patch = int(config.features.n_mels), int(vt.patch)
-  pos = _vit_positions(vt, frames, n_mels)
-  sd, dec = audiomae.export_vitmae(params["audio"], pos)
-  vcfg = transformers.ViTMAEConfig(
-      hidden_size=int(vt.width), num_hidden_layers=int(vt.depth),
-      num_attention_heads=int(vt.num_heads), intermediate_size=int(vt.mlp_dim),
-      hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-      layer_norm_eps=float(vt.layer_norm_eps), image_size=[frames, n_mels], patch_size=patch,
-      num_channels=1, qkv_bias=True, mask_ratio=0.0, norm_pix_loss=False)
-  _save_strict(transformers.ViTMAEModel(vcfg), sd, os.path.join(out, "audio"))
-  if dec:
-    safetensors.numpy.save_file(dec, os.path.join(out, DECODER_FILE))
+  n_mels = int(config.features.n_mels)
+  if a.name == "vit":
+    vt = vit.SpectrogramViT(**_tower_kwargs(a))
+    _, _, frames = _window_frames(config)
+    patch = int(vt.patch)
+    pos = _vit_positions(vt, frames, n_mels)
+    sd, dec = audiomae.export_vitmae(params["audio"], pos)
+    vcfg = transformers.ViTMAEConfig(
+        hidden_size=int(vt.width), num_hidden_layers=int(vt.depth),
+        num_attention_heads=int(vt.num_heads), intermediate_size=int(vt.mlp_dim),
+        hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        layer_norm_eps=float(vt.layer_norm_eps), image_size=[frames, n_mels],
+        patch_size=patch, num_channels=1, qkv_bias=True, mask_ratio=0.0, norm_pix_loss=False)
+    _save_strict(transformers.ViTMAEModel(vcfg), sd, os.path.join(out, "audio"))
+    if dec:
+      safetensors.numpy.save_file(dec, os.path.join(out, DECODER_FILE))
+  else:
+    stats = nn.meta.unbox(dict(model.variables.get("batch_stats", {})))
+    if "audio" not in stats:
+      raise convert.CheckpointMismatch(f"{workdir}: no batch_stats for the {a.name} audio "
+                                       "tower")
+    audio_vars = {"params": params["audio"], "batch_stats": stats["audio"]}
+    if a.name == "htsat":
+      from jaxclap.models import htsat
+      acfg = transformers.ClapAudioConfig(**_htsat_audio_config(config))
+      sd = htsat.export_torch(audio_vars, prefix=HTSAT_PREFIX)
+      _save_strict(transformers.ClapAudioModel(acfg), sd, os.path.join(out, "audio"))
+    else:
+      from jaxclap.models import cnn14
+      from jaxclap.torch_model import Cnn14Torch
+      tower = cnn14.Cnn14(**_tower_kwargs(a))
+      sd = cnn14.export_torch(audio_vars)
+      _save_strict(Cnn14Torch(tower.channels, tower.embed_dim, n_mels, cnn14.BN_EPS), sd,
+                   os.path.join(out, "audio"))
 
   # Text: BertModel / RobertaModel, or Qwen3Model / Gemma3TextModel.
   text_dir = os.path.join(out, "text")
@@ -811,6 +877,13 @@ def export_towers(workdir: str, out: str, step: int | None = None, model: Any = 
   return out
 
 
+def _htsat_audio_config(config: Any) -> dict:
+  """``ClapAudioConfig`` fields of the run's HTS-AT (dropout off: inference)."""
+  kw = _audio_config(config)
+  kw.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
+  return kw
+
+
 def _vit_positions(vt: Any, frames: int, n_mels: int) -> np.ndarray:
   """The ViT's position table for a window of ``frames`` x ``n_mels`` (no [CLS] row)."""
   from jaxclap.models import vit
@@ -838,8 +911,9 @@ def _save_strict(module: Any, sd: Mapping[str, np.ndarray], folder: str) -> None
 
 def import_export(folder: str) -> dict:
   """A folder written by ``export`` -> jaxclap variables: ``import_clap`` for a ClapModel
-  export, else (the towers format) ``{"params": ...}`` read back from audio/, text/ and
-  heads.safetensors, identical to the exported ones."""
+  export, else (the towers format) ``{"params": ...}`` (plus ``"batch_stats"`` for HTS-AT
+  and CNN14) read back from audio/, text/ and heads.safetensors, identical to the
+  exported ones."""
   import ml_collections
   import safetensors.numpy
   from jaxclap.models import audiomae, vit
@@ -848,15 +922,31 @@ def import_export(folder: str) -> dict:
   if meta.get("format") != TOWERS_FORMAT:
     return import_clap(folder)
   config = ml_collections.ConfigDict(meta["config"])
-  target = _target(config, mae=int(_get(config.model.audio, "mae_depth", 0) or 0) > 0)["params"]
-  vt = vit.SpectrogramViT(**_tower_kwargs(config.model.audio))
-  _, _, frames = _window_frames(config)
-  dec_path = os.path.join(folder, DECODER_FILE)
-  dec = safetensors.numpy.load_file(dec_path) if os.path.exists(dec_path) else {}
+  a = config.model.audio
+  full = _target(config, mae=a.name == "vit" and int(_get(a, "mae_depth", 0) or 0) > 0)
+  target = full["params"]
   where = os.path.join(folder, "audio")
-  audio = audiomae.import_vitmae(convert.load_state_dict(where), target["audio"], dec,
-                                 positions=_vit_positions(vt, frames, int(config.features.n_mels)),
-                                 where=where)
+  audio_stats = None
+  if a.name == "vit":
+    vt = vit.SpectrogramViT(**_tower_kwargs(a))
+    _, _, frames = _window_frames(config)
+    dec_path = os.path.join(folder, DECODER_FILE)
+    dec = safetensors.numpy.load_file(dec_path) if os.path.exists(dec_path) else {}
+    audio = audiomae.import_vitmae(
+        convert.load_state_dict(where), target["audio"], dec,
+        positions=_vit_positions(vt, frames, int(config.features.n_mels)), where=where)
+  else:
+    tv = {"params": target["audio"], "batch_stats": full["batch_stats"]["audio"]}
+    if a.name == "htsat":
+      from jaxclap.models import htsat
+      got = htsat.import_torch(convert.load_state_dict(where), tv, prefix=HTSAT_PREFIX,
+                               where=where)
+    elif a.name == "cnn14":
+      from jaxclap.models import cnn14
+      got = cnn14.import_torch(convert.load_state_dict(where), tv, prefix="", where=where)
+    else:
+      raise NotExportable(f"{folder}: config.model.audio.name={a.name!r}")
+    audio, audio_stats = got["params"], got["batch_stats"]
   where = os.path.join(folder, "text")
   if config.model.text.name in ("qwen3", "gemma3"):
     from jaxclap.models import decoder_lm
@@ -875,6 +965,8 @@ def import_export(folder: str) -> dict:
       params[head][layer] = {"kernel": np.ascontiguousarray(w.T), "bias": b}
   if hsd:
     raise convert.CheckpointMismatch(f"{folder}/{HEADS_FILE}: unexpected keys {sorted(hsd)}")
+  if audio_stats is not None:
+    return {"params": params, "batch_stats": {"audio": audio_stats}}
   return {"params": params}
 
 
@@ -888,8 +980,9 @@ def main(argv: list[str] | None = None) -> int:
                   "MLP heads) become transformers' CLAP format: ClapModel weights and "
                   "config plus a ClapProcessor (feature extractor + tokenizer), loadable "
                   "with ClapModel.from_pretrained(OUT) and pipeline('zero-shot-audio-"
-                  "classification', model=OUT). Spectrogram-ViT runs become the towers "
-                  "format: OUT/audio a ViTMAEModel, OUT/text a BertModel / RobertaModel / "
+                  "classification', model=OUT). Other runs (spectrogram ViT, CNN14, other "
+                  "HTS-AT runs) become the towers format: OUT/audio a ViTMAEModel / "
+                  "ClapAudioModel / Cnn14Torch, OUT/text a BertModel / RobertaModel / "
                   "Qwen3Model / Gemma3TextModel with its tokenizer, heads and front end "
                   "files; serve it with jaxclap.torch_model.ClapModelTorch.from_pretrained"
                   "(OUT).",

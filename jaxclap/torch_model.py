@@ -1,7 +1,9 @@
-r"""A jaxclap ViT run in PyTorch: ``ClapModelTorch.from_pretrained(OUT)``.
+r"""A jaxclap towers export in PyTorch: ``ClapModelTorch.from_pretrained(OUT)``.
 
-``python -m jaxclap.export --workdir=RUN --out=OUT`` writes a spectrogram-ViT run tower by
-tower (``jaxclap.export.export_towers``): ``OUT/audio`` a transformers ``ViTMAEModel``,
+``python -m jaxclap.export --workdir=RUN --out=OUT`` writes a spectrogram-ViT, CNN14 or
+HTS-AT run (one ClapModel cannot hold) tower by tower (``jaxclap.export.export_towers``):
+``OUT/audio`` a transformers ``ViTMAEModel``, a transformers ``ClapAudioModel`` (HTS-AT)
+or this module's ``Cnn14Torch`` (PANNs' key names),
 ``OUT/text`` a ``BertModel`` / ``RobertaModel`` (or ``Qwen3Model`` /
 ``Gemma3TextModel`` for decoder text towers) with its tokenizer, ``heads.safetensors``,
 ``frontend.safetensors`` (STFT window, Slaney mel matrix) and ``jaxclap_export.json``.
@@ -30,6 +32,10 @@ of ``frames_multiple``; real frames = ``samples // hop_length + 1``.
 The ViT runs through ``ViTMAEModel`` itself: ``noise=arange(tiles)`` keeps the tiles in
 order (argsort of an increasing noise is the identity; ``mask_ratio=0`` keeps them all)
 and ``attention_mask`` [b, 1 + tiles] masks the padding tiles, so padded clips match.
+HTS-AT runs through ``ClapAudioModel`` on ``input_features`` = our normalised log-mel
+[b, 1, T, F] (no mask: HTS-AT sees the padded image, in jaxclap too); its
+``pooler_output`` is the pooled output. CNN14 runs through ``Cnn14Torch`` with the real
+frames, which zero the padding before every conv and keep it out of the time pooling.
 Resampling is not done here: pass audio at ``input.sample_rate``.
 """
 
@@ -86,12 +92,104 @@ class Head(nn.Module):
     return self.fc_out(self.act(self.fc_in(x)))
 
 
+class _Cnn14Block(nn.Module):
+  """PANNs' ConvBlock: (3x3 conv without bias -> BatchNorm2d -> ReLU) x 2, then a pool."""
+
+  def __init__(self, cin: int, cout: int, eps: float):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, cout, (3, 3), padding=(1, 1), bias=False)
+    self.conv2 = nn.Conv2d(cout, cout, (3, 3), padding=(1, 1), bias=False)
+    self.bn1 = nn.BatchNorm2d(cout, eps=eps)
+    self.bn2 = nn.BatchNorm2d(cout, eps=eps)
+
+  def forward(self, x, valid, pool: int):
+    for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
+      if valid is not None:
+        x = x * valid[:, None, :, None]
+      x = nn.functional.relu(bn(conv(x)))
+    return nn.functional.avg_pool2d(x, pool) if pool > 1 else x
+
+
+class Cnn14Torch(nn.Module):
+  """jaxclap's CNN14 audio tower (``jaxclap.models.cnn14.Cnn14``) in PyTorch, inference
+  only (eval-mode batch norm with the running statistics, no dropout).
+
+  PANNs' / msclap's module layout and state-dict key names (``bn0.*``,
+  ``conv_block{i}.conv{j}.weight``, ``conv_block{i}.bn{j}.*``, ``fc1.*``), without the
+  torchlibrosa front end and the AudioSet classifier: it takes the log-mel [b, T, n_mels]
+  that ``ClapModelTorch.features`` computes. ``bn0`` normalises per mel bin; six blocks
+  (2x2 average pool after all but the last); mean over mel; max + mean over time; ``fc1``
+  + ReLU -> [b, embed_dim].
+
+  ``frames`` (int [b], real frames per clip; None = all real) has the Flax tower's
+  meaning: before every conv of block k (0-based) the time steps at or past
+  ``frames // 2**k`` are zeroed, and the time max / mean read the steps before
+  ``frames // 2**(blocks - 1)`` only (always at least the first). So a zero-padded clip
+  embeds as the clip alone.
+
+  ``Cnn14Torch.from_pretrained(folder)`` reads ``config.json`` (``channels``,
+  ``embed_dim``, ``mel_bins``, ``bn_eps``) and ``model.safetensors``; ``save_pretrained``
+  writes them.
+  """
+
+  def __init__(self, channels: Sequence[int], embed_dim: int, mel_bins: int,
+               bn_eps: float = 1e-5):
+    super().__init__()
+    self.config = dict(channels=[int(c) for c in channels], embed_dim=int(embed_dim),
+                       mel_bins=int(mel_bins), bn_eps=float(bn_eps))
+    self.bn0 = nn.BatchNorm2d(mel_bins, eps=bn_eps)
+    self.blocks = len(channels)
+    for i, (cin, cout) in enumerate(zip((1,) + tuple(channels[:-1]), channels)):
+      setattr(self, f"conv_block{i + 1}", _Cnn14Block(cin, cout, bn_eps))
+    self.fc1 = nn.Linear(channels[-1], embed_dim)
+    self.eval()
+
+  @classmethod
+  def from_pretrained(cls, folder: str) -> "Cnn14Torch":
+    from safetensors.torch import load_file
+    with open(os.path.join(folder, "config.json")) as f:
+      cfg = json.load(f)
+    model = cls(cfg["channels"], cfg["embed_dim"], cfg["mel_bins"], cfg.get("bn_eps", 1e-5))
+    model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")), strict=True)
+    return model.eval()
+
+  def save_pretrained(self, folder: str) -> None:
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+      json.dump({"class": "Cnn14Torch", **self.config}, f, indent=2)
+    save_file({k: v.contiguous() for k, v in self.state_dict().items()},
+              os.path.join(folder, "model.safetensors"))
+
+  def forward(self, spec: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """spec: [b, T, n_mels] log-mel; frames: int [b] real frames -> [b, embed_dim]."""
+    mask = lambda length, level: None if frames is None else (
+        torch.arange(length)[None, :] < (frames // 2 ** level)[:, None]).to(spec.dtype)
+    x = self.bn0(spec.transpose(1, 2)[..., None])[..., 0].transpose(1, 2)   # per mel bin
+    x = x[:, None]                                                          # [b, 1, T, F]
+    for i in range(self.blocks):
+      x = getattr(self, f"conv_block{i + 1}")(x, mask(x.shape[2], i),
+                                              2 if i < self.blocks - 1 else 1)
+    seq = x.mean(dim=3).transpose(1, 2)                                     # [b, t', c]
+    valid = mask(seq.shape[1], self.blocks - 1)
+    if valid is None:
+      pooled = seq.max(dim=1).values + seq.mean(dim=1)
+    else:
+      valid = valid.clone()
+      valid[:, 0] = 1.0
+      valid = valid[..., None]
+      peak = torch.where(valid > 0, seq, torch.finfo(seq.dtype).min).max(dim=1).values
+      pooled = peak + (seq * valid).sum(1) / valid.sum(1)
+    return nn.functional.relu(self.fc1(pooled))
+
+
 def _l2norm(x):
   return x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-12)
 
 
 class ClapModelTorch(nn.Module):
-  """A jaxclap towers export (ViT audio tower, BERT-family text tower) in PyTorch."""
+  """A jaxclap towers export (ViT / HTS-AT / CNN14 audio tower, BERT-family or decoder
+  text tower) in PyTorch."""
 
   def __init__(self, folder: str):
     super().__init__()
@@ -113,9 +211,13 @@ class ClapModelTorch(nn.Module):
     self.register_buffer("mel_filters", fe["mel_filters"])
 
     a, t, h = meta["audio"], meta["text"], meta["heads"]
-    self.audio_pooling, self.patch = a["pooling"], int(a["patch"])
-    self.audio = getattr(transformers, a["class"]).from_pretrained(
-        os.path.join(folder, a["path"])).eval()
+    self.audio_class, self.audio_pooling = a["class"], a["pooling"]
+    self.patch = int(a.get("patch", 0))
+    if a["class"] == "Cnn14Torch":
+      self.audio = Cnn14Torch.from_pretrained(os.path.join(folder, a["path"]))
+    else:
+      self.audio = getattr(transformers, a["class"]).from_pretrained(
+          os.path.join(folder, a["path"])).eval()
     self.text_pooling = t["pooling"]
     self.decoder_text = t["class"] in DECODER_CLASSES
     extra = {} if self.decoder_text else {"add_pooling_layer": bool(t["add_pooling_layer"])}
@@ -153,7 +255,14 @@ class ClapModelTorch(nn.Module):
     return x, frames
 
   def audio_tower(self, spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """The ViT's pooled output: ViTMAEModel in tile order with padding tiles masked."""
+    """The audio tower's pooled output for [b, frames, n_mels] features: ViTMAEModel in
+    tile order with padding tiles masked; ClapAudioModel's ``pooler_output`` for
+    ``input_features`` [b, 1, T, F] (HTS-AT has no mask: it sees the padded image, as
+    jaxclap's); Cnn14Torch with the real ``frames``."""
+    if self.audio_class == "ClapAudioModel":
+      return self.audio(input_features=spec[:, None]).pooler_output
+    if self.audio_class == "Cnn14Torch":
+      return self.audio(spec, frames)
     b, t, m = spec.shape
     p = self.patch
     valid = (torch.arange(t // p) * p)[None, :] < frames[:, None]          # [b, t/p]

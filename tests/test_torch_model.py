@@ -3,9 +3,12 @@ ViT + MiniLM, runlocal) trained for 4 steps, exported by ``python -m jaxclap.exp
 served by ``ClapModelTorch``: embeddings and zero-shot probabilities equal
 ``jaxclap.load``'s (clips shorter and longer than the window included), the towers load
 strictly into ``ViTMAEModel`` / ``BertModel``, and the folder reads back to identical
-parameters.
+parameters. The same for the other audio towers (runlocal, 2 steps, no evaluation):
+HTS-AT + MiniLM (which transformers' ClapModel cannot hold: its audio tower becomes a
+``ClapAudioModel``) and CNN14 + BERT (``Cnn14Torch``, PANNs' key names).
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,13 +28,19 @@ def _env():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def corpus_dir(tmp_path_factory):
+  """One embedded corpus for every run in this module (built by the first)."""
+  return tmp_path_factory.mktemp("corpus")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, corpus_dir):
   """(workdir, out): the runlocal demo (vit + minilm) trained 4 steps, then exported."""
   base = tmp_path_factory.mktemp("towers")
   workdir, out = base / "run", base / "torch"
   subprocess.run([sys.executable, "-m", "jaxclap.main",
                   "--config=configs/demo.py:runlocal,steps=4", f"--workdir={workdir}",
-                  f"--config.corpus.data_dir={base / 'data'}"],
+                  f"--config.corpus.data_dir={corpus_dir}"],
                  cwd=ROOT, env=_env(), check=True, timeout=900, stdout=subprocess.DEVNULL)
   res = subprocess.run([sys.executable, "-m", "jaxclap.export", f"--workdir={workdir}",
                         f"--out={out}"], cwd=ROOT, env=_env(), check=True, timeout=600,
@@ -194,3 +203,164 @@ def test_decoder_towers_export_to_their_transformers_class(family, extra):
   back = decoder_lm.import_torch(sd, params, family=family)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
     np.testing.assert_array_equal(np.asarray(a), b)
+
+
+# ------------------------------------------------- the other audio towers (HTS-AT, CNN14)
+
+OTHER = ("htsat+minilm", "cnn14+bert")
+# Trains each combo for 2 steps in one process (one JAX start-up), without the evaluation.
+_TRAIN = """
+import importlib.util, sys
+from jaxclap import train
+spec = importlib.util.spec_from_file_location("demo_config", "configs/demo.py")
+demo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo)
+base, data = sys.argv[1:3]
+for combo in sys.argv[3:]:
+  audio, text = combo.split("+")
+  c = demo.get_config(f"runlocal,steps=2,audio={audio},text={text}")
+  c.corpus.data_dir = data
+  c.eval = None
+  train.train_and_evaluate(c, f"{base}/{audio}_{text}")
+"""
+
+
+@pytest.fixture(scope="module")
+def other_runs(tmp_path_factory, corpus_dir):
+  """{combo: (workdir, out)}: each of OTHER trained 2 steps, exported by ``export.export``."""
+  from jaxclap import export
+  base = tmp_path_factory.mktemp("other_towers")
+  subprocess.run([sys.executable, "-c", _TRAIN, str(base), str(corpus_dir), *OTHER], cwd=ROOT,
+                 env=_env(), check=True, timeout=900, stdout=subprocess.DEVNULL)
+  runs = {}
+  for combo in OTHER:
+    name = combo.replace("+", "_")
+    workdir = str(base / name)
+    runs[combo] = (workdir, export.export(workdir, str(base / f"torch_{name}")))
+  return runs
+
+
+def _flat(tree):
+  import jax
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize("combo", OTHER)
+def test_other_audio_towers_match_jaxclap_and_read_back(combo, other_runs):
+  import flax.linen as nn
+  import jax.numpy as jnp
+  import torch
+  import jaxclap
+  from jaxclap import export
+  from jaxclap.data import records
+  from jaxclap.models import two_towers
+  from jaxclap.torch_model import ClapModelTorch
+  workdir, out = other_runs[combo]
+  meta = json.load(open(os.path.join(out, "jaxclap_export.json")))
+  audio = combo.split("+")[0]
+  want_class = {"htsat": "ClapAudioModel", "cnn14": "Cnn14Torch"}[audio]
+  assert (meta["format"], meta["audio"]["class"], meta["text"]["class"], meta["step"]) == (
+      "jaxclap-towers", want_class, "BertModel", 2)
+  m = jaxclap.load(workdir)
+  tm = ClapModelTorch.from_pretrained(out)
+  split = records.open_split(m.config.input.sources[0]["path"], "test")
+  rows = [records.decode(split[i]) for i in range(3)]
+  clips = [r["audio"] for r in rows]
+  captions = [r["captions"][0] for r in rows]
+  clips.append(clips[0][:m.window // 3 - 100])              # padded (repeated for HTS-AT)
+  clips.append(np.concatenate(clips[:3]))                   # several windows
+  assert min(map(len, clips)) < m.window < max(map(len, clips))
+  a, b = m.embed_audio(clips), tm.embed_audio(clips)
+  assert a.shape == b.shape == (len(clips), 32)
+  np.testing.assert_allclose(b, a, atol=TOL)
+  np.testing.assert_allclose(tm.embed_text(captions), m.embed_text(captions), atol=TOL)
+  np.testing.assert_allclose(tm.zero_shot(clips, captions), m.zero_shot(clips, captions),
+                             atol=TOL)
+
+  # The tower alone: pooled output of ClapAudioModel / Cnn14Torch == our tower's.
+  from jaxclap import torch_model
+  waves, lens = map(np.asarray, zip(*(torch_model.crop_or_pad(c, m.window) for c in clips[:3])))
+  lens[0] = m.window // 2        # as if the rest were padding: CNN14 masks it
+  spec, frames = two_towers.spectrogram(m.config.features, jnp.asarray(waves),
+                                        jnp.asarray(lens))
+  model = two_towers.from_config(m.config.model)
+  ours = model.apply(m.variables, spec, frames, method=lambda mod, s, f: mod.audio(s, f)[0])
+  with torch.no_grad():
+    theirs = tm.audio_tower(torch.from_numpy(np.asarray(spec)),
+                            torch.from_numpy(np.asarray(frames))).numpy()
+  np.testing.assert_allclose(theirs, np.asarray(ours), atol=TOL * max(1.0, np.abs(ours).max()))
+
+  # The way back: identical parameters and batch-norm statistics.
+  back = export.import_export(out)
+  want, got = _flat(nn.meta.unbox(dict(m.variables))), _flat(back)
+  assert sorted(want) == sorted(got)
+  assert any(k.startswith("['batch_stats']") for k in got)
+  for k in want:
+    assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+
+
+def test_other_audio_towers_load_strictly(other_runs):
+  import transformers
+  from jaxclap import torch_model
+  empty = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+  _, out = other_runs["htsat+minilm"]
+  audio, info = transformers.ClapAudioModel.from_pretrained(os.path.join(out, "audio"),
+                                                            output_loading_info=True)
+  assert {k: list(v) for k, v in info.items()} == empty
+  assert (audio.config.num_mel_bins, audio.config.spec_size, audio.config.enable_fusion) == (
+      32, 128, False)
+  _, out = other_runs["cnn14+bert"]
+  from safetensors.numpy import load_file
+  sd = load_file(os.path.join(out, "audio", "model.safetensors"))
+  assert {"bn0.running_mean", "conv_block1.conv1.weight", "conv_block6.bn2.running_var",
+          "fc1.weight"} <= set(sd)
+  tower = torch_model.Cnn14Torch.from_pretrained(os.path.join(out, "audio"))
+  assert sorted(tower.state_dict()) == sorted(sd)
+
+
+def test_cnn14_torch_matches_the_flax_tower_with_frame_masks():
+  """Random weights and statistics, clips of 64, 45, 20 and 3 real frames (the last
+  shorter than one final step), and no mask: Cnn14Torch == Cnn14, PANNs' key names both
+  ways."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from jaxclap.models import cnn14
+  from jaxclap.torch_model import Cnn14Torch
+  tower = cnn14.Cnn14(channels=(8, 16, 16, 16, 16, 32), embed_dim=24)
+  spec = jnp.asarray(np.random.RandomState(0).randn(4, 64, 32).astype(np.float32))
+  frames = jnp.asarray([64, 45, 20, 3])
+  rs = np.random.RandomState(1)
+  draw = lambda path, a: (rs.uniform(0.5, 1.5, a.shape) if "var" in jax.tree_util.keystr(path)
+                          else rs.normal(0.0, 0.3, a.shape)).astype(np.float32)
+  v = jax.tree_util.tree_map_with_path(
+      draw, jax.eval_shape(tower.init, jax.random.PRNGKey(0), spec, frames))
+  sd = cnn14.export_torch(v)
+  model = Cnn14Torch(tower.channels, tower.embed_dim, 32)
+  model.load_state_dict({k: torch.from_numpy(np.array(x)) for k, x in sd.items()}, strict=True)
+  for f in (frames, None):
+    want, _ = jax.jit(tower.apply)(v, spec, f)
+    with torch.no_grad():
+      got = model(torch.from_numpy(np.asarray(spec)),
+                  None if f is None else torch.from_numpy(np.asarray(f))).numpy()
+    want = np.asarray(want)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+  back = cnn14.import_torch(sd, v)
+  for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(back)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_towers_format_refuses_htsat_fusion():
+  import ml_collections
+  from jaxclap import export
+  spec = importlib.util.spec_from_file_location("demo_config", os.path.join(ROOT, "configs",
+                                                                            "demo.py"))
+  demo = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(demo)
+  c = demo.get_config("runlocal,audio=htsat,text=minilm")
+  export._towers_check(c)
+  c.model.audio.enable_fusion = True
+  with pytest.raises(export.NotExportable, match=r"model\.audio\.enable_fusion"):
+    export._towers_check(c)
+  assert isinstance(c, ml_collections.ConfigDict)

@@ -209,3 +209,29 @@ def import_torch(state_dict: Mapping[str, np.ndarray], target: Mapping, *,
   num_blocks = sum(1 for k in nn.meta.unbox(target["params"]) if k.startswith("conv_block"))
   return convert.apply_rules(rules(num_blocks), state_dict, target, prefix=prefix,
                              ignore=_ignored, where=where)
+
+
+# --------------------------------------------------------------------------- export
+
+_INVERSE = {**convert.INVERSE, id(conv_t): lambda a: a.transpose(3, 2, 0, 1)}
+
+
+def export_torch(variables: Mapping, *, prefix: str = "",
+                 num_batches_tracked: bool = True) -> dict[str, np.ndarray]:
+  """Our ``{"params", "batch_stats"}`` -> a PANNs / msclap Cnn14 state dict (float32
+  numpy, keys ``prefix`` + PANNs' names: ``bn0.*``, ``conv_block{i}.conv{j}.weight``,
+  ``conv_block{i}.bn{j}.*``, ``fc1.*``), the inverse of ``import_torch``. The front-end
+  buffers and ``fc_audioset`` are not written (the tower has none);
+  ``num_batches_tracked`` (0, int64) is, so a ``BatchNorm2d`` layout loads strictly."""
+  v = nn.meta.unbox({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+  num_blocks = sum(1 for k in v["params"] if k.startswith("conv_block"))
+  flat = {}
+  for path, (key, fn) in rules(num_blocks).items():
+    node = v
+    for part in path:
+      node = node[part]
+    flat[prefix + key] = np.ascontiguousarray(_INVERSE[id(fn)](np.asarray(node, np.float32)))
+  if num_batches_tracked:
+    bns = ["bn0"] + [f"conv_block{i}.bn{j}" for i in range(1, num_blocks + 1) for j in (1, 2)]
+    flat.update({f"{prefix}{b}.num_batches_tracked": np.array(0, np.int64) for b in bns})
+  return flat
