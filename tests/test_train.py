@@ -268,3 +268,25 @@ def test_demo_trains_other_towers_by_one_override(tmp_path, data_dir, towers):
     assert out["var"] and all(v != 1.0 for v in out["var"])   # running stats moved from init
   if "minilm" not in towers:
     assert out["tok"].startswith(str(workdir / "tokenizer"))
+
+
+def test_bad_tower_and_feature_settings_are_named():
+  """An MAE term on a tower without a decoder, and an unknown front end, fail at build
+  time with the config field named, not deep inside XLA."""
+  import sys
+  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  import demo
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from jaxclap import sharding, train
+  from jaxclap.models import two_towers
+  c = demo.get_config("runlocal,audio=htsat")
+  c.loss.mae_weight = 0.1
+  with pytest.raises(ValueError, match=r"loss.mae_weight > 0 needs an audio tower with an "
+                                       r"MAE decoder \(vit\); model.audio.name='htsat'"):
+    train.Trainer(c, sharding.make_mesh(c.mesh, jax.devices()[:1]))
+  feats = ml_collections.ConfigDict(dict(demo.get_config("runlocal").features, kind="mfcc"))
+  with pytest.raises(ValueError, match=r"config.features.kind must be 'logmel' or 'fbank', "
+                                       r"got 'mfcc'"):
+    two_towers.spectrogram(feats, jnp.zeros((1, 16000)), jnp.array([16000]))
