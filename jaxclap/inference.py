@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from jaxclap import audio as audio_lib
-from jaxclap.input_pipeline import crop_or_pad
+from jaxclap import windows as windows_lib
 
 
 class Model:
@@ -62,25 +62,13 @@ class Model:
       wave = np.asarray(audio_lib.resample(jnp.asarray(wave), int(sr), self.sample_rate))
     return wave
 
-  def _windows(self, wave):
-    n = wave.shape[0]
-    if n <= self.window:   # padded as in training (input.pad)
-      out, n = crop_or_pad(wave, self.window, None, self.config.input.get("pad", "zero"))
-      return [out], [n]
-    starts = list(range(0, n - self.window + 1, self.hop))
-    if starts[-1] + self.window < n:
-      starts.append(n - self.window)        # the tail is covered too
-    return [wave[s:s + self.window] for s in starts], [self.window] * len(starts)
-
   def embed_audio(self, clips: Any, sample_rate: int | None = None,
                   batch_size: int = 32) -> np.ndarray:
-    if isinstance(clips, np.ndarray) and clips.ndim == 2:
-      clips = list(clips)
-    if isinstance(clips, (str, os.PathLike)) or (isinstance(clips, np.ndarray) and clips.ndim == 1):
-      clips = [clips]
+    clips = windows_lib.clip_list(clips)
+    pad_kind = self.config.input.get("pad", "zero")
     waves, lens, owner = [], [], []
     for i, clip in enumerate(clips):
-      w, l = self._windows(self._load(clip, sample_rate))
+      w, l = windows_lib.windows(self._load(clip, sample_rate), self.window, self.hop, pad_kind)
       waves += w
       lens += l
       owner += [i] * len(w)
@@ -91,10 +79,7 @@ class Model:
       wb = np.concatenate([wb, np.zeros((pad,) + wb.shape[1:], np.float32)])
       lb = np.concatenate([lb, np.full(pad, self.window, np.int32)])
       embs.append(np.asarray(self._audio_fn(self.variables, wb, lb))[:batch_size - pad])
-    embs = np.concatenate(embs)
-    owner = np.asarray(owner)
-    pooled = np.stack([embs[owner == i].mean(0) for i in range(len(clips))])
-    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    return windows_lib.pool(np.concatenate(embs), np.asarray(owner), len(clips))
 
   # -- text
 

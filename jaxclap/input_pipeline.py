@@ -40,6 +40,7 @@ import grain
 import numpy as np
 
 from jaxclap.data import records
+from jaxclap.windows import crop_or_pad
 
 # ---------------------------------------------------------------------------- sources
 
@@ -241,30 +242,6 @@ class _ProcessSlice(grain.MapDataset):
 # ------------------------------------------------------------------------- per example
 
 
-def crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None,
-                pad: str = "zero") -> tuple[np.ndarray, int]:
-  """A waveform of exactly ``length`` samples and how many of them are real audio.
-
-  Longer clips are cropped at a random offset (``rng``) or at the start (``rng=None``).
-  Shorter clips are zero-padded (``pad="zero"``; the length returned is the clip's) or
-  repeated a whole number of times and then zero-padded (``pad="repeat"``, LAION-CLAP's
-  and transformers' ClapFeatureExtractor's "repeatpad"; the length returned covers the
-  repeats).
-  """
-  n = wave.shape[0]
-  if n >= length:
-    start = 0 if rng is None or n == length else int(rng.integers(0, n - length + 1))
-    return wave[start:start + length], length
-  if pad == "repeat":
-    out = np.zeros(length, np.float32)
-    n *= length // n
-    out[:n] = np.tile(wave, length // wave.shape[0])
-  elif pad == "zero":
-    out = np.zeros(length, np.float32)
-    out[:n] = wave
-  else:
-    raise ValueError(f"input.pad must be 'zero' or 'repeat', got {pad!r}")
-  return out, n
 
 
 def draw_captions(example: dict, rng: np.random.Generator, k: int, pool: str) -> list[str]:

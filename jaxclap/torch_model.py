@@ -50,26 +50,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from jaxclap import windows as windows_lib
+
 DECODER_CLASSES = ("Qwen3Model", "Gemma3TextModel")
 _ACTS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu,
          "gelu_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),
          "silu": nn.functional.silu}
-
-
-def crop_or_pad(wave: np.ndarray, length: int, pad: str = "zero") -> tuple[np.ndarray, int]:
-  """``jaxclap.input_pipeline.crop_or_pad`` at inference (crop at the start)."""
-  n = wave.shape[0]
-  if n >= length:
-    return wave[:length], length
-  out = np.zeros(length, np.float32)
-  if pad == "repeat":
-    reps = length // n
-    out[:n * reps] = np.tile(wave, reps)
-    return out, n * reps
-  if pad == "zero":
-    out[:n] = wave
-    return out, n
-  raise ValueError(f"input.pad must be 'zero' or 'repeat', got {pad!r}")
 
 
 class Head(nn.Module):
@@ -294,27 +280,13 @@ class ClapModelTorch(nn.Module):
                        "(jaxclap's on-device resampler is not part of the export)")
     return wave
 
-  def _windows(self, wave):
-    n = wave.shape[0]
-    if n <= self.window:
-      out, n = crop_or_pad(wave, self.window, self.pad)
-      return [out], [n]
-    starts = list(range(0, n - self.window + 1, self.hop))
-    if starts[-1] + self.window < n:
-      starts.append(n - self.window)
-    return [wave[s:s + self.window] for s in starts], [self.window] * len(starts)
-
   @torch.no_grad()
   def embed_audio(self, clips: Any, sample_rate: int | None = None,
                   batch_size: int = 32) -> np.ndarray:
-    if (isinstance(clips, np.ndarray) or torch.is_tensor(clips)) and clips.ndim == 2:
-      clips = list(clips)
-    if isinstance(clips, (str, os.PathLike)) or (
-        (isinstance(clips, np.ndarray) or torch.is_tensor(clips)) and clips.ndim == 1):
-      clips = [clips]
+    clips = windows_lib.clip_list(clips)
     waves, lens, owner = [], [], []
     for i, clip in enumerate(clips):
-      w, l = self._windows(self._load(clip, sample_rate))
+      w, l = windows_lib.windows(self._load(clip, sample_rate), self.window, self.hop, self.pad)
       waves += w
       lens += l
       owner += [i] * len(w)
@@ -324,9 +296,7 @@ class ClapModelTorch(nn.Module):
       lb = torch.tensor(lens[s:s + batch_size], dtype=torch.long)
       spec, frames = self.features(wb, lb)
       embs.append(_l2norm(self.audio_head(self.audio_tower(spec, frames))).numpy())
-    embs, owner = np.concatenate(embs), np.asarray(owner)
-    pooled = np.stack([embs[owner == i].mean(0) for i in range(len(clips))])
-    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    return windows_lib.pool(np.concatenate(embs), np.asarray(owner), len(clips))
 
   # -- text
 
