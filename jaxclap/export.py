@@ -371,6 +371,17 @@ def clap_state_dict(config: Any, variables: Mapping) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------ tokenizer
 
 
+def _check_probe_ids(ours, probe, max_len: int, where: str) -> None:
+  """The exported tokenizer must encode the probe texts exactly as jaxclap's does."""
+  ids, _ = ours.encode(list(_PROBES), max_len)
+  theirs = probe(list(_PROBES), padding="max_length", truncation=True, max_length=max_len,
+                 return_tensors="np")["input_ids"]
+  for text, a, b in zip(_PROBES, ids, theirs):
+    if not np.array_equal(a, b):
+      raise NotExportable(f"{where}: transformers encodes {text[:40]!r} as "
+                          f"{b[:12].tolist()}..., jaxclap as {a[:12].tolist()}...")
+
+
 def hf_tokenizer(config: Any, tokenizer: Any = None, check_pad: bool = True):
   """The run's tokenizer as a transformers ``RobertaTokenizerFast`` with
   ``model_max_length = input.max_text_len``, its ids checked against jaxclap's
@@ -408,13 +419,7 @@ def hf_tokenizer(config: Any, tokenizer: Any = None, check_pad: bool = True):
   if hf.pad_token_id != pad or ours.pad_id != pad:
     raise NotExportable(f"the tokenizer pads with id {hf.pad_token_id} (jaxclap: "
                         f"{ours.pad_id}) but config.model.text.padding_idx={pad}")
-  ids, _ = ours.encode(list(_PROBES), max_len)
-  theirs = probe(list(_PROBES), padding="max_length", truncation=True, max_length=max_len,
-                 return_tensors="np")["input_ids"]
-  for text, a, b in zip(_PROBES, ids, theirs):
-    if not np.array_equal(a, b):
-      raise NotExportable(f"config.tokenizer at {path}: transformers encodes {text[:40]!r} as "
-                          f"{b[:12].tolist()}..., jaxclap as {a[:12].tolist()}...")
+  _check_probe_ids(ours, probe, max_len, f"config.tokenizer at {path}")
   return hf
 
 
@@ -694,13 +699,7 @@ def _text_tokenizer(config: Any):
   load = lambda: transformers.AutoTokenizer.from_pretrained(path, model_max_length=max_len)
   hf, probe = load(), load()
   ours = tokenizers.from_config(tc)
-  ids, _ = ours.encode(list(_PROBES), max_len)
-  theirs = probe(list(_PROBES), padding="max_length", truncation=True, max_length=max_len,
-                 return_tensors="np")["input_ids"]
-  for text, a, b in zip(_PROBES, ids, theirs):
-    if not np.array_equal(a, b):
-      raise NotExportable(f"config.tokenizer ({kind}): transformers encodes {text[:40]!r} as "
-                          f"{b[:12].tolist()}..., jaxclap as {a[:12].tolist()}...")
+  _check_probe_ids(ours, probe, max_len, f"config.tokenizer ({kind})")
   return hf
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import scipy.special
 
 from jaxclap import audio as audio_lib
 from jaxclap import windows as windows_lib
@@ -98,9 +99,7 @@ class Model:
                 sample_rate: int | None = None) -> np.ndarray:
     """Softmax over ``prompts`` of the scaled similarities, per clip: [n_clips, n_prompts]."""
     logits = self.logit_scale * self.embed_audio(clips, sample_rate) @ self.embed_text(prompts).T
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=1, keepdims=True)
+    return scipy.special.softmax(logits, axis=1)
 
 
 def load(workdir: str, step: int | None = None) -> Model:

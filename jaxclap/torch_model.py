@@ -47,6 +47,7 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
+import scipy.special
 import torch
 from torch import nn
 
@@ -331,6 +332,4 @@ class ClapModelTorch(nn.Module):
                 sample_rate: int | None = None) -> np.ndarray:
     """Softmax over ``prompts`` of the scaled similarities, per clip: [n_clips, n_prompts]."""
     logits = self.logit_scale * self.embed_audio(clips, sample_rate) @ self.embed_text(prompts).T
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=1, keepdims=True)
+    return scipy.special.softmax(logits, axis=1)
