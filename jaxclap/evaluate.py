@@ -1,16 +1,28 @@
-"""Evaluation on a held-out split: zero-shot binary attributes and retrieval.
+"""Evaluation on a held-out split: zero-shot, retrieval, linear probes, correlations.
 
 * Zero-shot (SLAP's protocol): each binary task is a pair of antonym descriptions
   ("a high-pitched voice" / "a low-pitched voice", never a negation), each put through
   several prompt templates; the text embeddings of one side are averaged (then
   re-normalised) into a class prototype, and a clip is assigned the nearer prototype.
   Only clips whose metadata puts them on one side take part (a "mid" pitch is neither).
+  Balanced accuracy, plain accuracy, and F1 of the positive side (SLAP's metric) / macro-F1.
+* Multi-class zero-shot (CLSP's gender / age / emotion): one prototype per class, argmax;
+  weighted accuracy (WA, plain accuracy) and unweighted accuracy (UA, mean per-class
+  recall: chance is 1/classes however skewed the split).
 * Retrieval: each clip's first caption as the query / target; text->audio and
   audio->text R@1/5/10 and mAP@10 (one relevant item per query, so AP = 1/rank).
+* Linear probe (SLAP's, AcuLa's): logistic regression on frozen, standardised audio
+  embeddings of another split; accuracy, balanced accuracy, F1, AUROC.
+* Graded (Speech-CLAP's / CLSP's correlation with human ratings): a clip's cosine
+  similarity to a prompt ("A high-pitched voice.") against a measured value (F0 in
+  semitones, words/min, dBFS); Pearson, Spearman and Kendall's tau with p-values.
 
 The trainer's ``evaluate_model`` returns ``{"zero_shot": {task: balanced accuracy},
-"zero_shot_accuracy": {task: plain accuracy}, "zero_shot_mean": ..., "retrieval":
-{metric: value}, "counts": {...}}``; ``format_table`` prints it.
+"zero_shot_accuracy": {task: plain accuracy}, "zero_shot_f1": {task: F1},
+"zero_shot_macro_f1": ..., "zero_shot_mean": ..., "retrieval": {metric: value},
+"counts": {...}}``, plus, as ``eval.metrics`` selects, ``"multiclass": {task: {"WA",
+"UA", "macro_f1", "clips", "classes"}}``, ``"graded": {task: correlations()}`` and
+``"linear_probe": {task: linear_probe()}``; ``format_table`` prints what is present.
 """
 
 from __future__ import annotations
@@ -49,9 +61,10 @@ def prototypes(embed_text: Callable[[list[str]], np.ndarray], phrase: str | Sequ
 def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any],
               embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict[str, Any]:
   """Balanced accuracy (mean of the two classes' recalls: chance is 50% however skewed
-  the split) and plain accuracy per task; tasks with no labelled clip are left out."""
-  from sklearn.metrics import balanced_accuracy_score
-  acc, bal, counts = {}, {}, {}
+  the split), plain accuracy, F1 of the positive side (SLAP's metric) and macro-F1 per
+  task; tasks with no labelled clip are left out."""
+  from sklearn.metrics import balanced_accuracy_score, f1_score
+  acc, bal, f1, macro_f1, counts = {}, {}, {}, {}, {}
   for name, task in tasks.items():
     labels = [task_label(task, m) for m in metadata]
     idx = np.array([i for i, l in enumerate(labels) if l is not None])
@@ -63,8 +76,145 @@ def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, A
     pred = (audio_emb[idx] @ pos > audio_emb[idx] @ neg).astype(int)
     acc[name] = float(np.mean(pred == y))
     bal[name] = float(balanced_accuracy_score(y, pred)) if 0 < y.sum() < y.size else acc[name]
+    # zero_division=0: no positive clip and none predicted scores 0, not a warning.
+    f1[name] = float(f1_score(y, pred, pos_label=1, zero_division=0))
+    macro_f1[name] = float(f1_score(y, pred, labels=[0, 1], average="macro", zero_division=0))
     counts[name] = {"clips": int(idx.size), "positive": int(y.sum())}
-  return {"balanced_accuracy": bal, "accuracy": acc, "counts": counts}
+  return {"balanced_accuracy": bal, "accuracy": acc, "f1": f1, "macro_f1": macro_f1,
+          "counts": counts}
+
+
+def multiclass_label(task: Any, metadata: dict) -> int | None:
+  """The index of ``metadata[task.key]`` in ``task.classes``, or None (not part of the
+  task: no value, "varies", ...). A task is anything with ``key``, ``classes`` and
+  ``prompts`` (e.g. ``jaxclap.data.speech_tasks.MULTICLASS_TASKS``' entries)."""
+  v = metadata.get(task.key)
+  return task.classes.index(v) if v in task.classes else None
+
+
+def zero_shot_multiclass(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any],
+                         embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES
+                         ) -> dict[str, dict]:
+  """Per task: each clip takes the class whose prototype is nearest (argmax of the dot
+  product); WA = plain accuracy, UA = mean recall over the classes present in the split,
+  macro-F1 over the same classes. Tasks with no labelled clip are left out."""
+  from sklearn.metrics import accuracy_score, f1_score, recall_score
+  out = {}
+  for name, task in tasks.items():
+    labels = [multiclass_label(task, m) for m in metadata]
+    idx = np.array([i for i, l in enumerate(labels) if l is not None])
+    if idx.size == 0:
+      continue
+    y = np.array([labels[i] for i in idx])
+    protos = np.stack([prototypes(embed_text, p, templates) for p in task.prompts])
+    pred = np.argmax(audio_emb[idx] @ protos.T, axis=1)
+    # A class absent from the split has no recall to average (it can still be predicted,
+    # and then costs the true class its recall).
+    present = np.unique(y)
+    out[name] = {
+        "WA": float(accuracy_score(y, pred)),
+        "UA": float(recall_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "clips": int(idx.size),
+        "classes": {task.classes[c]: int(np.sum(y == c)) for c in present},
+    }
+  return out
+
+
+def linear_probe(train_emb: np.ndarray, train_labels: Sequence, test_emb: np.ndarray,
+                 test_labels: Sequence, *, C: float = 1.0, max_iter: int = 2000
+                 ) -> dict[str, Any] | None:
+  """Logistic regression on frozen embeddings (features standardised on the train rows;
+  lbfgs, so the result is deterministic). Returns accuracy, balanced accuracy, F1 (of the
+  larger label when binary, e.g. 1 of 0/1; macro when multi-class), macro-F1 (over the
+  classes the test rows have) and AUROC (binary, or one-vs-rest macro). Test rows whose class the train rows lack are dropped
+  (counted in ``test_dropped``); None when the train rows have fewer than two classes.
+  AUROC is NaN when the kept test rows have one class only."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+  train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+  if np.unique(train_labels).size < 2:
+    return None
+  clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+  clf.fit(np.asarray(train_emb, np.float64), train_labels)
+  classes = clf.classes_
+  keep = np.isin(test_labels, classes)
+  y, x = test_labels[keep], np.asarray(test_emb, np.float64)[keep]
+  out = {"train": int(train_labels.size), "test": int(y.size),
+         "test_dropped": int((~keep).sum())}
+  if y.size == 0:
+    return dict(out, accuracy=float("nan"), balanced_accuracy=float("nan"), f1=float("nan"),
+                macro_f1=float("nan"), auroc=float("nan"))
+  pred, proba = clf.predict(x), clf.predict_proba(x)
+  present = np.unique(y)
+  binary = classes.size == 2
+  out["accuracy"] = float(accuracy_score(y, pred))
+  # Balanced accuracy = mean recall over the classes the test rows have (what sklearn's
+  # balanced_accuracy_score computes, without its warning when a missing class is predicted).
+  out["balanced_accuracy"] = float(recall_score(y, pred, labels=present, average="macro",
+                                                zero_division=0))
+  out["macro_f1"] = float(f1_score(y, pred, labels=present, average="macro", zero_division=0))
+  out["f1"] = (float(f1_score(y, pred, pos_label=classes[1], zero_division=0)) if binary
+               else out["macro_f1"])
+  if present.size < 2:
+    out["auroc"] = float("nan")
+  elif binary:
+    out["auroc"] = float(roc_auc_score(y == classes[1], proba[:, 1]))
+  elif present.size == classes.size:
+    out["auroc"] = float(roc_auc_score(y, proba, multi_class="ovr", average="macro",
+                                       labels=classes))
+  else:   # one-vs-rest over the classes the test rows have (sklearn's needs them all)
+    cols = np.searchsorted(classes, present)
+    out["auroc"] = float(np.mean([roc_auc_score(y == c, proba[:, j])
+                                  for c, j in zip(present, cols)]))
+  return out
+
+
+def correlations(scores: Sequence[float], ratings: Sequence[float]) -> dict[str, float]:
+  """Pearson, Spearman and Kendall's tau (tau-b) of paired values, each with its
+  two-sided p-value, and n. NaN where undefined (n < 3, or a constant side)."""
+  from scipy import stats
+  x, y = np.asarray(scores, np.float64), np.asarray(ratings, np.float64)
+  out: dict[str, float] = {"n": int(x.size)}
+  defined = x.size >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
+  for name, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr),
+                   ("kendall", stats.kendalltau)):
+    r, p = fn(x, y) if defined else (float("nan"), float("nan"))
+    out[name], out[f"{name}_p"] = float(r), float(p)
+  return out
+
+
+def _number(v) -> float | None:
+  try:
+    v = float(v)
+  except (TypeError, ValueError):
+    return None
+  return v if np.isfinite(v) else None
+
+
+def graded(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any], embed_text,
+           templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict[str, dict]:
+  """Per graded task (``key``, ``prompt``, optional ``negative_prompt`` and ``exclude``,
+  e.g. ``jaxclap.data.speech_tasks.GRADED_TASKS``): the cosine similarity of each clip to
+  the prompt's prototype (minus that to the negative one, if given) correlated with
+  ``metadata[key]`` over the clips that have a value. Tasks with no such clip are left out."""
+  a = np.asarray(audio_emb, np.float64)
+  a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)   # cosine, not dot
+  out = {}
+  for name, task in tasks.items():
+    exclude = tuple(getattr(task, "exclude", ()) or ())
+    values = [None if any(m.get(k) == v for k, v in exclude) else _number(m.get(task.key))
+              for m in metadata]
+    idx = np.array([i for i, v in enumerate(values) if v is not None])
+    if idx.size == 0:
+      continue
+    score = a[idx] @ prototypes(embed_text, task.prompt, templates)
+    if getattr(task, "negative_prompt", None):
+      score = score - a[idx] @ prototypes(embed_text, task.negative_prompt, templates)
+    out[name] = correlations(score, [values[i] for i in idx])
+  return out
 
 
 def retrieval(audio_emb: np.ndarray, text_emb: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -87,14 +237,41 @@ def split_metadata(path: str, split: str) -> list[dict]:
 
 
 def format_table(results: dict) -> str:
-  lines = ["zero-shot (binary, antonym prompts)   balanced acc.  accuracy  clips (pos.)"]
-  for task, bal in results["zero_shot"].items():
-    c = results["counts"][task]
-    acc = results["zero_shot_accuracy"][task]
-    lines.append(f"  {task:<36s} {bal * 100:8.1f}%  {acc * 100:8.1f}%  "
-                 f"{c['clips']:5d} ({c['positive']})")
-  lines.append(f"  {'mean':<36s} {results['zero_shot_mean'] * 100:8.1f}%")
-  lines.append("retrieval")
-  for k, v in results["retrieval"].items():
-    lines.append(f"  {k:<38s} {v * 100:6.1f}%")
+  """The sections of ``results`` that are present, one table each."""
+  lines = []
+  if "zero_shot" in results:
+    f1 = results.get("zero_shot_f1", {})
+    lines.append("zero-shot (binary, antonym prompts)   balanced acc.  accuracy"
+                 + ("        F1" if f1 else "") + "  clips (pos.)")
+    for task, bal in results["zero_shot"].items():
+      c = results["counts"][task]
+      acc = results["zero_shot_accuracy"][task]
+      lines.append(f"  {task:<36s} {bal * 100:8.1f}%  {acc * 100:8.1f}%  "
+                   + (f"{f1[task] * 100:8.1f}%  " if task in f1 else "")
+                   + f"{c['clips']:5d} ({c['positive']})")
+    lines.append(f"  {'mean':<36s} {results['zero_shot_mean'] * 100:8.1f}%")
+  if "multiclass" in results:
+    lines.append(f"{'zero-shot (multi-class)':<38s} {'WA':>7s}  {'UA':>7s}  {'mac.F1':>7s}"
+                 f"  {'clips':>5s}  classes")
+    for task, r in results["multiclass"].items():
+      lines.append(f"  {task:<36s} {r['WA'] * 100:6.1f}%  {r['UA'] * 100:6.1f}%  "
+                   f"{r['macro_f1'] * 100:6.1f}%  {r['clips']:5d}  {len(r['classes'])}")
+  for key, title in (("retrieval", "retrieval"),
+                     ("retrieval_fine", "retrieval (fine-grained captions)")):
+    if key in results:
+      lines.append(title)
+      for k, v in results[key].items():
+        lines.append(f"  {k:<38s} {v * 100:6.1f}%")
+  if "graded" in results:
+    lines.append(f"{'graded (similarity vs measured value)':<38s} {'Pearson':>7s}  "
+                 f"{'Spearman':>8s}  {'Kendall':>7s}  {'clips':>5s}")
+    for task, r in results["graded"].items():
+      lines.append(f"  {task:<36s} {r['pearson']:+7.3f}  {r['spearman']:+8.3f}  "
+                   f"{r['kendall']:+7.3f}  {r['n']:5d}")
+  if "linear_probe" in results:
+    lines.append(f"{'linear probe (logistic regression)':<38s} {'acc.':>8s}  {'bal.acc.':>8s}"
+                 f"  {'F1':>7s}  {'AUROC':>6s}  train/test")
+    for task, r in results["linear_probe"].items():
+      lines.append(f"  {task:<36s} {r['accuracy'] * 100:7.1f}%  {r['balanced_accuracy'] * 100:7.1f}%"
+                   f"  {r['f1'] * 100:6.1f}%  {r['auroc']:6.3f}  {r['train']}/{r['test']}")
   return "\n".join(lines)

@@ -28,6 +28,7 @@ Batches are dicts of numpy arrays:
   source      int32   [b]                 which corpus of ``input.sources``
   record      int64   [b]                 record index inside that corpus split
   index       int64   [b]                 global stream index (proves nothing is skipped)
+  task        int32   [b]                 CLSP task of the step (1 or 2; 0 without "clsp")
 """
 
 from __future__ import annotations
@@ -248,7 +249,8 @@ def draw_captions(example: dict, rng: np.random.Generator, k: int, pool: str) ->
   """``k`` captions of one clip, drawn at random (distinct while the pool allows).
 
   pool: "global" (``captions``), "fine" (``fine_captions``, falling back to global for a
-  clip that has none) or "any" (both pools together).
+  clip that has none) or "any" (both pools together). (The training stream's pool "clsp"
+  pairs them per step through ``TaskSchedule``.)
   """
   if pool == "global":
     cands = example["captions"]
@@ -263,6 +265,39 @@ def draw_captions(example: dict, rng: np.random.Generator, k: int, pool: str) ->
   return [cands[i] for i in rng.integers(0, len(cands), size=k)]
 
 
+def task_probability(step: int, p0: float = 0.95, p_min: float = 0.5,
+                     steps: int = 10_000) -> float:
+  """CLSP stage 2's scheduler: the probability p_t of Task 1 (global + fine-grained
+  caption) at step t, falling linearly from p0 to p_min over ``steps`` steps, then held
+  (p_min = p0 is the static scheduler)."""
+  return max(p_min, p0 - (p0 - p_min) * step / max(steps, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSchedule:
+  """Caption pool "clsp": each STEP (all clips of one global batch) is Task 1 with
+  probability ``task_probability(step, ...)``, else Task 2 (two different fine-grained
+  captions). The draw is a pure function of (seed, step), so every process and a resumed
+  run agree on it."""
+  global_batch_size: int
+  seed: int
+  p0: float = 0.95
+  p_min: float = 0.5
+  steps: int = 10_000
+
+  def task(self, index: int) -> int:
+    step = index // self.global_batch_size
+    u = np.random.default_rng([self.seed, step, 0x7A5C]).random()
+    return 1 if u < task_probability(step, self.p0, self.p_min, self.steps) else 2
+
+  def captions(self, example: dict, rng: np.random.Generator, task: int) -> list[str]:
+    # Task 1: (global, fine) -- caption 1 takes CLSP's lambda in the audio->text target.
+    if task == 1:
+      return (draw_captions(example, rng, 1, "global")
+              + draw_captions(example, rng, 1, "fine"))
+    return draw_captions(example, rng, 2, "fine")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Example:
   """The per-example transform, a picklable callable for grain workers."""
@@ -273,19 +308,28 @@ class _Example:
   caption_pool: str
   tokenizer: Any
   max_text_len: int
+  schedule: TaskSchedule | None = None  # caption_pool "clsp" only
+  truncate_chars: int | None = None     # CLAP cuts its text at 100 characters
 
   def __call__(self, index: int, example: dict, rng: np.random.Generator | None):
     wave, n = crop_or_pad(example["audio"], self.clip_samples,
                           rng if self.random_crop else None, self.pad)
     caption_rng = rng if rng is not None else np.random.default_rng(index)
-    caps = draw_captions(example, caption_rng, self.captions_per_clip, self.caption_pool)
+    task = 0
+    if self.schedule is not None:
+      task = self.schedule.task(index)
+      caps = self.schedule.captions(example, caption_rng, task)
+    else:
+      caps = draw_captions(example, caption_rng, self.captions_per_clip, self.caption_pool)
+    if self.truncate_chars:
+      caps = [c[:self.truncate_chars] for c in caps]
     ids, mask = self.tokenizer.encode(caps, self.max_text_len)
     if self.captions_per_clip == 1:
       ids, mask = ids[0], mask[0]
     return {"audio": wave.astype(np.float32), "audio_len": np.int32(n),
             "text_ids": ids.astype(np.int32), "text_mask": mask.astype(np.int32),
             "source": np.int32(example["source"]), "record": np.int64(example["record"]),
-            "index": np.int64(index)}
+            "index": np.int64(index), "task": np.int32(task)}
 
 
 class _WithIndex(grain.MapDataset):
@@ -325,7 +369,9 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
 
   ``cfg`` is the config's ``input`` section: ``sources`` (see ``SourceSpec``),
   ``sample_rate``, ``clip_seconds``, ``pad`` ("zero"/"repeat"), ``captions_per_clip``,
-  ``caption_pool``, ``max_text_len``, ``max_caption_chars``.
+  ``caption_pool`` (+ ``task_schedule`` for "clsp"), ``max_text_len``,
+  ``max_caption_chars``, ``truncate_chars`` (cut each drawn caption to this many
+  characters, as CLAP does at 100; None keeps it whole).
   """
   specs = source_specs(cfg.sources)
   sr = int(cfg.sample_rate)
@@ -345,20 +391,35 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
     else:
       streams.append(recs.shuffle(seed=seed * 1000 + i).repeat())
   ds = streams[0] if len(streams) == 1 else WeightedMix(streams, [s.weight for s in specs])
+  k = int(_config_get(cfg, "captions_per_clip", 1))
+  pool = str(_config_get(cfg, "caption_pool", "global"))
+  schedule = None
+  if pool == "clsp":
+    if k != 2:
+      raise ValueError(f"input.caption_pool='clsp' pairs two captions per clip; set "
+                       f"input.captions_per_clip=2, not {k}")
+    sched = dict(_config_get(cfg, "task_schedule", None) or {})
+    unknown = set(sched) - {"p0", "p_min", "steps"}
+    if unknown:
+      raise ValueError(f"input.task_schedule: unknown key(s) {sorted(unknown)}; "
+                       "use p0, p_min, steps")
+    schedule = TaskSchedule(global_batch_size, seed, **sched)
   example = _Example(
       clip_samples=clip_samples, pad=str(_config_get(cfg, "pad", "zero")), random_crop=True,
-      captions_per_clip=int(_config_get(cfg, "captions_per_clip", 1)),
-      caption_pool=str(_config_get(cfg, "caption_pool", "global")),
-      tokenizer=tokenizer, max_text_len=int(cfg.max_text_len))
+      captions_per_clip=k, caption_pool=pool, tokenizer=tokenizer,
+      max_text_len=int(cfg.max_text_len), schedule=schedule,
+      truncate_chars=_config_get(cfg, "truncate_chars", None))
   ds = _WithIndex(ds, seed, example)
   ds = _ProcessSlice(ds, global_batch_size, process_index, process_count)
   return ds.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=_stack)
 
 
 def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
-                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """One deterministic pass over a split: crop from the start, the first caption, and
-  the last batch padded to ``batch_size`` with ``valid=0`` rows (static shapes)."""
+                 process_index: int = 0, process_count: int = 1,
+                 caption_pool: str = "global") -> grain.MapDataset:
+  """One deterministic pass over a split: crop from the start, one caption of
+  ``caption_pool`` per clip (a fixed draw per record), and the last batch padded to
+  ``batch_size`` with ``valid=0`` rows (static shapes)."""
   spec = source_specs([spec])[0]
   sr = int(cfg.sample_rate)
   recs = _Records(spec, 0, sample_rate=sr,
@@ -368,7 +429,8 @@ def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
   example = _Example(
       clip_samples=int(round(float(cfg.clip_seconds) * sr)),
       pad=str(_config_get(cfg, "pad", "zero")), random_crop=False, captions_per_clip=1,
-      caption_pool="global", tokenizer=tokenizer, max_text_len=int(cfg.max_text_len))
+      caption_pool=caption_pool, tokenizer=tokenizer, max_text_len=int(cfg.max_text_len),
+      truncate_chars=_config_get(cfg, "truncate_chars", None))
 
   def fn(index, _, rng):
     row = example(index, recs[min(index, n - 1)], rng)

@@ -3,6 +3,8 @@
 * ``info_nce``: symmetric InfoNCE (CLIP / LAION-CLAP ``ClipLoss``) for CLAP, SLAP,
   Speech-CLAP and CLSP stage 1.
 * ``multi_positive_info_nce``: CLSP stage 2, two captions per clip.
+* ``sigmoid_loss``: SigLIP's pairwise sigmoid loss (Zhai et al. 2023), with a learnable
+  bias beside the scale.
 * ``mae_loss``: the masked-patch reconstruction loss of (Audio)MAE, for SLAP and AcuLa.
 * ``cka_loss``: AcuLa's ``L_align = 1 - linear CKA``.
 * ``clamp_logit_scale``: LAION's clamp of the learnable log-multiplier.
@@ -21,8 +23,13 @@ replicate), so a jitted train step calls them on sharded arrays as it would on o
   keep every block (or every visiting chunk): memory O(n * n + n * d) in forward and
   backward.
 
-``info_nce_local`` / ``multi_positive_info_nce_local`` are the per-device bodies, for a
-caller already inside its own ``shard_map``.
+The sigmoid loss is a plain sum over the N x N pairs with no normaliser, so it needs
+neither the other direction nor any statistic beyond a running sum: ``gather`` gathers
+text only, and ``chunked`` (big_vision's chunked SigLIP) moves text chunks round the ring
+with a ``custom_vjp`` of the same kind.
+
+``info_nce_local`` / ``multi_positive_info_nce_local`` / ``sigmoid_loss_local`` are the
+per-device bodies, for a caller already inside its own ``shard_map``.
 
 Nothing here creates an array at import time, so importing it never starts a backend.
 """
@@ -150,18 +157,24 @@ def _varying_axes(x):
   return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
 
 
+def _to_varying(x, axis):
+  # A scalar parameter is usually replicated; making it device-varying first gives its
+  # cotangent (a per-device partial sum from a ring's backward pass) the right type, and
+  # the cast's transpose is the psum that adds the parts.
+  missing = tuple(a for a in axis if a not in _varying_axes(x))
+  return lax.pcast(x, missing, to="varying") if missing else x
+
+
+def _check_mode(mode, modes=MODES):
+  if mode not in modes:
+    raise ValueError(f"mode must be one of {modes}, got {mode!r}")
+
+
 def _stats(a, t, log_scale, axis, mode):
-  if mode not in ("gather", "chunked"):
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  _check_mode(mode, ("gather", "chunked"))
   if mode == "gather" or axis is None:
     return _gather_stats(a, t, log_scale, axis)
-  # The scale is usually replicated; making it device-varying first gives its cotangent
-  # (a per-device partial sum from the ring) the right type, and the cast's transpose
-  # is the psum that adds the parts.
-  missing = tuple(x for x in axis if x not in _varying_axes(log_scale))
-  if missing:
-    log_scale = lax.pcast(log_scale, missing, to="varying")
-  lse, aux = _ring_stats(a, t, log_scale, axis)
+  lse, aux = _ring_stats(a, t, _to_varying(log_scale, axis), axis)
   return lse, jax.tree.map(lax.stop_gradient, aux)
 
 
@@ -235,7 +248,10 @@ def _lay_out(x, sharding):
   return lax.with_sharding_constraint(x, sharding)
 
 
-def _sharded(local_fn, mesh, batch_axes, audio, text, logit_scale):
+def _sharded(local_fn, mesh, batch_axes, audio, text, *scalars):
+  """Runs local_fn(audio, text, *scalars, axis_name=...) under shard_map: the two towers
+  split over the batch axes, the scalar parameters (scale, and bias for SigLIP)
+  replicated."""
   axes = tuple(a for a in batch_axes if a in mesh.axis_names)
   p = math.prod(mesh.shape[a] for a in axes)
   n = audio.shape[0]
@@ -244,10 +260,10 @@ def _sharded(local_fn, mesh, batch_axes, audio, text, logit_scale):
                      f"{axes}; choose a global batch that is a multiple of {p}")
   spec = P(axes or None)
   fn = jax.shard_map(functools.partial(local_fn, axis_name=axes or None), mesh=mesh,
-                     in_specs=(spec, spec, P()), out_specs=P())
+                     in_specs=(spec, spec) + (P(),) * len(scalars), out_specs=P())
   batch, replicated = NamedSharding(mesh, spec), NamedSharding(mesh, P())
   args = (_lay_out(audio, batch), _lay_out(text, batch),
-          _lay_out(jnp.asarray(logit_scale, jnp.float32), replicated))
+          *(_lay_out(jnp.asarray(x, jnp.float32), replicated) for x in scalars))
   # Under an outer jit this inlines; called eagerly it compiles the shard_map once.
   return jax.jit(fn)(*args)
 
@@ -264,8 +280,7 @@ def info_nce(audio, text, logit_scale, *, mesh=None, batch_axes=("data", "fsdp")
   (directional losses and top-1 accuracies over the global batch; they cost nothing
   beside the loss).
   """
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  _check_mode(mode)
   if mesh is None or mode == "unsharded":
     return info_nce_reference(audio, text, logit_scale)
   return _sharded(functools.partial(info_nce_local, mode=mode), mesh, batch_axes,
@@ -336,12 +351,176 @@ def multi_positive_info_nce(audio, text2, logit_scale, *, lam=0.5, mesh=None,
   the returned (loss, metrics) as `info_nce`; an audio row counts as right when its
   argmax is either of its captions.
   """
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  _check_mode(mode)
   if mesh is None or mode == "unsharded":
     return multi_positive_info_nce_reference(audio, text2, logit_scale, lam=lam)
   local = functools.partial(multi_positive_info_nce_local, lam=lam, mode=mode)
   return _sharded(local, mesh, batch_axes, audio, text2, logit_scale)
+
+
+# ---------------------------------------------------------------------------------------
+# Sigmoid loss (SigLIP): every pair is its own binary problem,
+#   logits_ij = exp(logit_scale) a_i . t_j + logit_bias,  z_ij = +1 if i == j else -1,
+#   loss = -(1 / N) sum_ij log sigmoid(z_ij logits_ij).
+# The sum has no normaliser, so a device can score its n audio rows against any chunk of
+# text columns on its own and only the partial sums are reduced; one direction covers
+# every pair. Beside the sum, each device keeps (for the accuracies only, no gradient)
+# its rows' maxima, the maxima of the columns it scores and the diagonal of its own
+# block, where its positives live.
+
+
+def _signed(x, offset):
+  """z * x for a block x whose row i is paired with column i + offset."""
+  n, m = x.shape
+  rows = lax.broadcasted_iota(jnp.int32, (n, m), 0)
+  cols = lax.broadcasted_iota(jnp.int32, (n, m), 1)
+  return jnp.where(cols == rows + offset, x, -x)
+
+
+def _sigmoid_gather(a, t, log_scale, bias, axis):
+  if axis is None:
+    t_all, r = t, 0
+  else:
+    t_all = lax.all_gather(t, axis, tiled=True)
+    r = lax.axis_index(axis)
+  n = a.shape[0]
+  logits = jnp.exp(log_scale) * (a @ t_all.T) + bias  # [n, N]
+  total = jnp.sum(jax.nn.log_sigmoid(_signed(logits, r * n)))
+  logits = lax.stop_gradient(logits)
+  # A text's column is scored on every device; the maxima over the local rows meet by
+  # pmax (N numbers, not the audio tower), and each device keeps its own texts'.
+  col_m = logits.max(axis=0)
+  if axis is not None:
+    col_m = lax.pmax(col_m, axis)
+  own = lax.dynamic_slice_in_dim(logits, r * n, n, axis=1)
+  aux = (logits.max(axis=1), lax.dynamic_slice_in_dim(col_m, r * n, n), jnp.diagonal(own))
+  return total, aux
+
+
+def _sigmoid_ring_fwd(a, t, log_scale, bias, axis):
+  perm, p = _ring_perm(axis)
+  scale = jnp.exp(log_scale)
+  # The own chunk first: the only block with positives (on its diagonal).
+  own = scale * (a @ t.T) + bias
+  total = jnp.sum(jax.nn.log_sigmoid(_signed(own, 0)))
+
+  def step(_, carry):
+    # The text chunk travels with its column maxima; the sum and row maxima stay put.
+    t_c, col_m, row_m, total = carry
+    t_c, col_m = lax.ppermute((t_c, col_m), axis, perm)
+    b = scale * (a @ t_c.T) + bias
+    col_m, row_m = jnp.maximum(col_m, b.max(axis=0)), jnp.maximum(row_m, b.max(axis=1))
+    return t_c, col_m, row_m, total + jnp.sum(jax.nn.log_sigmoid(-b))
+
+  _, col_m, row_m, total = lax.fori_loop(
+      1, p, step, (t, own.max(axis=0), own.max(axis=1), total))
+  col_m = lax.ppermute(col_m, axis, perm)  # the last hop home, as in `_ring_fwd`
+  # Residuals are the inputs only: the backward pass rebuilds every block.
+  return (total, (row_m, col_m, jnp.diagonal(own))), (a, t, log_scale, bias)
+
+
+def _sigmoid_ring_bwd(axis, res, cts):
+  a, t, log_scale, bias = res
+  g, _ = cts  # the metric outputs carry no gradient
+  perm, p = _ring_perm(axis)
+  scale = jnp.exp(log_scale)
+
+  def block(t_c, own):
+    raw = a @ t_c.T
+    x = scale * raw + bias
+    # d log sigmoid(z x) / dx = z sigmoid(-z x); only the own block has z = +1 entries.
+    gb = g * (_signed(jax.nn.sigmoid(-_signed(x, 0)), 0) if own else -jax.nn.sigmoid(x))
+    # logits = exp(log_scale) raw + bias: d/d log_scale = scale * sum(gb raw) (the scale
+    # applied once at the end), d/d bias = sum(gb).
+    return gb, jnp.sum(gb * raw), jnp.sum(gb)
+
+  gb, ds, db = block(t, True)
+  init = (t, gb.T @ a, gb @ t, ds, db)
+
+  def step(_, carry):
+    # The chunk travels with its accumulating gradient, as in `_ring_bwd`.
+    t_c, dt_c, da, ds, db = carry
+    t_c, dt_c = lax.ppermute((t_c, dt_c), axis, perm)
+    gb, ds_c, db_c = block(t_c, False)
+    return t_c, dt_c + gb.T @ a, da + gb @ t_c, ds + ds_c, db + db_c
+
+  _, dt, da, ds, db = lax.fori_loop(1, p, step, init)
+  dt = lax.ppermute(dt, axis, perm)
+  return scale * da, scale * dt, scale * ds, db
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _sigmoid_ring(a, t, log_scale, bias, axis):
+  # Autodiff through the fori_loop would keep every visiting chunk (p x n x d) for the
+  # backward pass; the custom rule keeps the inputs and runs the ring again, so memory
+  # stays O(n * n + n * d) whatever the number of devices.
+  return _sigmoid_ring_fwd(a, t, log_scale, bias, axis)[0]
+
+
+_sigmoid_ring.defvjp(_sigmoid_ring_fwd, _sigmoid_ring_bwd)
+
+
+def _sigmoid_stats(a, t, log_scale, bias, axis, mode):
+  _check_mode(mode, ("gather", "chunked"))
+  if mode == "gather" or axis is None:
+    return _sigmoid_gather(a, t, log_scale, bias, axis)
+  total, aux = _sigmoid_ring(a, t, _to_varying(log_scale, axis), _to_varying(bias, axis),
+                             axis)
+  return total, jax.tree.map(lax.stop_gradient, aux)
+
+
+def sigmoid_loss_reference(audio, text, logit_scale, logit_bias):
+  """SigLIP's loss on full arrays: returns (loss, metrics)."""
+  audio, text, logit_scale, logit_bias = _f32(audio, text, logit_scale, logit_bias)
+  n = audio.shape[0]
+  logits = jnp.exp(logit_scale) * audio @ text.T + logit_bias
+  log_p = jax.nn.log_sigmoid(_signed(logits, 0))
+  loss = -jnp.sum(log_p) / n
+  loss_pos = -jnp.sum(jnp.diagonal(log_p)) / n
+  labels = jnp.arange(n)
+  metrics = {"loss_pos": loss_pos, "loss_neg": loss - loss_pos,
+             "acc_a2t": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+             "acc_t2a": jnp.mean(jnp.argmax(logits, axis=0) == labels)}
+  return loss, metrics
+
+
+def sigmoid_loss_local(audio, text, logit_scale, logit_bias, axis_name, *, mode="gather"):
+  """The per-device body of `sigmoid_loss` inside a shard_map over `axis_name` (a name, a
+  tuple of names, or None). audio, text: the local [n, d] rows. Returns (loss, metrics),
+  both already reduced over the global batch."""
+  axis = _axis_tuple(axis_name)
+  audio, text, logit_scale, logit_bias = _f32(audio, text, logit_scale, logit_bias)
+  total, (max_a, max_t, pos) = _sigmoid_stats(audio, text, logit_scale, logit_bias, axis,
+                                              mode)
+  n_global = audio.shape[0] * (1 if axis is None else lax.axis_size(axis))
+  loss = -_psum(total, axis) / n_global
+  loss_pos = -_psum(jnp.sum(jax.nn.log_sigmoid(pos)), axis) / n_global
+  # As in `info_nce_local`: the positive and the maxima come from the same blocks.
+  metrics = {"loss_pos": loss_pos, "loss_neg": loss - loss_pos,
+             "acc_a2t": _psum(jnp.sum(pos >= max_a), axis) / n_global,
+             "acc_t2a": _psum(jnp.sum(pos >= max_t), axis) / n_global}
+  return loss, metrics
+
+
+def sigmoid_loss(audio, text, logit_scale, logit_bias, *, mesh=None,
+                 batch_axes=("data", "fsdp"), mode="gather"):
+  """SigLIP's pairwise sigmoid loss over the global batch (Zhai et al. 2023).
+
+  audio, text: [N, d] embeddings, already L2-normalised; row i of each is a pair.
+  logit_scale: scalar log of the logit multiplier; logit_bias: scalar added to every
+  logit (SigLIP initialises them to log 10 and -10). Every one of the N x N pairs is a
+  binary problem, positive on the diagonal; the loss is the summed negative
+  log-likelihood divided by N (big_vision's normalisation), in float32.
+  mesh, batch_axes, mode: as `info_nce`.
+  Returns (loss, metrics): the scalar loss and {loss_pos, loss_neg, acc_a2t, acc_t2a}
+  (the loss's positive and negative parts, which add up to it, and top-1 accuracies
+  over the global batch).
+  """
+  _check_mode(mode)
+  if mesh is None or mode == "unsharded":
+    return sigmoid_loss_reference(audio, text, logit_scale, logit_bias)
+  return _sharded(functools.partial(sigmoid_loss_local, mode=mode), mesh, batch_axes,
+                  audio, text, logit_scale, logit_bias)
 
 
 # ---------------------------------------------------------------------------------------

@@ -79,7 +79,13 @@ def rules(cfg_rules) -> tuple:
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rule_table) -> Any:
   """Shardings for a (boxed) tree of ``nn.LogicallyPartitioned`` leaves / plain arrays."""
   specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules(rule_table))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules(rule_table))
+  # Optimiser statistics kept per parameter but of lower rank (ScaledAdam's scalar
+  # parameter scale) inherit the parameter's box and names: those are replicated.
+  values = nn.meta.unbox(abstract_tree)
+  return jax.tree_util.tree_map(
+      lambda s, v: s if len(s.spec) <= len(getattr(v, "shape", ())) else NamedSharding(mesh, P()),
+      shardings, values)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from typing import Any
 
@@ -29,10 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 
 from jaxclap import losses, sharding
 from jaxclap.models import convert, two_towers
+# Optimisers and schedules live in jaxclap.optim (train.make_optimizer still resolves).
+from jaxclap.optim import _check_patterns, _path_labels, make_optimizer
+
+
+CONTRASTIVE = ("info_nce", "sigmoid", "multi_positive")
 
 
 @flax.struct.dataclass
@@ -49,85 +52,6 @@ class TrainState:
     return {"params": self.params, **self.model_state}
 
 
-# ------------------------------------------------------------------------- optimiser
-
-
-def lr_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
-  """Linear warm-up to ``lr``, then ``decay``: cosine | linear | constant | exponential
-  (``decay_rate`` every ``decay_every`` steps, SLAP's x0.99 / 2,000)."""
-  lr, warm = float(cfg.lr), int(cfg.get("warmup_steps", 0))
-  decay = cfg.get("decay", "cosine")
-  rest = max(1, total_steps - warm)
-  if decay == "cosine":
-    after = optax.cosine_decay_schedule(lr, rest, alpha=float(cfg.get("end_lr_ratio", 0.0)))
-  elif decay == "linear":
-    after = optax.linear_schedule(lr, lr * float(cfg.get("end_lr_ratio", 0.0)), rest)
-  elif decay == "constant":
-    after = optax.constant_schedule(lr)
-  elif decay == "exponential":
-    after = optax.exponential_decay(lr, int(cfg.decay_every), float(cfg.decay_rate),
-                                    staircase=True)
-  else:
-    raise ValueError(f"optim.decay={decay!r}: use cosine, linear, constant or exponential")
-  if warm <= 0:
-    return after
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
-
-
-def _path_labels(params, patterns: dict[str, str], default: str):
-  """Each parameter's label: the first regex in ``patterns`` matching 'a/b/c', else default."""
-  flat = traverse_util.flatten_dict(params)
-  labels = {}
-  for path in flat:
-    name = "/".join(path)
-    labels[path] = next((lab for pat, lab in patterns.items() if re.fullmatch(pat, name)),
-                        default)
-  return traverse_util.unflatten_dict(labels)
-
-
-def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
-  """``config.optim``: name (adam | adamw), lr + schedule fields, b1, b2, eps,
-  weight_decay (adamw; not on biases, norms, embeddings' scale-free 1-D params),
-  grad_clip (global norm), frozen (regexes of parameter paths that never update) and
-  lr_mults (pairs (regex, multiplier), e.g. a pretrained tower at 0.1x)."""
-  sched = lr_schedule(cfg, total_steps)
-  name = cfg.get("name", "adamw")
-  kw = dict(b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)),
-            eps=float(cfg.get("eps", 1e-8)))
-
-  def base(mult):
-    s = (lambda step: sched(step) * mult) if mult != 1.0 else sched
-    if name == "adam":
-      return optax.adam(s, **kw)
-    if name == "adamw":
-      decay_mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim > 1, p)
-      return optax.adamw(s, weight_decay=float(cfg.get("weight_decay", 1e-4)),
-                         mask=decay_mask, **kw)
-    raise ValueError(f"optim.name={name!r}: use adam or adamw")
-
-  mults = {str(k): float(v) for k, v in (cfg.get("lr_mults") or [])}
-  frozen = list(cfg.get("frozen") or [])
-  patterns = {p: "frozen" for p in frozen}
-  patterns.update({p: f"mult:{m}" for p, m in mults.items()})
-  transforms = {"default": base(1.0), "frozen": optax.set_to_zero()}
-  transforms.update({f"mult:{m}": base(m) for m in mults.values()})
-  tx = optax.multi_transform(transforms, lambda p: _path_labels(p, patterns, "default"))
-  clip = cfg.get("grad_clip")
-  return optax.chain(optax.clip_by_global_norm(float(clip)), tx) if clip else tx
-
-
-def _check_patterns(cfg: Any, params) -> None:
-  """A regex in ``optim.frozen`` / ``optim.lr_mults`` that matches no parameter is a typo
-  that would silently train (or not slow down) a whole tower: refuse it, naming it."""
-  names = ["/".join(p) for p in traverse_util.flatten_dict(params)]
-  for field, pats in (("frozen", list(cfg.get("frozen") or [])),
-                      ("lr_mults", [k for k, _ in (cfg.get("lr_mults") or [])])):
-    for pat in pats:
-      if not any(re.fullmatch(str(pat), n) for n in names):
-        raise ValueError(f"config.optim.{field}: {pat!r} matches no parameter "
-                         f"(parameters look like {names[0]!r}, {names[-1]!r})")
-
-
 # --------------------------------------------------------------------------- trainer
 
 
@@ -140,6 +64,7 @@ class Trainer:
     self.model = two_towers.from_config(config.model, self.dtype)
     self.rules = sharding.rules(config.get("sharding_rules"))
     self.tx = make_optimizer(config.optim, int(config.total_steps))
+    self._check_loss_config()
     self.accum = int(config.optim.get("grad_accum", 1))
     if int(config.global_batch_size) % self.accum:
       raise ValueError(f"global_batch_size={config.global_batch_size} is not divisible by "
@@ -190,8 +115,16 @@ class Trainer:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
         self.state_shardings)
 
+  def param_counts(self) -> dict[str, int]:
+    """Parameters per top-level part (audio, text, audio_head, text_head, logit_scale,
+    ...), from shapes alone: a full-size config is counted without allocating it."""
+    params = self.abstract_state().params
+    return {k: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(v))
+            for k, v in params.items()}
+
   def init_state(self, seed: int) -> TrainState:
-    """The initial state, created sharded; pretrained towers loaded per ``model.*.init``."""
+    """The initial state, created sharded; pretrained towers loaded per ``model.*.init``,
+    or the whole model from another run per ``init_from``."""
     with nn.logical_axis_rules(self.rules):
       init = jax.jit(lambda r: nn.meta.unbox(self._init(r)), out_shardings=self.state_shardings)
       state = init(jax.random.PRNGKey(seed))
@@ -213,10 +146,38 @@ class Trainer:
         else:
           params[tower] = loaded_tower
         loaded = True
+    if self.config.get("init_from"):
+      params, model_state = self._init_from(str(self.config.init_from))
+      loaded = True
     if loaded:  # optimiser moments are zeros either way; re-init keeps them consistent
       state = state.replace(params=params, model_state=model_state, opt_state=jax.jit(
           self.tx.init, out_shardings=self.state_shardings.opt_state)(params))
     return state
+
+  def _init_from(self, workdir: str):
+    """``init_from``: the params and model state (not the optimiser, step or data
+    position) of another run's latest checkpoint, e.g. CLSP stage 2 from stage 1. The
+    other run may have used another optimiser or loss; its model must be this one."""
+    import orbax.checkpoint as ocp
+    if workdir == "required":
+      raise ValueError("this config starts from an earlier run's weights: set "
+                       "--config.init_from=<that run's workdir>")
+    folder = os.path.join(os.path.abspath(workdir), "checkpoints")
+    mgr = ocp.CheckpointManager(folder, item_names=("state", "data"))
+    step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"config.init_from={workdir!r}: no checkpoint in {folder}")
+    abstract = self.abstract_state()
+    item = {"params": abstract.params, "model_state": abstract.model_state}
+    try:  # straight into this run's shardings
+      got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True)))["state"]
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"config.init_from={workdir!r} (step {step}): its parameters do not "
+                       f"fit this model: {e}") from e
+    logging.info("initialised from %s step %d", workdir, step)
+    return dict(got["params"]), dict(got["model_state"])
 
   def _load_tower(self, tower: str, current, shardings):
     """``model.<tower>.init``: a checkpoint path (safetensors, torch state_dict or HF
@@ -246,23 +207,53 @@ class Trainer:
         lambda lab, x: jax.lax.stop_gradient(x) if lab == "frozen" else x, labels, params)
 
   def loss_fn(self, params, model_state, batch, rng):
-    """The fused objective. Returns (total, (metrics, updated model_state))."""
+    """The fused objective. Returns (total, (metrics, updated model_state)).
+
+    ``loss.contrastive`` picks the contrastive term, weighted by ``contrastive_weight``
+    (SLAP's lambda): "info_nce" (CLAP, SLAP, Speech-CLAP, CLSP stage 1), "sigmoid"
+    (SigLIP; needs ``model.logit_bias_init``) or "multi_positive" (CLSP stage 2: two
+    captions per clip, ``multi_positive_lambda`` on the first). Beside it
+    ``mae_weight * MAE`` and ``cka_weight * (1 - CKA)`` (AcuLa); ``augment`` draws one
+    waveform transform per clip on the device before the features."""
     cfg = self.config.loss
     params = self._stop_frozen(params)
-    spec, frames = self.features(batch)
+    drop_rng, mae_rng, aug_rng = jax.random.split(rng, 3)
+    wave = batch["audio"]
+    if self.config.get("augment"):
+      from jaxclap import augment
+      wave = augment.random_augment(aug_rng, wave, batch["audio_len"],
+                                    sample_rate=int(self.config.features.sample_rate),
+                                    **dict(self.config.augment))
+    spec, frames = two_towers.spectrogram(self.config.features, wave, batch["audio_len"])
+    ids, mask = batch["text_ids"], batch["text_mask"]
+    per_clip = ids.shape[1] if ids.ndim == 3 else 1
+    if per_clip > 1:  # [b, k, L] -> [b * k, L]: rows stay on their device
+      ids, mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
     variables = {"params": params, **model_state}
-    drop_rng, mae_rng = jax.random.split(rng)
     # Batch-norm towers update their running statistics as a side output.
     mutable = list(model_state) or False
-    out = self.model.apply(variables, spec, frames, batch["text_ids"], batch["text_mask"],
+    out = self.model.apply(variables, spec, frames, ids, mask,
                            train=True, rngs={"dropout": drop_rng}, mutable=mutable)
     (a, t, scale), new_state = out if mutable else (out, model_state)
     scale = losses.clamp_logit_scale(scale)
     lam = float(cfg.get("contrastive_weight", 1.0))
+    kind = str(cfg.get("contrastive", "info_nce"))
     total = jnp.zeros((), jnp.float32)
     metrics = {"logit_scale": jnp.exp(scale)}
+    if self.config.input.get("caption_pool") == "clsp":  # which CLSP task the step drew
+      metrics["task"] = batch["task"].astype(jnp.float32).mean()
     if lam > 0:
-      c, m = losses.info_nce(a, t, scale, mesh=self.mesh, mode=cfg.get("mode", "gather"))
+      mode = cfg.get("mode", "gather")
+      if kind == "multi_positive":
+        c, m = losses.multi_positive_info_nce(
+            a, t.reshape(a.shape[0], per_clip, -1), scale, mesh=self.mesh, mode=mode,
+            lam=float(cfg.get("multi_positive_lambda", 0.5)))
+      elif kind == "info_nce":
+        c, m = losses.info_nce(a, t, scale, mesh=self.mesh, mode=mode)
+      else:
+        c, m = losses.sigmoid_loss(a, t, scale, params["logit_bias"], mesh=self.mesh,
+                                   mode=mode)
+        metrics["logit_bias"] = params["logit_bias"]
       total += lam * c
       metrics.update({"contrastive": c, **m})
     mae_w = float(cfg.get("mae_weight", 0.0))
@@ -274,11 +265,32 @@ class Trainer:
       metrics["mae"] = mae
     cka_w = float(cfg.get("cka_weight", 0.0))
     if cka_w > 0:
-      cka = losses.cka_loss(a, t)
+      # AcuLa: the trained audio projection against the frozen teacher's projected pooled
+      # states (its text head is trained; the teacher tower sits in optim.frozen).
+      cka = losses.cka_loss(a, t[::per_clip])
       total += cka_w * cka
       metrics["cka_loss"] = cka
     metrics["loss"] = total
     return total, (metrics, dict(new_state))
+
+  def _check_loss_config(self):
+    """The loss fields against each other and the input, before anything compiles."""
+    cfg, k = self.config.loss, int(self.config.input.get("captions_per_clip", 1))
+    kind = str(cfg.get("contrastive", "info_nce"))
+    if kind not in CONTRASTIVE:
+      raise ValueError(f"config.loss.contrastive={kind!r}; use one of {CONTRASTIVE}")
+    if float(cfg.get("contrastive_weight", 1.0)) > 0:
+      if (kind == "multi_positive") != (k == 2):
+        raise ValueError(f"config.loss.contrastive={kind!r} with input.captions_per_clip={k}:"
+                         " 'multi_positive' pairs exactly 2 captions per clip, the others 1")
+      if kind == "sigmoid" and self.config.model.get("logit_bias_init") is None:
+        raise ValueError("config.loss.contrastive='sigmoid' needs a learnable bias: set "
+                         "config.model.logit_bias_init (SigLIP: -10.0)")
+    if k > 2 or k < 1:
+      raise ValueError(f"config.input.captions_per_clip={k}: use 1, or 2 for multi_positive")
+    if float(cfg.get("cka_weight", 0.0)) > 0 and int(self.config.global_batch_size) < 2:
+      raise ValueError("config.loss.cka_weight > 0 compares Gram matrices over the batch: "
+                       "global_batch_size must be >= 2")
 
   def _step(self, state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -306,7 +318,9 @@ class Trainer:
         ((grads, metrics), model_state), _ = jax.lax.scan(
             body, ((g0, m0), state.model_state), (jnp.arange(self.accum), micro))
         grads, metrics = jax.tree_util.tree_map(lambda x: x / self.accum, (grads, metrics))
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    # The loss goes along for optim.plateau (reduce-on-plateau); other transforms ignore it.
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params,
+                                        value=metrics["loss"])
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -503,45 +517,61 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | No
 
 def evaluate_model(trainer: Trainer, variables, config: Any, tokenizer) -> dict | None:
   """Embeds ``config.eval.split`` of the first source and runs ``jaxclap.evaluate``.
-  ``variables``: ``TrainState.variables()`` (params, and batch statistics if any)."""
-  from jaxclap import evaluate, input_pipeline
+  ``variables``: ``TrainState.variables()`` (params, and batch statistics if any).
+
+  ``eval.metrics`` (default ``("zero_shot", "retrieval")``) picks from "zero_shot",
+  "retrieval" (global captions), "retrieval_fine" (fine-grained captions), "multiclass",
+  "graded" and "linear_probe"; the probe trains on
+  ``eval.probe_train_split`` (default "validation") embedded by the same model."""
+  from jaxclap import evaluate
   ecfg = config.get("eval")
   if not ecfg:
     return None
-  spec = dict(config.input.sources[0], split=ecfg.split)
-  ds = input_pipeline.eval_dataset(config.input, tokenizer, spec,
-                                   batch_size=int(ecfg.batch_size),
-                                   process_index=jax.process_index(),
-                                   process_count=jax.process_count())
-  mesh = trainer.mesh
-  embed = jax.jit(lambda v, b: trainer.model.apply(
-      v, *trainer.features(b), b["text_ids"], b["text_mask"])[:2])
-  audio_rows, text_rows, record_rows = [], [], []
-  with nn.logical_axis_rules(trainer.rules):
-    for i in range(len(ds)):
-      local = ds[i]
-      a, t = embed(variables, sharding.global_batch(
-          {k: local[k] for k in ("audio", "audio_len", "text_ids", "text_mask")}, mesh))
-      keep = _all_rows(local["valid"]).astype(bool)
-      audio_rows.append(_all_rows(a)[keep])
-      text_rows.append(_all_rows(t)[keep])
-      record_rows.append(_all_rows(local["record"])[keep])
-  audio_emb = np.concatenate(audio_rows)
-  text_emb = np.concatenate(text_rows)
-  order = np.argsort(np.concatenate(record_rows))
-  audio_emb, text_emb = audio_emb[order], text_emb[order]
-  metadata = evaluate.split_metadata(spec["path"], ecfg.split)
+  metrics = ecfg.get("metrics") or EVAL_METRICS[:2]
+  if isinstance(metrics, str):   # "zero_shot,graded" from a command line
+    metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+  metrics = tuple(metrics)
+  unknown = set(metrics) - set(EVAL_METRICS)
+  if unknown:
+    raise ValueError(f"eval.metrics: unknown {sorted(unknown)}; choose from {EVAL_METRICS}")
+  path = config.input.sources[0]["path"]
+  # One compiled embedding function for both splits (the probe's train split too).
+  probe_split = ecfg.get("probe_train_split") or "validation"
+  splits = (ecfg.split, probe_split) if "linear_probe" in metrics else (ecfg.split,)
+  embedded = _embed_splits(trainer, variables, config, tokenizer, splits)
+  audio_emb, text_emb = embedded[0]
+  metadata = evaluate.split_metadata(path, ecfg.split)
   # Prompts go through the inference API's text path (one compiled batch shape).
   from jaxclap.inference import Model
   embed_text = Model(config, variables, tokenizer, trainer).embed_text
-  tasks = _tasks_for(spec["path"])
-  zs = evaluate.zero_shot(audio_emb, metadata, tasks, embed_text,
-                          tuple(ecfg.get("templates") or evaluate.DEFAULT_TEMPLATES))
-  bal = zs["balanced_accuracy"]
-  return {"zero_shot": bal, "zero_shot_accuracy": zs["accuracy"],
-          "zero_shot_mean": float(np.mean(list(bal.values()))) if bal else float("nan"),
-          "retrieval": evaluate.retrieval(audio_emb, text_emb),
-          "counts": zs["counts"], "split": ecfg.split, "clips": int(len(audio_emb))}
+  templates = tuple(ecfg.get("templates") or evaluate.DEFAULT_TEMPLATES)
+  tasks, multiclass_tasks = _tasks_for(path), _multiclass_tasks_for(path)
+  out = {"split": ecfg.split, "clips": int(len(audio_emb))}
+  if "zero_shot" in metrics:
+    zs = evaluate.zero_shot(audio_emb, metadata, tasks, embed_text, templates)
+    bal = zs["balanced_accuracy"]
+    out.update({"zero_shot": bal, "zero_shot_accuracy": zs["accuracy"],
+                "zero_shot_f1": zs["f1"], "zero_shot_macro_f1": zs["macro_f1"],
+                "zero_shot_mean": float(np.mean(list(bal.values()))) if bal else float("nan"),
+                "counts": zs["counts"]})
+  if "retrieval" in metrics:
+    out["retrieval"] = evaluate.retrieval(audio_emb, text_emb)
+  if "retrieval_fine" in metrics:   # CLSP's fine-grained retrieval: the fine captions
+    fine_text = _embed_splits(trainer, variables, config, tokenizer, (ecfg.split,),
+                              caption_pool="fine")[0][1]
+    out["retrieval_fine"] = evaluate.retrieval(audio_emb, fine_text)
+  if "multiclass" in metrics:
+    out["multiclass"] = evaluate.zero_shot_multiclass(audio_emb, metadata, multiclass_tasks,
+                                                      embed_text, templates)
+  if "graded" in metrics:
+    out["graded"] = evaluate.graded(audio_emb, metadata, _graded_tasks_for(path), embed_text,
+                                    templates)
+  if "linear_probe" in metrics:
+    out["linear_probe"] = _linear_probes(
+        embedded[1][0], evaluate.split_metadata(path, probe_split), audio_emb, metadata,
+        tasks, multiclass_tasks)
+    out["probe_train_split"] = probe_split
+  return out
 
 
 def _all_rows(x) -> np.ndarray:
@@ -557,3 +587,74 @@ def _tasks_for(path: str) -> dict:
   none for other corpora (their evaluation is retrieval, until they define tasks)."""
   from jaxclap.data import speech_corpus
   return dict(speech_corpus.BINARY_TASKS) if speech_corpus.NAME in path.split(os.sep) else {}
+
+
+# What ``eval.metrics`` may name; the first two are the default.
+EVAL_METRICS = ("zero_shot", "retrieval", "multiclass", "graded", "linear_probe",
+                "retrieval_fine")
+
+
+def _multiclass_tasks_for(path: str) -> dict:
+  """The multi-class zero-shot tasks a corpus defines (the embedded corpus's
+  ``speech_tasks.MULTICLASS_TASKS``; none for other corpora)."""
+  from jaxclap.data import speech_corpus, speech_tasks
+  return dict(speech_tasks.MULTICLASS_TASKS) if speech_corpus.NAME in path.split(os.sep) else {}
+
+
+def _graded_tasks_for(path: str) -> dict:
+  """The graded (correlation) tasks a corpus defines, as ``_multiclass_tasks_for``."""
+  from jaxclap.data import speech_corpus, speech_tasks
+  return dict(speech_tasks.GRADED_TASKS) if speech_corpus.NAME in path.split(os.sep) else {}
+
+
+def _embed_splits(trainer: Trainer, variables, config: Any, tokenizer, splits,
+                  caption_pool: str = "global") -> list[tuple[np.ndarray, np.ndarray]]:
+  """Per split of the first source: (audio, text) embeddings of every clip, rows in
+  record order (as ``evaluate.split_metadata``), text = one caption of ``caption_pool``
+  per clip."""
+  from jaxclap import input_pipeline
+  mesh = trainer.mesh
+  embed = jax.jit(lambda v, b: trainer.model.apply(
+      v, *trainer.features(b), b["text_ids"], b["text_mask"])[:2])
+  out = []
+  for split in splits:
+    spec = dict(config.input.sources[0], split=split)
+    ds = input_pipeline.eval_dataset(config.input, tokenizer, spec,
+                                     batch_size=int(config.eval.batch_size),
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(),
+                                     caption_pool=caption_pool)
+    audio_rows, text_rows, record_rows = [], [], []
+    with nn.logical_axis_rules(trainer.rules):
+      for i in range(len(ds)):
+        local = ds[i]
+        a, t = embed(variables, sharding.global_batch(
+            {k: local[k] for k in ("audio", "audio_len", "text_ids", "text_mask")}, mesh))
+        keep = _all_rows(local["valid"]).astype(bool)
+        audio_rows.append(_all_rows(a)[keep])
+        text_rows.append(_all_rows(t)[keep])
+        record_rows.append(_all_rows(local["record"])[keep])
+    order = np.argsort(np.concatenate(record_rows))
+    out.append((np.concatenate(audio_rows)[order], np.concatenate(text_rows)[order]))
+  return out
+
+
+def _linear_probes(train_emb, train_meta, test_emb, test_meta, tasks, multiclass_tasks) -> dict:
+  """``evaluate.linear_probe`` of each binary task's 0/1 label and each multi-class task's
+  class, on the clips of each split that have one; tasks the train split cannot probe
+  (fewer than two classes) are left out."""
+  from jaxclap import evaluate
+  out = {}
+  for label_fn, task_set in ((evaluate.task_label, tasks),
+                             (evaluate.multiclass_label, multiclass_tasks)):
+    for name, task in task_set.items():
+      assert name not in out, f"task name {name!r} is both binary and multi-class"
+      tr = [(i, l) for i, l in enumerate(label_fn(task, m) for m in train_meta) if l is not None]
+      te = [(i, l) for i, l in enumerate(label_fn(task, m) for m in test_meta) if l is not None]
+      if not tr or not te:
+        continue
+      (tr_i, tr_y), (te_i, te_y) = zip(*tr), zip(*te)
+      r = evaluate.linear_probe(train_emb[list(tr_i)], tr_y, test_emb[list(te_i)], te_y)
+      if r is not None:
+        out[name] = r
+  return out

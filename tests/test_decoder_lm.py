@@ -181,7 +181,10 @@ def test_presets_match_published_sizes():
     counts[name] = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
   # Qwen3-Embedding-0.6B: 595,776,512 (keras-hub's published figure); gemma-3-4b text:
   # 671,252,480 embeddings + 34 x 94,382,592 per layer + 2560 final norm.
-  assert counts == {"qwen3-embedding-0.6b": 595_776_512, "medgemma-4b": 3_880_263_168}
+  # Qwen3-Embedding-8B: 151,665 x 4096 embeddings + 36 x 192,946,432 per layer + 4096
+  # final norm = 7,567,295,488 (its model card: 7.57B).
+  assert counts == {"qwen3-embedding-0.6b": 595_776_512, "medgemma-4b": 3_880_263_168,
+                    "qwen3-embedding-8b": 7_567_295_488}
   # gemma-3-4b's published text_config (six keys; the rest are Gemma3TextConfig defaults).
   hf = {"model_type": "gemma3", "text_config": {
       "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
@@ -272,7 +275,7 @@ def test_config_errors():
   with pytest.raises(ValueError, match="model_type 'llama'"):
     decoder_lm.config_from_hf({"model_type": "llama"})
   with pytest.raises(ValueError, match="unknown decoder preset"):
-    decoder_lm.from_preset("qwen3-embedding-8b")
+    decoder_lm.from_preset("qwen3-embedding-4b")
   ids = np.ones((1, 4), np.int32)
   tower = decoder_lm.DecoderTower(vocab_size=8, hidden_size=16, depth=2, num_heads=2,
                                   num_kv_heads=1, head_dim=8, mlp_dim=16, sliding_window=2)

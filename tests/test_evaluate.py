@@ -47,3 +47,158 @@ def test_prototype_ensembles_average_phrasings():
   both = evaluate.prototypes(embed, ("a", "b"), ("{}", "x {}"))
   assert np.allclose(one, [1, 0])
   assert np.allclose(both, [np.sqrt(0.5), np.sqrt(0.5)])   # mean of both, re-normalised
+
+
+def _pitch_task():
+  return SimpleNamespace(key="pitch_level", positive=("high",), negative=("low",),
+                         positive_prompt="high", negative_prompt="low")
+
+
+def test_zero_shot_f1_of_the_positive_side():
+  # 4 high clips: 3 found, 1 missed; 6 low: 4 right, 2 called high.
+  meta = [{"pitch_level": v} for v in ["high"] * 4 + ["low"] * 6]
+  a = np.array([[1, 0]] * 3 + [[0, 1]] + [[0, 1]] * 4 + [[1, 0]] * 2, float)
+  embed = lambda texts: np.array([[1.0, 0.0] if "high" in t else [0.0, 1.0] for t in texts])
+  z = evaluate.zero_shot(a, meta, {"pitch": _pitch_task()}, embed, templates=("{}",))
+  # positive side: precision 3/5, recall 3/4 -> F1 = 2*3 / (2*3 + 2 + 1) = 2/3;
+  # negative side: precision 4/5, recall 4/6 -> F1 = 2*4 / (2*4 + 1 + 2) = 8/11.
+  assert z["f1"]["pitch"] == pytest.approx(2 / 3)
+  assert z["macro_f1"]["pitch"] == pytest.approx((2 / 3 + 8 / 11) / 2)
+
+
+def _one_hot_embed(classes):
+  """Prompt text -> the one-hot of the class word it contains (a fake text tower)."""
+  def embed(texts):
+    return np.array([[float(c in t) for c in classes] for t in texts])
+  return embed
+
+
+def test_zero_shot_multiclass_weighted_and_unweighted_accuracy():
+  classes = ("child", "adult", "elderly")
+  task = SimpleNamespace(key="age", classes=classes,
+                         prompts=("a child", ("an adult", "a grown-up adult"), "elderly"))
+  # Skewed: 8 adults (all right), 2 children (1 right, 1 called adult), 1 elderly (called
+  # child); and clips outside the task (None, "varies").
+  truth = ["adult"] * 8 + ["child"] * 2 + ["elderly", None, "varies"]
+  said = ["adult"] * 8 + ["child", "adult"] + ["child", "adult", "adult"]
+  a = np.eye(3)[[classes.index(c) for c in said]]
+  r = evaluate.zero_shot_multiclass(a, [{"age": v} for v in truth], {"age": task},
+                                    _one_hot_embed(classes), templates=("{}", "say {}"))
+  r = r["age"]
+  assert r["clips"] == 11 and r["classes"] == {"child": 2, "adult": 8, "elderly": 1}
+  assert r["WA"] == pytest.approx(9 / 11)                    # dominated by the adults
+  assert r["UA"] == pytest.approx((1 / 2 + 8 / 8 + 0 / 1) / 3)
+  # F1 per class: child P 1/2 R 1/2 -> 1/2; adult P 8/9 R 1 -> 16/17; elderly 0.
+  assert r["macro_f1"] == pytest.approx((0.5 + 16 / 17 + 0) / 3)
+  # A class no clip has is not averaged into UA; nothing labelled -> task left out.
+  only_adults = evaluate.zero_shot_multiclass(a[:8], [{"age": "adult"}] * 8, {"age": task},
+                                              _one_hot_embed(classes), ("{}",))
+  assert only_adults["age"]["UA"] == 1.0
+  assert evaluate.zero_shot_multiclass(a, [{}] * 13, {"age": task},
+                                       _one_hot_embed(classes)) == {}
+
+
+def test_linear_probe_separates_gaussians_and_not_shuffled_labels():
+  rng = np.random.default_rng(0)
+  def gaussians(n):
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 8))
+    x[:, 0] += 3.0 * y          # the classes differ along one axis only
+    return x, y
+  (xtr, ytr), (xte, yte) = gaussians(400), gaussians(2000)
+  r = evaluate.linear_probe(xtr, ytr, xte, yte)
+  assert r["auroc"] > 0.95 and r["accuracy"] > 0.85
+  assert r["train"] == 400 and r["test"] == 2000 and r["test_dropped"] == 0
+  # Independently: sklearn's own metrics of the same predictions.
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.metrics import f1_score
+  from sklearn.preprocessing import StandardScaler
+  sc = StandardScaler().fit(xtr)
+  pred = LogisticRegression(max_iter=2000).fit(sc.transform(xtr), ytr).predict(sc.transform(xte))
+  assert r["f1"] == pytest.approx(f1_score(yte, pred))
+  assert evaluate.linear_probe(xtr, ytr, xte, yte) == r       # deterministic
+  shuffled = evaluate.linear_probe(xtr, rng.permutation(ytr), xte, yte)
+  assert abs(shuffled["auroc"] - 0.5) < 0.06
+  assert evaluate.linear_probe(xtr, np.zeros(400, int), xte, yte) is None   # one class
+
+
+def test_linear_probe_multiclass_auroc_is_one_vs_rest_macro():
+  rng = np.random.default_rng(1)
+  centres = np.eye(3, 6) * 4.0
+  def blobs(labels):
+    return centres[labels] + rng.normal(size=(len(labels), 6))
+  ytr, yte = np.repeat([0, 1, 2], 100), np.repeat([0, 1, 2], 200)
+  r = evaluate.linear_probe(blobs(ytr), np.array(["a", "b", "c"])[ytr], blobs(yte),
+                            np.array(["a", "b", "c"])[yte])
+  assert r["auroc"] > 0.95 and r["balanced_accuracy"] > 0.85
+  assert r["f1"] == r["macro_f1"]
+  # Test rows of a class the probe never saw are dropped; a class the test rows lack
+  # leaves the one-vs-rest mean over the others.
+  yte2 = np.array([0] * 50 + [1] * 50 + [3] * 5)
+  r2 = evaluate.linear_probe(blobs(ytr), ytr, blobs(np.minimum(yte2, 2)), yte2)
+  assert r2["test"] == 100 and r2["test_dropped"] == 5 and r2["auroc"] > 0.95
+
+
+def test_correlations_monotone_nonlinear():
+  x = np.arange(1.0, 11.0)
+  y = np.exp(x)                       # monotone, far from linear
+  c = evaluate.correlations(x, y)
+  assert c["spearman"] == pytest.approx(1.0) and c["kendall"] == pytest.approx(1.0)
+  assert 0.5 < c["pearson"] < 0.9
+  assert c["n"] == 10 and c["spearman_p"] < 1e-3 and c["kendall_p"] < 1e-3
+  # Kendall's tau on a hand-counted case: pairs of (1,2,3,4) vs (1,3,2,4): 5 concordant,
+  # 1 discordant -> (5 - 1) / 6.
+  assert evaluate.correlations([1, 2, 3, 4], [1, 3, 2, 4])["kendall"] == pytest.approx(4 / 6)
+  assert evaluate.correlations([-1, -2, -3], [1, 2, 3])["pearson"] == pytest.approx(-1.0)
+  flat = evaluate.correlations([1, 1, 1, 1], [1, 2, 3, 4])
+  assert np.isnan(flat["pearson"]) and np.isnan(flat["kendall_p"])
+
+
+def test_graded_correlates_prompt_similarity_with_measured_values():
+  # Clip i leans towards "high" by an angle that grows with its pitch (monotone, not
+  # linear in the cosine); whispers have no pitch, a changing clip is left out.
+  pitch = [-6.0, -4.0, -1.0, 0.5, 3.0, 5.0]
+  angles = np.interp(pitch, [-6, 6], [np.pi / 2 - 0.1, 0.1])
+  a = 3.0 * np.stack([np.cos(angles), np.sin(angles)], 1)   # not unit length: cosine anyway
+  meta = [{"pitch_st": p, "pitch_level": "x"} for p in pitch]
+  meta += [{"pitch_st": None}, {"pitch_st": float("nan")}, {"pitch_st": 9.0, "pitch_level": "varies"}]
+  a = np.concatenate([a, [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
+  embed = lambda texts: np.array([[1.0, 0.0] if "high" in t else [0.0, 1.0] for t in texts])
+  tasks = {"pitch": SimpleNamespace(key="pitch_st", prompt="high", negative_prompt=None,
+                                    exclude=(("pitch_level", "varies"),)),
+           "pitch_diff": SimpleNamespace(key="pitch_st", prompt="high", negative_prompt="low",
+                                         exclude=(("pitch_level", "varies"),)),
+           "absent": SimpleNamespace(key="rate_wpm", prompt="high")}
+  g = evaluate.graded(a, meta, tasks, embed, templates=("{}",))
+  assert set(g) == {"pitch", "pitch_diff"}
+  for r in g.values():
+    assert r["n"] == 6 and r["spearman"] == pytest.approx(1.0) and r["kendall"] == pytest.approx(1.0)
+  score = np.cos(angles)
+  assert g["pitch"]["pearson"] == pytest.approx(np.corrcoef(score, pitch)[0, 1])
+
+
+def test_format_table_prints_the_sections_present():
+  results = {
+      "multiclass": {"age": {"WA": 0.5, "UA": 0.25, "macro_f1": 0.2, "clips": 10,
+                             "classes": {"a": 5, "b": 5}}},
+      "graded": {"pitch_st": {"pearson": 0.5, "spearman": 0.6, "kendall": 0.4, "n": 7}},
+      "linear_probe": {"gender": {"accuracy": 0.9, "balanced_accuracy": 0.8, "f1": 0.7,
+                                  "auroc": 0.95, "train": 40, "test": 30}},
+  }
+  table = evaluate.format_table(results)
+  assert "zero-shot (binary" not in table and "retrieval" not in table
+  assert "25.0%" in table and "+0.600" in table and "0.950" in table and "40/30" in table
+
+
+def test_corpus_task_tables_name_metadata_values():
+  """The embedded corpus's multi-class and graded tasks refer to metadata keys and values
+  the corpus writes (speech_tasks.py lives outside the plan hash's reach)."""
+  from jaxclap.data import speech_corpus, speech_tasks
+  for name, task in speech_tasks.MULTICLASS_TASKS.items():
+    assert len(task.classes) == len(task.prompts) >= 2, name
+  assert speech_tasks.MULTICLASS_TASKS["age_group"].classes == ("child", "young adult", "elderly")
+  assert set(speech_tasks.MULTICLASS_TASKS["quality"].classes) == {
+      v.quality for v in speech_corpus.VARIANTS.values()}
+  assert {t.key for t in speech_tasks.GRADED_TASKS.values()} == {
+      "pitch_st", "rate_wpm", "loudness_dbfs"}
+  assert not set(speech_tasks.MULTICLASS_TASKS) & set(speech_corpus.BINARY_TASKS)

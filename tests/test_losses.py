@@ -1,5 +1,6 @@
 """Tests for jaxclap.losses: each loss against an independent reference (torch autograd,
-numpy), and the sharded InfoNCE modes against the unsharded loss on 8 CPU devices.
+numpy), and the sharded modes (InfoNCE, multi-positive, sigmoid) against the unsharded
+loss on 8 CPU devices.
 
 The sharded checks run in ONE child process (this file run as a script) with
 XLA_FLAGS forcing 8 host devices. Setting the flag in this process would only work if no
@@ -150,6 +151,54 @@ def test_multi_positive_identities():
 
 
 # ---------------------------------------------------------------------------------------
+# SigLIP's sigmoid loss against its definition in torch (as big_vision writes it).
+
+SIGMOID_BIAS = -5.0  # with LOG_SCALE: both the positive and the negative terms matter
+
+
+def _torch_sigmoid_loss(a, t, s, b):
+  logits = s.exp() * a @ t.T + b
+  n = a.shape[0]
+  z = 2 * torch.eye(n, dtype=a.dtype) - 1
+  return -F.logsigmoid(z * logits).sum() / n, logits
+
+
+@pytest.mark.parametrize("log_scale,bias", [(math.log(10), -10.0),  # SigLIP's init
+                                            (LOG_SCALE, SIGMOID_BIAS), (LOG_SCALE, 0.0)])
+def test_sigmoid_loss_matches_torch(log_scale, bias):
+  a, t = _pairs(24, 12)
+  args = (a, t, jnp.float32(log_scale), jnp.float32(bias))
+  loss, metrics = jax.jit(losses.sigmoid_loss)(*args)
+  grads = jax.grad(lambda *x: losses.sigmoid_loss(*x)[0], argnums=(0, 1, 2, 3))(*args)
+  ta, tt, ts, tb = _torch_leaves(a, t, log_scale, bias)
+  ref, logits = _torch_sigmoid_loss(ta, tt, ts, tb)
+  ref.backward()
+  assert abs(float(loss) - ref.item()) <= 1e-5 * ref.item()
+  assert _rel(grads[0], ta.grad.numpy()) <= 1e-5
+  assert _rel(grads[1], tt.grad.numpy()) <= 1e-5
+  assert _close_scalar(grads[2], ts.grad.item(), 1e-5)
+  assert _close_scalar(grads[3], tb.grad.item(), 1e-5)
+  labels = torch.arange(24)
+  pos = -F.logsigmoid(logits.diagonal()).sum().item() / 24
+  assert float(metrics["loss_pos"]) == pytest.approx(pos, rel=1e-5)
+  assert float(metrics["loss_pos"] + metrics["loss_neg"]) == pytest.approx(float(loss),
+                                                                           rel=1e-6)
+  acc_a2t = (logits.argmax(1) == labels).double().mean().item()
+  acc_t2a = (logits.argmax(0) == labels).double().mean().item()
+  assert 0 < acc_a2t < 1 and 0 < acc_t2a < 1
+  assert float(metrics["acc_a2t"]) == pytest.approx(acc_a2t)
+  assert float(metrics["acc_t2a"]) == pytest.approx(acc_t2a)
+
+
+def test_sigmoid_loss_rejects_unknown_mode():
+  a, t = _pairs(4, 3)
+  with pytest.raises(ValueError, match="'ring'"):
+    losses.sigmoid_loss(a, t, 0.0, 0.0, mode="ring")
+  with pytest.raises(ValueError, match="'unsharded'"):  # the body has no unsharded mode
+    losses.sigmoid_loss_local(a, t, 0.0, 0.0, None, mode="unsharded")
+
+
+# ---------------------------------------------------------------------------------------
 # MAE, CKA, the clamp.
 
 
@@ -246,9 +295,11 @@ MESHES = {
 }
 MODES = ("gather", "chunked")
 # The multi-positive loss shares the sharded machinery; three meshes keep the file fast.
+# The sigmoid loss has its own gather and ring, so it runs on every mesh.
 CASES = ([("info_nce", m) for m in MESHES]
          + [("multi_positive_info_nce", m)
-            for m in ("data4_fsdp2", "data2_fsdp2_tensor2", "data1_fsdp1_tensor8")])
+            for m in ("data4_fsdp2", "data2_fsdp2_tensor2", "data1_fsdp1_tensor8")]
+         + [("sigmoid_loss", m) for m in MESHES])
 N, D = 32, 16
 
 
@@ -258,15 +309,19 @@ def _sharded_results():
   assert jax.device_count() == 8, jax.devices()
   a, t = _pairs(N, D, seed=7)
   t2 = _captions(a, seed=8)
-  texts = {"info_nce": t, "multi_positive_info_nce": t2}
+  texts = {"info_nce": t, "multi_positive_info_nce": t2, "sigmoid_loss": t}
   s = np.float32(LOG_SCALE)
+  # The scalar parameters after (audio, text): the sigmoid loss also has a bias.
+  scalars = {"info_nce": (s,), "multi_positive_info_nce": (s,),
+             "sigmoid_loss": (s, np.float32(SIGMOID_BIAS))}
 
   def value_and_grads(loss, **kw):
-    fn = lambda a, t, s: getattr(losses, loss)(a, t, s, **kw)
-    return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2), has_aux=True))
+    fn = lambda *x: getattr(losses, loss)(*x, **kw)
+    argnums = tuple(range(2 + len(scalars[loss])))
+    return jax.jit(jax.value_and_grad(fn, argnums=argnums, has_aux=True))
 
   out = {}
-  refs = {loss: value_and_grads(loss)(a, texts[loss], s) for loss in texts}
+  refs = {loss: value_and_grads(loss)(a, texts[loss], *scalars[loss]) for loss in texts}
   for loss, name in CASES:
     (ref, ref_m), ref_g = refs[loss]
     shape, axes = MESHES[name]
@@ -274,13 +329,14 @@ def _sharded_results():
     mesh = jax.make_mesh(shape, axes, axis_types=types)
     batch = NamedSharding(mesh, P(tuple(x for x in axes if x != "tensor")))
     args = (jax.device_put(a, batch), jax.device_put(texts[loss], batch),
-            jax.device_put(s, NamedSharding(mesh, P())))
+            *(jax.device_put(x, NamedSharding(mesh, P())) for x in scalars[loss]))
     for mode in MODES:
       (val, m), g = value_and_grads(loss, mesh=mesh, mode=mode)(*args)
       out[f"{loss}/{name}/{mode}"] = {
           "loss": _rel(val, ref),
           "grads": [_rel(x, y) for x, y in zip(g[:2], ref_g[:2])],
           "grad_scale": [float(g[2]), float(ref_g[2])],
+          "grad_bias": [float(g[3]), float(ref_g[3])] if len(g) > 3 else None,
           "metrics": max(abs(float(m[k]) - float(ref_m[k])) for k in ref_m),
           "acc": float(ref_m["acc_a2t"]),
       }
@@ -289,6 +345,8 @@ def _sharded_results():
   mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
   eager = losses.info_nce(a, t, s, mesh=mesh, mode="chunked")[0]
   out["eager"] = _rel(eager, losses.info_nce(a, t, s)[0])
+  eager = losses.sigmoid_loss(a, t, s, SIGMOID_BIAS, mesh=mesh, mode="chunked")[0]
+  out["sigmoid_eager"] = _rel(eager, losses.sigmoid_loss(a, t, s, SIGMOID_BIAS)[0])
 
   try:
     losses.info_nce(a[:30], t[:30], s, mesh=mesh)
@@ -309,6 +367,11 @@ def _sharded_results():
           emb, emb, scl).compile()
       out[f"temp_blocks/{mode}/{p}"] = (compiled.memory_analysis().temp_size_in_bytes
                                         / (n * n * 4))  # in n x n float32 blocks
+      fn = lambda a, t, s, b: losses.sigmoid_loss(a, t, s, b, mesh=mesh, mode=mode)[0]
+      compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3))).lower(
+          emb, emb, scl, scl).compile()
+      out[f"sigmoid_temp_blocks/{mode}/{p}"] = (
+          compiled.memory_analysis().temp_size_in_bytes / (n * n * 4))
   return out
 
 
@@ -325,11 +388,14 @@ def test_sharded_equals_unsharded(sharded, loss, mesh, mode):
   assert r["loss"] <= 1e-5, r
   assert max(r["grads"]) <= 1e-5, r  # audio, text
   assert _close_scalar(*r["grad_scale"], 1e-5), r  # logit_scale
+  if loss == "sigmoid_loss":
+    assert _close_scalar(*r["grad_bias"], 1e-5), r  # logit_bias
   assert r["metrics"] <= 1e-5, r
 
 
 def test_sharded_eager_and_indivisible_batch(sharded):
   assert sharded["eager"] <= 1e-5
+  assert sharded["sigmoid_eager"] <= 1e-5
   msg = sharded["indivisible"]
   assert msg is not None and "30" in msg and "8 devices" in msg, msg
 
@@ -339,6 +405,16 @@ def test_chunked_memory_does_not_grow_with_devices(sharded):
   # logits, p blocks; chunked a few blocks whatever p. (Measured on XLA:CPU: gather
   # ~2.1 p, chunked ~2.3.)
   blocks = {k.split("/", 1)[1]: v for k, v in sharded.items() if k.startswith("temp_blocks")}
+  assert blocks["gather/8"] >= 8 and blocks["gather/8"] >= 1.8 * blocks["gather/4"], blocks
+  assert blocks["chunked/8"] <= 1.05 * blocks["chunked/4"], blocks
+  assert blocks["chunked/8"] < 4, blocks
+
+
+
+def test_sigmoid_chunked_memory_does_not_grow_with_devices(sharded):
+  # As above, for the sigmoid loss's own gather and ring.
+  blocks = {k.split("/", 1)[1]: v for k, v in sharded.items()
+            if k.startswith("sigmoid_temp_blocks")}
   assert blocks["gather/8"] >= 8 and blocks["gather/8"] >= 1.8 * blocks["gather/4"], blocks
   assert blocks["chunked/8"] <= 1.05 * blocks["chunked/4"], blocks
   assert blocks["chunked/8"] < 4, blocks

@@ -24,6 +24,7 @@ included, no LM head: both tie it to the embeddings):
 
 * ``qwen3-embedding-0.6b``: 595,776,512 (155,309,056 in the 151,669 x 1024 embeddings),
   the Qwen3-Embedding-0.6B checkpoint's count;
+* ``qwen3-embedding-8b``: SLAP's text embedder (count in tests/test_recipes.py);
 * ``medgemma-4b`` (gemma-3-4b's text model): 3,880,263,168 (671,252,480 in the
   262,208 x 2560 embeddings); the SigLIP vision tower of the multimodal checkpoint is
   not part of it.
@@ -56,6 +57,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "qwen3-embedding-0.6b": dict(
         family="qwen3", vocab_size=151669, hidden_size=1024, depth=28, num_heads=16,
         num_kv_heads=8, head_dim=128, mlp_dim=3072, rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6, pooling="last"),
+    # Qwen/Qwen3-Embedding-8B (SLAP's text embedder): 36 layers, 32 query / 8 key-value
+    # heads of 128, 12288-wide MLP, its config.json's 151,665-row vocabulary.
+    "qwen3-embedding-8b": dict(
+        family="qwen3", vocab_size=151665, hidden_size=4096, depth=36, num_heads=32,
+        num_kv_heads=8, head_dim=128, mlp_dim=12288, rope_theta=1_000_000.0,
         rms_norm_eps=1e-6, pooling="last"),
     # google/medgemma-4b-it's text model = gemma-3-4b's: 34 layers, 8 query / 4 key-value
     # heads of 256, five 1024-token sliding-window layers (rope 1e4) per global layer

@@ -2,8 +2,14 @@
 two_towers, CLAP's recipe), plus the on-device spectrogram front end that feeds it.
 
 Parameters: ``audio`` and ``text`` (the towers), ``audio_head`` / ``text_head`` (linear or
-MLP projections to ``embed_dim``) and the learnable ``logit_scale`` (log of the logit
-multiplier, clamped to [0, ln 100] in the loss as LAION-CLAP does).
+MLP projections to ``embed_dim``, shared settings with per-head overrides: AcuLa's audio
+head is an MLP with dropout, its text head a single map), the learnable ``logit_scale``
+(log of the logit multiplier, clamped to [0, ln 100] in the loss as LAION-CLAP does) and,
+for the sigmoid loss only, SigLIP's learnable ``logit_bias``.
+
+A tower's ``dtype`` field (e.g. ``model.text.dtype="bfloat16"``) sets its own compute
+dtype: a frozen teacher (AcuLa's MedGemma) can run in bfloat16 while the trained tower
+and the heads stay in the model's dtype; its parameters stay float32 either way.
 """
 
 from __future__ import annotations
@@ -30,13 +36,23 @@ TEXT_TOWERS = {
 }
 
 
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def _tower(registry: dict, field: str, name: str, kwargs: dict, dtype):
   if name not in registry:
     raise ValueError(f"model.{field}.name={name!r}; known: {sorted(registry)}")
   cls, fixed = registry[name]
   kwargs = dict(kwargs)
+  own_dtype = kwargs.pop("dtype", None)  # the tower's compute dtype, if not the model's
+  if own_dtype is not None:
+    if str(own_dtype) not in _DTYPES:
+      raise ValueError(f"model.{field}.dtype={own_dtype!r}; use one of {sorted(_DTYPES)}")
+    dtype = _DTYPES[str(own_dtype)]
   preset = kwargs.pop("preset", None)  # decoder towers: a published size by name
   if preset is not None:
+    if preset not in decoder_lm.PRESETS:
+      raise ValueError(f"model.{field}.preset={preset!r}; known: {sorted(decoder_lm.PRESETS)}")
     kwargs = {**decoder_lm.PRESETS[preset], **kwargs}
   return cls(**{**kwargs, **fixed}, dtype=dtype)
 
@@ -143,24 +159,40 @@ class TwoTowers(nn.Module):
   head_hidden: int | None = None
   head_activation: str = "gelu"
   logit_scale_init: float = float(np.log(1 / 0.07))
+  logit_bias_init: float | None = None  # SigLIP's b (-10); None: no bias parameter
+  audio_head_kwargs: dict | None = None  # per-head overrides of kind / hidden_dim /
+  text_head_kwargs: dict | None = None   # activation / dropout_rate
+  head_dropout: float = 0.0
   dtype: Any = jnp.float32
 
   def setup(self):
     self.audio = _tower(AUDIO_TOWERS, "audio", self.audio_name, self.audio_kwargs, self.dtype)
     self.text = _tower(TEXT_TOWERS, "text", self.text_name, self.text_kwargs, self.dtype)
-    head = lambda: ProjectionHead(self.embed_dim, self.head, self.head_hidden,
-                                  self.head_activation, dtype=self.dtype)
-    self.audio_head, self.text_head = head(), head()
+
+    def head(field, overrides):
+      kw = dict(kind=self.head, hidden_dim=self.head_hidden,
+                activation=self.head_activation, dropout_rate=self.head_dropout)
+      unknown = set(overrides or {}) - set(kw)
+      if unknown:
+        raise ValueError(f"model.{field}: unknown field(s) {sorted(unknown)}; "
+                         f"use {sorted(kw)}")
+      return ProjectionHead(self.embed_dim, **{**kw, **(overrides or {})}, dtype=self.dtype)
+
+    self.audio_head = head("audio_head", self.audio_head_kwargs)
+    self.text_head = head("text_head", self.text_head_kwargs)
     self.logit_scale = self.param(
         "logit_scale", logical(nn.initializers.constant(self.logit_scale_init)), ())
+    if self.logit_bias_init is not None:
+      self.logit_bias = self.param(
+          "logit_bias", logical(nn.initializers.constant(self.logit_bias_init)), ())
 
   def embed_audio(self, spec, frames, train: bool = False):
     pooled, _ = self.audio(spec, frames, deterministic=not train)
-    return _l2norm(self.audio_head(pooled))
+    return _l2norm(self.audio_head(pooled.astype(self.dtype), deterministic=not train))
 
   def embed_text(self, ids, mask, train: bool = False):
     pooled, _ = self.text(ids, mask, deterministic=not train)
-    return _l2norm(self.text_head(pooled))
+    return _l2norm(self.text_head(pooled.astype(self.dtype), deterministic=not train))
 
   def reconstruct(self, spec, frames, rng):
     if not hasattr(self.audio, "reconstruct"):
@@ -192,4 +224,11 @@ def from_config(cfg: Any, dtype=jnp.float32) -> TwoTowers:
                    head_hidden=cfg.get("head_hidden"),
                    head_activation=str(cfg.get("head_activation", "gelu")),
                    logit_scale_init=float(cfg.get("logit_scale_init", np.log(1 / 0.07))),
-                   dtype=dtype)
+                   logit_bias_init=cfg.get("logit_bias_init"),
+                   audio_head_kwargs=_plain(cfg.get("audio_head")),
+                   text_head_kwargs=_plain(cfg.get("text_head")),
+                   head_dropout=float(cfg.get("head_dropout", 0.0)), dtype=dtype)
+
+
+def _plain(d):
+  return None if d is None else dict(d)

@@ -1,0 +1,260 @@
+"""Shared building blocks of the config files in ``configs/`` (big_vision style).
+
+Every recipe starts from ``base(args)``, the demo's settings with every field documented
+below, and overrides what its paper says. ``parse(arg, name, extra)`` reads the
+``--config=configs/<file>.py:key=value,flag`` argument. ``AUDIO`` / ``TEXT`` are the
+demo-sized towers (and their ``runlocal`` miniatures) a config picks by name.
+
+Field reference (``--config.<path>=value`` overrides any of them):
+  seed                 model init, data order, masking: one seed for the run
+  total_steps          optimiser steps
+  global_batch_size    clips per step over all processes
+  compute_dtype        "float32" or "bfloat16" (params and softmax stay float32); a tower's
+                       own ``model.<tower>.dtype`` overrides it for that tower
+  init_from            another run's workdir: start from its latest params (CLSP stage 2)
+  augment              None, or dict(kinds=(...), gain_db=, lowpass_hz=, highpass_hz=):
+                       one waveform transform per clip on the device (jaxclap.augment)
+  corpus.*             the embedded corpus (jaxclap.data.speech_corpus): data_dir, seed,
+                       scale (size multiplier), num_workers (synthesis processes)
+  input.sources        corpora to mix: dict(path, split, weight[, subset, redraw_every]);
+                       path "@corpus" is the embedded corpus (jaxclap.input_pipeline)
+  input.sample_rate    Hz of the stored waveforms
+  input.clip_seconds   training window (random crop / pad)
+  input.pad            "zero" or "repeat" (LAION's repeatpad) for short clips
+  input.captions_per_clip  1, or 2 for CLSP's multi-positive loss
+  input.caption_pool   "global", "fine", "any", or "clsp" (CLSP stage 2's Task 1 / Task 2
+                       pairs, drawn per step with input.task_schedule = dict(p0, p_min, steps))
+  input.max_text_len   tokens per caption, special tokens included
+  input.max_caption_chars  a longer caption is a bad record (raises, naming it)
+  input.truncate_chars  cut drawn captions to this many characters (CLAP: 100), or None
+  input.num_threads, input.prefetch, input.worker_count   grain reading
+  features.*           on-device front end (two_towers.spectrogram): kind ("logmel" |
+                       "fbank"), sample_rate, target_rate (resampled on the device),
+                       res_type, n_fft, win_length, hop_length, pad_mode, n_mels, fmin,
+                       fmax, norm_mean, norm_std, frames_multiple
+  model.embed_dim      shared space; model.head "linear" | "mlp", head_hidden,
+                       head_activation, head_dropout; model.audio_head / text_head:
+                       per-head overrides (kind, hidden_dim, activation, dropout_rate)
+  model.logit_scale_init   log of the initial logit multiplier (clamped to [0, ln 100])
+  model.logit_bias_init    SigLIP's bias (loss.contrastive="sigmoid" only), else None
+  model.audio / text   the towers: name, their fields, init (pretrained weights path),
+                       init_kind, preset (decoder towers), dtype
+  tokenizer            kind and path (jaxclap.tokenizers); path "@corpus" trains one
+  loss.contrastive     "info_nce" | "sigmoid" | "multi_positive"; contrastive_weight
+                       (SLAP's lambda), multi_positive_lambda (CLSP's lambda), mode
+                       ("gather" | "chunked" across devices), mae_weight, norm_pix,
+                       cka_weight (AcuLa)
+  optim.*              jaxclap.optim.make_optimizer: name, lr, schedule, frozen, lr_mults...
+  mesh                 dict(data, fsdp, tensor): one may be -1 (fill)
+  sharding_rules       None: jaxclap.sharding.DEFAULT_RULES
+  log_every, checkpoint_every, keep_checkpoints, log_data_indices
+  eval.split           the held-out split evaluated after training ("test")
+  eval.batch_size, eval.templates (prompt templates, averaged)
+  eval.metrics         any of "zero_shot" (binary antonym tasks: balanced accuracy, F1),
+                       "retrieval" (R@1/5/10, mAP@10; "retrieval_fine" against the
+                       fine-grained captions), "multiclass" (WA / UA), "graded"
+                       (Pearson / Spearman / Kendall against measured values),
+                       "linear_probe" (logistic regression on frozen embeddings: accuracy,
+                       F1, AUROC), trained on eval.probe_train_split
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from jaxclap.evaluate import DEFAULT_TEMPLATES
+
+# Demo-sized towers: (fields, runlocal overrides).
+AUDIO = {
+    "vit": (dict(name="vit", width=192, depth=4, num_heads=3, mlp_dim=768, patch=16,
+                 pooling="mean", mask_ratio=0.75, mae_width=96, mae_depth=1, mae_heads=3),
+            dict(width=32, depth=1, num_heads=2, mlp_dim=64, mae_width=32, mae_heads=2)),
+    # The mel image is spec_size x spec_size: 64 bins x 1024 frames folded 4 ways (clips
+    # are stretched to 1024 frames, as LAION-CLAP's 10 s input).
+    "htsat": (dict(name="htsat", size="tiny", spec_size=256, num_mel_bins=64),
+              # 32 bins folded 4 ways: 512 frames >= a 3 s clip's 288
+              dict(spec_size=128, num_mel_bins=32, embed_dim=16, depths=(2, 2),
+                   num_heads=(2, 2))),
+    "cnn14": (dict(name="cnn14"),
+              dict(channels=(8, 16, 16, 16, 16, 32), embed_dim=24)),
+}
+TEXT = {
+    "minilm": (dict(name="bert", init="minilm",  # real pretrained all-MiniLM-L6-v2 weights
+                    vocab_size=30522, hidden_size=384, depth=6, num_heads=12, mlp_dim=1536,
+                    max_len=512, pooling="mean"), {}),
+    "bert": (dict(name="bert", vocab_size=30522, hidden_size=256, depth=4, num_heads=4,
+                  mlp_dim=1024, max_len=512, pooling="cls"),
+             dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64)),
+    # RoBERTa: positions from padding_idx + 1, one token type, LayerNorm eps 1e-5.
+    "roberta": (dict(name="roberta", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
+                     mlp_dim=1024, max_len=514, type_vocab_size=1, padding_idx=1,
+                     layer_norm_eps=1e-5, pooling="pooler"),
+                dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64)),
+    "qwen3": (dict(name="qwen3", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
+                   num_kv_heads=2, head_dim=64, mlp_dim=768, pooling="last"),
+              dict(hidden_size=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                   mlp_dim=64)),
+    "gemma3": (dict(name="gemma3", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
+                    num_kv_heads=2, head_dim=64, mlp_dim=768, sliding_window=16,
+                    sliding_window_pattern=2, query_pre_attn_scalar=64.0, pooling="mean"),
+               dict(hidden_size=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                    mlp_dim=64, query_pre_attn_scalar=16.0)),
+}
+
+COMMON_ARGS = ("steps", "batch", "scale", "runlocal")
+
+
+def parse(arg: str | None, name: str, extra: dict[str, tuple] | None = None) -> dict:
+  """``"runlocal,steps=50"`` -> {"runlocal": True, "steps": "50"}. Known keys: steps,
+  batch, scale, runlocal, and ``extra`` (key -> allowed values, or () for any value)."""
+  extra = extra or {}
+  out = {}
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    out[key.strip()] = value.strip() if sep else True
+  unknown = set(out) - set(COMMON_ARGS) - set(extra)
+  if unknown:
+    raise ValueError(f"{name}: unknown argument(s) {sorted(unknown)}; use "
+                     + ", ".join(list(COMMON_ARGS) + sorted(extra)))
+  for key, allowed in extra.items():
+    if key in out and allowed and str(out[key]) not in allowed:
+      raise ValueError(f"{name}: {key}={out[key]!r}; use one of {list(allowed)}")
+  return out
+
+
+def tower(table: dict, name: str, runlocal: bool, **overrides) -> ml_collections.ConfigDict:
+  """One of ``AUDIO`` / ``TEXT`` (with its runlocal miniature), fields overridden, and an
+  ``init`` field (pretrained weights path, None: from scratch)."""
+  fields, small = table[name]
+  d = {**fields, **(small if runlocal else {}), **overrides}
+  cfg = ml_collections.ConfigDict(d)
+  if "init" not in cfg:
+    cfg.init = ml_collections.FieldReference(None, field_type=str)
+  return cfg
+
+
+def preset_tower(name: str, preset: str, **fields) -> ml_collections.ConfigDict:
+  """A decoder text tower at a published size (``jaxclap.models.decoder_lm.PRESETS``)."""
+  cfg = ml_collections.ConfigDict(dict(name=name, preset=preset, **fields))
+  cfg.init = ml_collections.FieldReference(None, field_type=str)
+  return cfg
+
+
+def runlocal_text(c: ml_collections.ConfigDict, *, frozen: bool, pooling: str = "mean"):
+  """runlocal's text tower for every recipe: the real all-MiniLM-L6-v2 weights (the one
+  pretrained text model on a fresh machine). A toy text tower from scratch has nearly
+  identical embeddings for every caption at init and learns nothing in a CPU-minute.
+  ``frozen``: the whole tower (a frozen teacher / embedder, as SLAP and AcuLa's), else
+  its embeddings and lower 4 layers (the demo's speed-up), the rest at 0.1x lr."""
+  c.model.text = tower(TEXT, "minilm", True, pooling=pooling)
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="minilm"))
+  c.input.max_text_len = 56
+  if frozen:
+    c.optim.frozen = ("text/.*",)
+    c.optim.lr_mults = ()
+  else:
+    c.optim.frozen = ("text/(word|position|token_type)_embeddings/.*",
+                      "text/embeddings_norm/.*", "text/encoder/layer_[0-3]/.*")
+    c.optim.lr_mults = (("text/.*", 0.1),)
+
+
+def base(args: dict) -> ml_collections.ConfigDict:
+  """The demo's settings (a small AudioMAE-shaped ViT against MiniLM on the embedded
+  corpus); recipes override them. ``args``: what ``parse`` returned."""
+  runlocal = bool(args.get("runlocal"))
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = int(args.get("steps", 12 if runlocal else 1300))
+  c.global_batch_size = int(args.get("batch", 8 if runlocal else 48))
+  c.compute_dtype = "float32"
+  c.init_from = ml_collections.FieldReference(None, field_type=str)
+  c.augment = None
+
+  c.corpus = ml_collections.ConfigDict()
+  c.corpus.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $JAXCLAP_DATA_DIR or ~/.cache/jaxclap/datasets
+  c.corpus.seed = 0
+  c.corpus.scale = float(args.get("scale", 0.05 if runlocal else 1.0))
+  c.corpus.num_workers = 2
+
+  c.input = ml_collections.ConfigDict()
+  c.input.sources = [dict(path="@corpus", split="train", weight=1.0)]
+  c.input.sample_rate = 16000
+  c.input.clip_seconds = 3.0
+  c.input.pad = "zero"
+  c.input.captions_per_clip = 1
+  c.input.caption_pool = "global"
+  c.input.task_schedule = None
+  c.input.max_text_len = 56       # the corpus's longest caption has 51 WordPiece tokens
+  c.input.max_caption_chars = 1000
+  c.input.truncate_chars = None
+  c.input.num_threads = 2
+  c.input.prefetch = 4
+  c.input.worker_count = 0
+
+  # 16 kHz, 25 ms window, 10 ms hop as SLAP/AudioMAE, 64 mel bins to keep the demo light.
+  c.features = ml_collections.ConfigDict()
+  c.features.sample_rate = 16000
+  c.features.target_rate = 16000
+  c.features.res_type = "polyphase"
+  c.features.n_fft = 512
+  c.features.win_length = 400
+  c.features.hop_length = 160
+  c.features.pad_mode = "constant"
+  c.features.n_mels = 64
+  c.features.fmin = 20.0
+  c.features.fmax = 8000.0
+  c.features.norm_mean = -48.0    # measured on the embedded corpus's train split
+  c.features.norm_std = 28.0
+  c.features.frames_multiple = 16  # the ViT patch
+
+  c.model = ml_collections.ConfigDict()
+  c.model.embed_dim = 32 if runlocal else 256
+  c.model.head = "mlp"
+  c.model.head_hidden = 64 if runlocal else 512
+  c.model.head_activation = "gelu"
+  c.model.head_dropout = 0.0
+  c.model.audio_head = None
+  c.model.text_head = None
+  c.model.logit_scale_init = math.log(1 / 0.07)  # CLIP/SLAP temperature 0.07
+  c.model.logit_bias_init = ml_collections.FieldReference(None, field_type=float)
+  c.model.audio = tower(AUDIO, "vit", runlocal)
+  c.model.text = tower(TEXT, "minilm", runlocal)
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="minilm"))
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.contrastive = "info_nce"
+  c.loss.contrastive_weight = 1.0
+  c.loss.multi_positive_lambda = 0.5
+  c.loss.mae_weight = 0.1
+  c.loss.norm_pix = True
+  c.loss.mode = "gather"
+  c.loss.cka_weight = 0.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.lr = 5e-4
+  c.optim.warmup_steps = 2 if runlocal else 100
+  c.optim.decay = "cosine"
+  c.optim.weight_decay = 1e-4
+  c.optim.grad_clip = 1.0
+  c.optim.grad_accum = 1
+  c.optim.lr_mults = ()
+  c.optim.frozen = ()
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = None
+
+  c.log_every = 2 if runlocal else 10
+  c.checkpoint_every = 4 if runlocal else 100
+  c.keep_checkpoints = 2
+  c.log_data_indices = False
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "test"
+  c.eval.batch_size = 16 if runlocal else 64
+  c.eval.templates = list(DEFAULT_TEMPLATES)
+  c.eval.metrics = ("zero_shot", "retrieval")
+  c.eval.probe_train_split = "validation"
+  return c

@@ -1,0 +1,234 @@
+"""The five recipes (configs/clap.py, slap.py, speech_clap.py, clsp.py, acula.py).
+
+* Each small variant (``:runlocal``) trains on the embedded corpus with its loss falling
+  and is evaluated with its paper's metrics; CLSP stage 2 starts from stage 1's weights
+  and draws Task 1 / Task 2 steps on the scheduler.
+* Each full-size config builds from shapes alone (``jax.eval_shape``, nothing allocated)
+  with the parameter counts its paper states, within 5%.
+* The sigmoid (SigLIP) loss option trains through the same step; contradictory loss
+  settings are refused before anything compiles.
+"""
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxclap import input_pipeline, sharding, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def recipe(name: str, arg: str = ""):
+  spec = importlib.util.spec_from_file_location(f"recipe_{name}",
+                                                os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("datasets"))
+
+
+def _train(config, data_dir, workdir):
+  config.corpus.data_dir = data_dir
+  config.log_every = 1
+  state, results = train.train_and_evaluate(config, str(workdir))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return state, results, rows
+
+
+def _falls(rows, key="loss", k=5):
+  losses = np.array([r[key] for r in rows])
+  assert np.all(np.isfinite(losses)), losses
+  first, last = losses[:k].mean(), losses[-k:].mean()
+  assert last < first, f"{key} did not fall: first {k} {first:.4f}, last {k} {last:.4f}"
+  return first, last
+
+
+# ------------------------------------------------------------------- small variants
+
+# recipe -> (metric sections its results must hold, the loss terms it trains)
+SMALL = {
+    "clap": (("zero_shot", "retrieval"), ("contrastive",)),
+    "slap": (("zero_shot", "zero_shot_f1", "retrieval", "linear_probe"), ("contrastive", "mae")),
+    "speech_clap": (("graded", "retrieval"), ("contrastive",)),
+    "acula": (("linear_probe", "retrieval"), ("cka_loss", "mae")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_small_variant_trains_and_evaluates(name, data_dir, tmp_path):
+  sections, terms = SMALL[name]
+  _, results, rows = _train(recipe(name, "runlocal"), data_dir, tmp_path / name)
+  _falls(rows)
+  for term in terms:
+    assert term in rows[-1], f"{name}: no {term!r} in the step's metrics"
+  for section in sections:
+    assert results.get(section), f"{name}: results lack {section!r}"
+  if name == "acula":   # AUROC of a linear probe on frozen embeddings
+    aurocs = [v["auroc"] for v in results["linear_probe"].values() if v]
+    assert aurocs and all(0.0 <= a <= 1.0 for a in aurocs)
+    assert "contrastive" not in rows[-1]   # CKA + MAE only
+  if name == "speech_clap":
+    for stats in results["graded"].values():
+      assert {"pearson", "spearman", "kendall"} <= set(stats)
+
+
+def test_clsp_stage_two_starts_from_stage_one(data_dir, tmp_path):
+  s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
+  _, results1, rows1 = _train(recipe("clsp", "runlocal,stage=1"), data_dir, s1)
+  _falls(rows1)
+  assert "task" not in rows1[-1]
+  assert {"multiclass", "graded", "retrieval"} <= set(results1)
+  assert all({"WA", "UA"} <= set(v) for v in results1["multiclass"].values())
+
+  # Stage 2 without its starting point is refused, naming the field.
+  c2 = recipe("clsp", "runlocal,stage=2")
+  c2.corpus.data_dir = data_dir
+  with pytest.raises(ValueError, match="init_from"):
+    train.Trainer(c2, sharding.make_mesh(c2.mesh)).init_state(0)
+
+  # Initialised from stage 1: its trained weights exactly, not a fresh init.
+  c2.init_from = str(s1)
+  trainer = train.Trainer(c2, sharding.make_mesh(c2.mesh))
+  start = trainer.init_state(0)
+  import jaxclap
+  trained = jaxclap.load(str(s1)).variables["params"]
+  for a, b in zip(jax.tree_util.tree_leaves(start.params), jax.tree_util.tree_leaves(trained)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert int(start.step) == 0
+
+  _, results2, rows2 = _train(c2, data_dir, s2)
+  _falls(rows2)
+  # Every step is one task for the whole batch; p_t falls from 0.95, so both occur.
+  tasks = [r["task"] for r in rows2]
+  assert set(tasks) == {1.0, 2.0}, tasks
+  assert "retrieval" in results2
+
+
+def test_clsp_task_scheduler():
+  """p_t falls linearly from p0 to p_min over T steps; each step's draw is one task for
+  the whole global batch, a pure function of (seed, step)."""
+  p = input_pipeline.task_probability
+  assert p(0) == pytest.approx(0.95) and p(5000) == pytest.approx(0.725)
+  assert p(10_000) == pytest.approx(0.5) and p(50_000) == pytest.approx(0.5)
+  assert p(123, p0=0.8, p_min=0.8) == pytest.approx(0.8)   # static
+  sched = input_pipeline.TaskSchedule(global_batch_size=4, seed=3, p0=0.95, p_min=0.5,
+                                      steps=1000)
+  tasks = np.array([[sched.task(s * 4 + i) for i in range(4)] for s in range(4000)])
+  assert (tasks == tasks[:, :1]).all()   # one task per step
+  early, late = (tasks[:500, 0] == 1).mean(), (tasks[2000:, 0] == 1).mean()
+  expected_early = np.mean([p(s, 0.95, 0.5, 1000) for s in range(500)])   # 0.8375
+  assert abs(early - expected_early) < 0.05 and abs(late - 0.5) < 0.04, (early, late)
+  again = input_pipeline.TaskSchedule(global_batch_size=4, seed=3, p0=0.95, p_min=0.5,
+                                      steps=1000)
+  assert [again.task(i) for i in range(400)] == list(tasks[:100].reshape(-1))
+  example = {"captions": ["g1", "g2", "g3"], "fine_captions": ["f1", "f2"]}
+  rng = np.random.default_rng(0)
+  c1 = sched.captions(example, rng, 1)
+  assert c1[0] in example["captions"] and c1[1] in example["fine_captions"]
+  assert sorted(sched.captions(example, rng, 2)) == ["f1", "f2"]
+
+
+# -------------------------------------------------------------------- full sizes
+
+M = 1e6
+# recipe, argument, {parts: the paper's count}; parts are summed top-level parameters.
+PAPER_COUNTS = [
+    ("clap", "", {("audio",): 80.8 * M, ("text",): 110 * M}),   # CNN14 80.8M, BERT 110M
+    # CLSP: 125M of RoBERTa-base (the text tower and heads until a Zipformer exists).
+    ("clsp", "stage=1", {("text", "text_head"): 125 * M}),
+    ("clsp", "stage=2", {("text", "text_head"): 125 * M}),
+]
+# Towers whose count is a published checkpoint's (exact, from the presets' tests).
+EXACT = [
+    ("speech_clap", "", "text", 595_776_512),   # Qwen3-Embedding-0.6B
+    ("acula", "", "text", 3_880_263_168),       # MedGemma-4B's text model
+]
+
+
+def _counts(name, arg):
+  c = recipe(name, arg)
+  return train.Trainer(c, sharding.make_mesh(c.mesh)).param_counts()
+
+
+@pytest.mark.parametrize("name,arg,paper", PAPER_COUNTS)
+def test_full_size_matches_the_paper_count(name, arg, paper):
+  counts = _counts(name, arg)
+  for parts, expected in paper.items():
+    got = sum(counts[p] for p in parts)
+    assert abs(got - expected) <= 0.05 * expected, (name, parts, got, expected)
+
+
+@pytest.mark.parametrize("name,arg,part,expected", EXACT)
+def test_full_size_published_towers(name, arg, part, expected):
+  assert _counts(name, arg)[part] == expected
+
+
+def test_full_size_slap_builds():
+  counts = _counts("slap", "")
+  # Qwen3-Embedding-8B: 7.57B parameters (its model card's count).
+  assert abs(counts["text"] - 7.57e9) < 0.01 * 7.57e9, counts["text"]
+  # The AudioMAE ViT-B encoder (85.x M) plus its 8-layer, 512-wide decoder.
+  assert 105 * M < counts["audio"] < 115 * M, counts["audio"]
+
+
+# ------------------------------------------------------------ loss options, refusals
+
+
+def test_sigmoid_loss_option_trains(data_dir, tmp_path):
+  c = recipe("speech_clap", "runlocal")
+  c.loss.contrastive = "sigmoid"
+  c.model.logit_scale_init = float(np.log(10.0))   # SigLIP: t' = log 10, b = -10
+  c.model.logit_bias_init = -10.0
+  c.eval = None
+  _, _, rows = _train(c, data_dir, tmp_path / "sigmoid")
+  _falls(rows)
+  assert "logit_bias" in rows[-1] and rows[-1]["logit_bias"] != -10.0
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(contrastive="sigmoid"), "logit_bias_init"),
+    (dict(contrastive="multi_positive"), "captions_per_clip"),
+    (dict(contrastive="softmax"), "loss.contrastive"),
+])
+def test_contradictory_loss_settings_are_refused(change, match):
+  c = recipe("speech_clap", "runlocal")
+  c.loss.update(change)
+  with pytest.raises(ValueError, match=match):
+    train.Trainer(c, sharding.make_mesh(c.mesh))
+
+
+def test_frozen_teacher_runs_in_bfloat16():
+  """``model.text.dtype="bfloat16"`` (AcuLa's MedGemma teacher at full size) computes the
+  text tower in bfloat16 while its parameters, the heads and the audio tower stay
+  float32: the text embeddings move by bfloat16 rounding, the audio ones not at all."""
+  import jax.numpy as jnp
+  from jaxclap.models import two_towers
+  c = recipe("acula", "runlocal")
+  c.model.text.init = None
+  c.model.text.update(hidden_size=32, depth=2, num_heads=2, mlp_dim=64)
+  spec = jnp.asarray(np.random.default_rng(0).normal(size=(2, 96, 64)), jnp.float32)
+  frames = jnp.array([96, 64])
+  ids = jnp.array([[101, 2023, 2003, 102], [101, 7592, 102, 0]])
+  mask = (ids > 0).astype(jnp.int32)
+  f32 = two_towers.from_config(c.model)
+  variables = f32.init(jax.random.PRNGKey(0), spec, frames, ids, mask)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
+  c.model.text.dtype = "bfloat16"
+  bf16 = two_towers.from_config(c.model)
+  a32, t32, _ = f32.apply(variables, spec, frames, ids, mask)
+  a16, t16, _ = bf16.apply(variables, spec, frames, ids, mask)
+  np.testing.assert_array_equal(np.asarray(a16), np.asarray(a32))
+  err = float(jnp.abs(t16 - t32).max())
+  assert 1e-5 < err < 5e-2, err
+  c.model.text.dtype = "float16"
+  with pytest.raises(ValueError, match="model.text.dtype"):
+    two_towers.from_config(c.model).init(jax.random.PRNGKey(0), spec, frames, ids, mask)
