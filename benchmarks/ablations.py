@@ -11,7 +11,7 @@ the test split (never-seen voices and sentences):
          Reported: mean zero-shot balanced accuracy over the binary tasks, mean
          linear-probe balanced accuracy over them, text->audio R@1.
   CLSP   stage 1 vs stage 1 + stage 2 (stage 2 continues from stage 1's weights for
-         --steps // 2 more steps with the multi-positive loss and the task scheduler).
+         --stage2_steps more steps with the multi-positive loss and the task scheduler).
          The paper: stage 2 adds global-caption retrieval while keeping fine-grained.
          Reported: text->audio mAP@10 against global and against fine-grained captions.
   CLAP   both encoders trained vs the audio or the text encoder frozen (Table 2 of the
@@ -71,6 +71,8 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=300, help="training steps per run (300)")
   p.add_argument("--batch", type=int, default=16, help="global batch size (16)")
   p.add_argument("--scale", type=float, default=0.25, help="corpus size multiplier (0.25)")
+  p.add_argument("--stage2_steps", type=int, default=None,
+                 help="CLSP stage 2 steps (default: --steps)")
   p.add_argument("--only", default="slap,clsp,clap", help="which ablations (all three)")
   p.add_argument("--workdir", default="/tmp/jaxclap_ablations")
   p.add_argument("--data_dir", default=None, help="corpus cache (default: jaxclap's)")
@@ -96,7 +98,7 @@ def main(argv=None):
   if "clsp" in only:
     metrics = ("retrieval", "retrieval_fine")
     s1 = run("clsp", "stage=1", w("clsp_stage1"), args, metrics)
-    s2 = run("clsp", f"stage=2,steps={max(2, args.steps // 2)}", w("clsp_stage2"), args,
+    s2 = run("clsp", f"stage=2,steps={args.stage2_steps or args.steps}", w("clsp_stage2"), args,
              metrics, init_from=w("clsp_stage1"))
     for tag, r in (("CLSP stage 1", s1), ("CLSP stage 1 + 2", s2)):
       out[tag] = r

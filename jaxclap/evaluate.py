@@ -127,8 +127,9 @@ def linear_probe(train_emb: np.ndarray, train_labels: Sequence, test_emb: np.nda
   """Logistic regression on frozen embeddings (features standardised on the train rows;
   lbfgs, so the result is deterministic). Returns accuracy, balanced accuracy, F1 (of the
   larger label when binary, e.g. 1 of 0/1; macro when multi-class), macro-F1 (over the
-  classes the test rows have) and AUROC (binary, or one-vs-rest macro). Test rows whose class the train rows lack are dropped
-  (counted in ``test_dropped``); None when the train rows have fewer than two classes.
+  classes the test rows have) and AUROC (binary, or one-vs-rest macro). Test rows whose
+  class the train rows lack are dropped (counted in ``test_dropped``); None when the
+  train rows have fewer than two classes.
   AUROC is NaN when the kept test rows have one class only."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score

@@ -3,10 +3,14 @@ r"""Train and evaluate one recipe:
   python -m jaxclap.main --config=configs/demo.py [--workdir=DIR] [--config.key=value ...]
 
   --config      a config file, optionally with arguments after a colon
-                (``configs/demo.py:steps=50,batch=32``); see the file's docstring
+                (``configs/demo.py:steps=50,batch=32``); see the file's docstring.
+                The recipes: configs/clap.py, slap.py, speech_clap.py, clsp.py
+                (stage=1|2), acula.py; each has a small ``:runlocal`` variant. Every
+                field is documented in jaxclap/configs.py.
   --workdir     where checkpoints, TensorBoard logs, metrics.jsonl and results.json go;
-                default ``workdirs/<config name>``. Re-running the same command resumes
-                from the latest checkpoint there (delete the folder to start afresh).
+                default ``workdirs/<config name>[_<its arguments>]``. Re-running the
+                same command resumes from the latest checkpoint there (delete the
+                folder to start afresh).
   --config.X=Y  override any config field, e.g. ``--config.optim.lr=1e-4``
 
 Multi-host: with ``--distributed`` (or when JAX_COORDINATOR_ADDRESS, a SLURM job step or
@@ -22,7 +26,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None,
-                               "Run folder (default workdirs/<config name>); resumes if it "
+                               "Run folder (default workdirs/<config name>[_<its "
+                               "arguments>]); resumes if it "
                                "holds checkpoints.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", None, "Call jax.distributed.initialize() (default: when a multi-process "
@@ -48,7 +53,12 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
-  name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+  # workdirs/<file>[_<its arguments>]: clsp.py:stage=1 and :stage=2 must not share one
+  # (the second would resume from the first's checkpoints).
+  path, _, arg = flags.FLAGS["config"].config_filename.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  if arg:
+    name += "_" + arg.replace(",", "_").replace("/", "_")
   workdir = _WORKDIR.value or os.path.join("workdirs", name)
   train.train_and_evaluate(config, workdir)
 

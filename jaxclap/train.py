@@ -322,6 +322,9 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params,
                                         value=metrics["loss"])
     params = optax.apply_updates(state.params, updates)
+    # LAION clamps the PARAMETER after each update: clamping only inside the loss would
+    # leave one initialised above ln 100 (CLAP's tau 0.007) stuck there, gradient-free.
+    params = {**params, "logit_scale": losses.clamp_logit_scale(params["logit_scale"])}
     metrics["grad_norm"] = optax.global_norm(grads)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          model_state=model_state), metrics
