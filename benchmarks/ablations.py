@@ -25,7 +25,6 @@ not retrained. The table is markdown, for the README; results.json beside it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -35,18 +34,10 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 
-def recipe(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(f"recipe_{name}",
-                                                os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def run(name: str, arg: str, workdir: str, args, metrics, **overrides) -> dict:
-  from jaxclap import train
+  from jaxclap import configs, train
   base = f"runlocal,steps={args.steps},batch={args.batch},scale={args.scale}"
-  c = recipe(name, base + ("," + arg if arg else ""))
+  c = configs.load(name, base + ("," + arg if arg else ""))
   c.corpus.data_dir = args.data_dir
   c.eval.metrics = metrics
   c.log_every = 50

@@ -33,14 +33,10 @@ def main():
 
   from absl import flags
   flags.FLAGS.mark_as_parsed()   # grain needs absl flags parsed
-  import importlib.util
   import jax
-  from jaxclap import input_pipeline, sharding, tokenizers, train
+  from jaxclap import configs, input_pipeline, sharding, tokenizers, train
 
-  spec = importlib.util.spec_from_file_location("cfg", args.config)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config(args.config_arg)
+  config = configs.load(args.config, args.config_arg)
   train.resolve_sources(config)
   tok = tokenizers.from_config(config.tokenizer)
   ds = input_pipeline.train_dataset(config.input, tok,

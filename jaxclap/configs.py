@@ -3,7 +3,8 @@
 Every recipe starts from ``base(args)``, the demo's settings with every field documented
 below, and overrides what its paper says. ``parse(arg, name, extra)`` reads the
 ``--config=configs/<file>.py:key=value,flag`` argument. ``AUDIO`` / ``TEXT`` are the
-demo-sized towers (and their ``runlocal`` miniatures) a config picks by name.
+demo-sized towers (and their ``runlocal`` miniatures) a config picks by name. ``load``
+reads a config file from Python (tests, benchmarks, notebooks) as ``--config`` would.
 
 Field reference (``--config.<path>=value`` overrides any of them):
   seed                 model init, data order, masking: one seed for the run
@@ -60,7 +61,9 @@ Field reference (``--config.<path>=value`` overrides any of them):
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import ml_collections
 
@@ -107,6 +110,28 @@ TEXT = {
 }
 
 COMMON_ARGS = ("steps", "batch", "scale", "runlocal")
+# The repository's configs/ folder (next to the package in a checkout).
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "configs")
+
+
+def load(config: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file: a path ("configs/clsp.py"), a path with its
+  argument ("configs/clsp.py:stage=2") or a recipe name ("clsp", looked up in the
+  repository's configs/ folder)."""
+  path, sep, inline = config.partition(":")
+  if sep and arg is not None:
+    raise ValueError(f"config {config!r}: give its argument after the colon or as arg, "
+                     "not both")
+  if not path.endswith(".py") and os.sep not in path:
+    path = os.path.join(CONFIG_DIR, f"{path}.py")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location(
+      "jaxclap_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(inline if sep else arg)
 
 
 def parse(arg: str | None, name: str, extra: dict[str, tuple] | None = None) -> dict:

@@ -541,8 +541,9 @@ def evaluate_model(trainer: Trainer, variables, config: Any, tokenizer) -> dict 
   # One compiled embedding function for both splits (the probe's train split too).
   probe_split = ecfg.get("probe_train_split") or "validation"
   splits = (ecfg.split, probe_split) if "linear_probe" in metrics else (ecfg.split,)
-  embedded = _embed_splits(trainer, variables, config, tokenizer, splits)
-  audio_emb, text_emb = embedded[0]
+  pools = ("fine",) if "retrieval_fine" in metrics else ()
+  embedded = _embed_splits(trainer, variables, config, tokenizer, splits, pools)
+  audio_emb, text_emb = embedded[0][:2]
   metadata = evaluate.split_metadata(path, ecfg.split)
   # Prompts go through the inference API's text path (one compiled batch shape).
   from jaxclap.inference import Model
@@ -560,9 +561,7 @@ def evaluate_model(trainer: Trainer, variables, config: Any, tokenizer) -> dict 
   if "retrieval" in metrics:
     out["retrieval"] = evaluate.retrieval(audio_emb, text_emb)
   if "retrieval_fine" in metrics:   # CLSP's fine-grained retrieval: the fine captions
-    fine_text = _embed_splits(trainer, variables, config, tokenizer, (ecfg.split,),
-                              caption_pool="fine")[0][1]
-    out["retrieval_fine"] = evaluate.retrieval(audio_emb, fine_text)
+    out["retrieval_fine"] = evaluate.retrieval(audio_emb, embedded[0][2])
   if "multiclass" in metrics:
     out["multiclass"] = evaluate.zero_shot_multiclass(audio_emb, metadata, multiclass_tasks,
                                                       embed_text, templates)
@@ -611,34 +610,41 @@ def _graded_tasks_for(path: str) -> dict:
 
 
 def _embed_splits(trainer: Trainer, variables, config: Any, tokenizer, splits,
-                  caption_pool: str = "global") -> list[tuple[np.ndarray, np.ndarray]]:
-  """Per split of the first source: (audio, text) embeddings of every clip, rows in
-  record order (as ``evaluate.split_metadata``), text = one caption of ``caption_pool``
-  per clip."""
+                  extra_pools: tuple[str, ...] = ()) -> list[tuple[np.ndarray, ...]]:
+  """Per split of the first source: (audio, text[, text of each extra pool]) embeddings
+  of every clip, rows in record order (as ``evaluate.split_metadata``); text = one
+  global caption per clip, the extra pools' one caption of that pool (e.g. "fine",
+  CLSP's fine-grained retrieval), embedded without running the audio tower again."""
   from jaxclap import input_pipeline
   mesh = trainer.mesh
   embed = jax.jit(lambda v, b: trainer.model.apply(
       v, *trainer.features(b), b["text_ids"], b["text_mask"])[:2])
+  embed_text = jax.jit(lambda v, b: trainer.model.apply(
+      v, b["text_ids"], b["text_mask"], method=trainer.model.embed_text))
   out = []
   for split in splits:
     spec = dict(config.input.sources[0], split=split)
-    ds = input_pipeline.eval_dataset(config.input, tokenizer, spec,
-                                     batch_size=int(config.eval.batch_size),
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count(),
-                                     caption_pool=caption_pool)
-    audio_rows, text_rows, record_rows = [], [], []
-    with nn.logical_axis_rules(trainer.rules):
-      for i in range(len(ds)):
-        local = ds[i]
-        a, t = embed(variables, sharding.global_batch(
-            {k: local[k] for k in ("audio", "audio_len", "text_ids", "text_mask")}, mesh))
-        keep = _all_rows(local["valid"]).astype(bool)
-        audio_rows.append(_all_rows(a)[keep])
-        text_rows.append(_all_rows(t)[keep])
-        record_rows.append(_all_rows(local["record"])[keep])
-    order = np.argsort(np.concatenate(record_rows))
-    out.append((np.concatenate(audio_rows)[order], np.concatenate(text_rows)[order]))
+    columns = []
+    for pool in ("global",) + tuple(extra_pools):
+      ds = input_pipeline.eval_dataset(config.input, tokenizer, spec,
+                                       batch_size=int(config.eval.batch_size),
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count(),
+                                       caption_pool=pool)
+      rows, record_rows = [], []
+      with nn.logical_axis_rules(trainer.rules):
+        for i in range(len(ds)):
+          local = ds[i]
+          keys = ("audio", "audio_len", "text_ids", "text_mask") if pool == "global" else (
+              "text_ids", "text_mask")
+          batch = sharding.global_batch({k: local[k] for k in keys}, mesh)
+          got = embed(variables, batch) if pool == "global" else (embed_text(variables, batch),)
+          keep = _all_rows(local["valid"]).astype(bool)
+          rows.append([_all_rows(x)[keep] for x in got])
+          record_rows.append(_all_rows(local["record"])[keep])
+      order = np.argsort(np.concatenate(record_rows))
+      columns += [np.concatenate(col)[order] for col in zip(*rows)]
+    out.append(tuple(columns))
   return out
 
 

@@ -9,7 +9,6 @@
   settings are refused before anything compiles.
 """
 
-import importlib.util
 import json
 import os
 
@@ -17,17 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxclap import input_pipeline, sharding, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from jaxclap import configs, input_pipeline, sharding, train
 
 
 def recipe(name: str, arg: str = ""):
-  spec = importlib.util.spec_from_file_location(f"recipe_{name}",
-                                                os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configs.load(name, arg)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +83,9 @@ def test_clsp_stage_two_starts_from_stage_one(data_dir, tmp_path):
   _, results1, rows1 = _train(recipe("clsp", "runlocal,stage=1"), data_dir, s1)
   _falls(rows1)
   assert "task" not in rows1[-1]
-  assert {"multiclass", "graded", "retrieval"} <= set(results1)
+  assert {"multiclass", "graded", "retrieval", "retrieval_fine"} <= set(results1)
+  # Fine-grained captions are other texts than the global ones: another ranking.
+  assert results1["retrieval_fine"] != results1["retrieval"]
   assert all({"WA", "UA"} <= set(v) for v in results1["multiclass"].values())
 
   # Stage 2 without its starting point is refused, naming the field.

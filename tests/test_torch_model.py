@@ -8,7 +8,6 @@ HTS-AT + MiniLM (which transformers' ClapModel cannot hold: its audio tower beco
 ``ClapAudioModel``) and CNN14 + BERT (``Cnn14Torch``, PANNs' key names).
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -203,15 +202,12 @@ def test_decoder_towers_export_to_their_transformers_class(family, extra):
 OTHER = ("htsat+minilm", "cnn14+bert")
 # Trains each combo for 2 steps in one process (one JAX start-up), without the evaluation.
 _TRAIN = """
-import importlib.util, sys
-from jaxclap import train
-spec = importlib.util.spec_from_file_location("demo_config", "configs/demo.py")
-demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo)
+import sys
+from jaxclap import configs, train
 base, data = sys.argv[1:3]
 for combo in sys.argv[3:]:
   audio, text = combo.split("+")
-  c = demo.get_config(f"runlocal,steps=2,audio={audio},text={text}")
+  c = configs.load("demo", f"runlocal,steps=2,audio={audio},text={text}")
   c.corpus.data_dir = data
   c.eval = None
   train.train_and_evaluate(c, f"{base}/{audio}_{text}")
@@ -347,11 +343,8 @@ def test_cnn14_torch_matches_the_flax_tower_with_frame_masks():
 def test_towers_format_refuses_htsat_fusion():
   import ml_collections
   from jaxclap import export
-  spec = importlib.util.spec_from_file_location("demo_config", os.path.join(ROOT, "configs",
-                                                                            "demo.py"))
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  c = demo.get_config("runlocal,audio=htsat,text=minilm")
+  from jaxclap import configs
+  c = configs.load("demo", "runlocal,audio=htsat,text=minilm")
   export._towers_check(c)
   c.model.audio.enable_fusion = True
   with pytest.raises(export.NotExportable, match=r"model\.audio\.enable_fusion"):
