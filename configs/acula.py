@@ -29,9 +29,9 @@ def get_config(arg: str | None = None):
                                   mae_width=192, mae_depth=2, mae_heads=6, mask_ratio=0.7)))
   # Text: MedGemma-4B, FROZEN (no gradient, no optimiser state), last-layer states
   # mean-pooled; run in bfloat16 as a teacher.
-  # runlocal: all-MiniLM-L6-v2, frozen likewise (jaxclap.configs.runlocal_text).
+  # runlocal: all-MiniLM-L6-v2, frozen likewise (jaxclap.configs.minilm_text).
   if runlocal:
-    configs.runlocal_text(c, frozen=True)
+    configs.minilm_text(c, frozen=True)
   else:
     c.model.text = configs.preset_tower("gemma3", "medgemma-4b", dtype="bfloat16")
     c.tokenizer = dict(kind="gemma", path="medgemma-4b/tokenizer.model")  # set it

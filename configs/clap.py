@@ -27,12 +27,12 @@ def get_config(arg: str | None = None):
   # Audio: CNN14 (PANNs; 80.8M parameters, 2048-d embedding, AudioSet-pretrained).
   c.model.audio = configs.tower(configs.AUDIO, "cnn14", runlocal)
   # Text: BERT-base uncased, [CLS] of the last layer (768-d; 110M parameters).
-  # runlocal: all-MiniLM-L6-v2 (a 6-layer BERT; jaxclap.configs.runlocal_text), [CLS].
+  # runlocal: all-MiniLM-L6-v2 (a 6-layer BERT; jaxclap.configs.minilm_text), [CLS].
   c.model.text = configs.tower(configs.TEXT, "bert", False, hidden_size=768, depth=12,
                                num_heads=12, mlp_dim=3072)
   c.tokenizer = dict(kind="wordpiece", path="bert-base-uncased")  # set to its folder
   if runlocal:
-    configs.runlocal_text(c, frozen=False, pooling="cls")
+    configs.minilm_text(c, frozen=False, pooling="cls")
   c.input.truncate_chars = 100       # "max text sequence length to 100 chars"
   c.input.max_text_len = 40          # 100 characters fit in 40 WordPiece tokens
   # Projection: two learnable linear maps into d = 1024.

@@ -38,9 +38,9 @@ def get_config(arg: str | None = None):
     c.input.clip_seconds = 10.24
   c.loss.mae_weight = 0.0
   # Text: RoBERTa-base, final-layer [CLS], up to 512 tokens.
-  # runlocal: all-MiniLM-L6-v2's [CLS] (jaxclap.configs.runlocal_text).
+  # runlocal: all-MiniLM-L6-v2's [CLS] (jaxclap.configs.minilm_text).
   if runlocal:
-    configs.runlocal_text(c, frozen=False, pooling="cls")
+    configs.minilm_text(c, frozen=False, pooling="cls")
   else:
     c.model.text = configs.tower(configs.TEXT, "roberta", False, pooling="cls",
                                  vocab_size=50265, hidden_size=768, depth=12,

@@ -48,20 +48,16 @@ def get_config(arg: str | None = None):
   c = configs.base(args)   # every field is documented in jaxclap/configs.py
   c.model.audio = configs.tower(AUDIO, audio, runlocal)
   c.model.text = configs.tower(TEXT, text, runlocal)
+  if text == "minilm":
+    # Lower 4 of 6 layers frozen, the rest at 0.1x lr (jaxclap.configs.minilm_text).
+    # optim.frozen is a tuple: --config.optim.frozen='("audio/.*",)' works on the
+    # command line, and () trains everything.
+    configs.minilm_text(c, frozen=False)
   # Tokenizer: MiniLM's WordPiece for the BERT towers; for the others a vocabulary of
   # vocab_size trained on the corpus captions (path "@corpus": kept in <workdir>/tokenizer).
   if text not in ("minilm", "bert"):
     c.tokenizer = dict(kind="roberta", path="@corpus", vocab_size=c.model.text.vocab_size)
   c.loss.mae_weight = 0.1 if audio == "vit" else 0.0  # masked reconstruction (ViT only)
-  if text == "minilm":
-    # The pretrained tower moves slowly, and MiniLM's embeddings and its lower 4 of 6
-    # layers stay as pretrained (never differentiated, no optimiser state): that halves
-    # the step time (the text tower is ~2/3 of it). Tuples, so
-    # ``--config.optim.frozen='("audio/.*",)'`` works on the command line; () trains all.
-    c.optim.lr_mults = (("text/.*", 0.1),)
-    c.optim.frozen = ("text/(word|position|token_type)_embeddings/.*",
-                      "text/embeddings_norm/.*", "text/encoder/layer_[0-3]/.*")
-
   if audio == "htsat":
     # LAION-CLAP's input, at 16 kHz: 10 s windows, short clips repeated ("repeatpad"),
     # a 1024-point Hann window as long as the FFT, reflect padding, raw dB (bn0 is the

@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
   # training it; an 8B model beside a ViT-B on 4 x A100 40 GB is used as a frozen
   # embedder (no gradient, bfloat16), and its projection head learns.
   if runlocal:  # all-MiniLM-L6-v2, a real sentence embedder, frozen likewise
-    configs.runlocal_text(c, frozen=True)
+    configs.minilm_text(c, frozen=True)
   else:
     c.model.text = configs.preset_tower("qwen3", "qwen3-embedding-8b", dtype="bfloat16")
     c.tokenizer = dict(kind="qwen3", path="Qwen3-Embedding-8B")  # set to its folder

@@ -25,9 +25,9 @@ def get_config(arg: str | None = None):
   c.model.audio = configs.tower(configs.AUDIO, "htsat", runlocal,
                                 **({} if runlocal else dict(size="large")))
   # Text: Qwen3-Embedding-0.6B, last-token pooling, trained with the audio tower.
-  # runlocal: all-MiniLM-L6-v2 (jaxclap.configs.runlocal_text).
+  # runlocal: all-MiniLM-L6-v2 (jaxclap.configs.minilm_text).
   if runlocal:
-    configs.runlocal_text(c, frozen=False)
+    configs.minilm_text(c, frozen=False)
   else:
     c.model.text = configs.preset_tower("qwen3", "qwen3-embedding-0.6b")
     c.tokenizer = dict(kind="qwen3", path="Qwen3-Embedding-0.6B")  # set to its folder

@@ -170,12 +170,14 @@ def preset_tower(name: str, preset: str, **fields) -> ml_collections.ConfigDict:
   return cfg
 
 
-def runlocal_text(c: ml_collections.ConfigDict, *, frozen: bool, pooling: str = "mean"):
-  """runlocal's text tower for every recipe: the real all-MiniLM-L6-v2 weights (the one
-  pretrained text model on a fresh machine). A toy text tower from scratch has nearly
-  identical embeddings for every caption at init and learns nothing in a CPU-minute.
-  ``frozen``: the whole tower (a frozen teacher / embedder, as SLAP and AcuLa's), else
-  its embeddings and lower 4 layers (the demo's speed-up), the rest at 0.1x lr."""
+def minilm_text(c: ml_collections.ConfigDict, *, frozen: bool, pooling: str = "mean"):
+  """The real all-MiniLM-L6-v2 weights as the text tower (the one pretrained text model
+  on a fresh machine): the demo's, and every recipe's runlocal one (a toy text tower
+  from scratch has nearly identical embeddings for every caption at init and learns
+  nothing in a CPU-minute). ``frozen``: the whole tower (a frozen teacher / embedder,
+  as SLAP and AcuLa's); else its embeddings and lower 4 of 6 layers stay as pretrained
+  (never differentiated, no optimiser state: that halves the demo's step time) and the
+  rest moves at 0.1x lr."""
   c.model.text = tower(TEXT, "minilm", True, pooling=pooling)
   c.tokenizer = ml_collections.ConfigDict(dict(kind="minilm"))
   c.input.max_text_len = 56

@@ -416,24 +416,31 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
 
 def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
                  process_index: int = 0, process_count: int = 1,
-                 caption_pool: str = "global") -> grain.MapDataset:
-  """One deterministic pass over a split: crop from the start, one caption of
-  ``caption_pool`` per clip (a fixed draw per record), and the last batch padded to
-  ``batch_size`` with ``valid=0`` rows (static shapes)."""
+                 extra_pools: Sequence[str] = ()) -> grain.MapDataset:
+  """One deterministic pass over a split: crop from the start, one global caption per
+  clip (a fixed draw per record), and the last batch padded to ``batch_size`` with
+  ``valid=0`` rows (static shapes). Each pool in ``extra_pools`` (e.g. "fine") adds
+  ``text_ids_<pool>`` / ``text_mask_<pool>``: one caption of that pool, from the same
+  record read."""
   spec = source_specs([spec])[0]
   sr = int(cfg.sample_rate)
   recs = _Records(spec, 0, sample_rate=sr,
                   max_caption_chars=int(_config_get(cfg, "max_caption_chars", 2000)))
   n = len(recs)
   padded = -(-n // batch_size) * batch_size
-  example = _Example(
+  examples = {pool: _Example(
       clip_samples=int(round(float(cfg.clip_seconds) * sr)),
       pad=str(_config_get(cfg, "pad", "zero")), random_crop=False, captions_per_clip=1,
-      caption_pool=caption_pool, tokenizer=tokenizer, max_text_len=int(cfg.max_text_len),
+      caption_pool=pool, tokenizer=tokenizer, max_text_len=int(cfg.max_text_len),
       truncate_chars=_config_get(cfg, "truncate_chars", None))
+      for pool in ("global",) + tuple(extra_pools)}
 
   def fn(index, _, rng):
-    row = example(index, recs[min(index, n - 1)], rng)
+    record = recs[min(index, n - 1)]
+    row = examples["global"](index, record, rng)
+    for pool in extra_pools:
+      other = examples[pool](index, record, rng)
+      row[f"text_ids_{pool}"], row[f"text_mask_{pool}"] = other["text_ids"], other["text_mask"]
     row["valid"] = np.int32(index < n)
     return row
 

@@ -549,7 +549,7 @@ def evaluate_model(trainer: Trainer, variables, config: Any, tokenizer) -> dict 
   from jaxclap.inference import Model
   embed_text = Model(config, variables, tokenizer, trainer).embed_text
   templates = tuple(ecfg.get("templates") or evaluate.DEFAULT_TEMPLATES)
-  tasks, multiclass_tasks = _tasks_for(path), _multiclass_tasks_for(path)
+  tasks, multiclass_tasks, graded_tasks = _corpus_tasks(path)
   out = {"split": ecfg.split, "clips": int(len(audio_emb))}
   if "zero_shot" in metrics:
     zs = evaluate.zero_shot(audio_emb, metadata, tasks, embed_text, templates)
@@ -566,8 +566,7 @@ def evaluate_model(trainer: Trainer, variables, config: Any, tokenizer) -> dict 
     out["multiclass"] = evaluate.zero_shot_multiclass(audio_emb, metadata, multiclass_tasks,
                                                       embed_text, templates)
   if "graded" in metrics:
-    out["graded"] = evaluate.graded(audio_emb, metadata, _graded_tasks_for(path), embed_text,
-                                    templates)
+    out["graded"] = evaluate.graded(audio_emb, metadata, graded_tasks, embed_text, templates)
   if "linear_probe" in metrics:
     out["linear_probe"] = _linear_probes(
         embedded[1][0], evaluate.split_metadata(path, probe_split), audio_emb, metadata,
@@ -584,11 +583,16 @@ def _all_rows(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _tasks_for(path: str) -> dict:
-  """The binary zero-shot tasks a corpus defines: the embedded corpus's ``BINARY_TASKS``;
-  none for other corpora (their evaluation is retrieval, until they define tasks)."""
-  from jaxclap.data import speech_corpus
-  return dict(speech_corpus.BINARY_TASKS) if speech_corpus.NAME in path.split(os.sep) else {}
+def _corpus_tasks(path: str) -> tuple[dict, dict, dict]:
+  """The (binary, multi-class, graded) zero-shot tasks a corpus defines: the embedded
+  corpus's ``speech_corpus.BINARY_TASKS`` and ``speech_tasks.MULTICLASS_TASKS`` /
+  ``GRADED_TASKS``; none for other corpora (their evaluation is retrieval, until they
+  define tasks)."""
+  from jaxclap.data import speech_corpus, speech_tasks
+  if speech_corpus.NAME not in path.split(os.sep):
+    return {}, {}, {}
+  return (dict(speech_corpus.BINARY_TASKS), dict(speech_tasks.MULTICLASS_TASKS),
+          dict(speech_tasks.GRADED_TASKS))
 
 
 # What ``eval.metrics`` may name; the first two are the default.
@@ -596,55 +600,40 @@ EVAL_METRICS = ("zero_shot", "retrieval", "multiclass", "graded", "linear_probe"
                 "retrieval_fine")
 
 
-def _multiclass_tasks_for(path: str) -> dict:
-  """The multi-class zero-shot tasks a corpus defines (the embedded corpus's
-  ``speech_tasks.MULTICLASS_TASKS``; none for other corpora)."""
-  from jaxclap.data import speech_corpus, speech_tasks
-  return dict(speech_tasks.MULTICLASS_TASKS) if speech_corpus.NAME in path.split(os.sep) else {}
-
-
-def _graded_tasks_for(path: str) -> dict:
-  """The graded (correlation) tasks a corpus defines, as ``_multiclass_tasks_for``."""
-  from jaxclap.data import speech_corpus, speech_tasks
-  return dict(speech_tasks.GRADED_TASKS) if speech_corpus.NAME in path.split(os.sep) else {}
-
-
 def _embed_splits(trainer: Trainer, variables, config: Any, tokenizer, splits,
                   extra_pools: tuple[str, ...] = ()) -> list[tuple[np.ndarray, ...]]:
   """Per split of the first source: (audio, text[, text of each extra pool]) embeddings
   of every clip, rows in record order (as ``evaluate.split_metadata``); text = one
-  global caption per clip, the extra pools' one caption of that pool (e.g. "fine",
-  CLSP's fine-grained retrieval), embedded without running the audio tower again."""
+  global caption per clip, an extra pool's one caption of that pool (e.g. "fine",
+  CLSP's fine-grained retrieval) read with the same record."""
   from jaxclap import input_pipeline
   mesh = trainer.mesh
   embed = jax.jit(lambda v, b: trainer.model.apply(
       v, *trainer.features(b), b["text_ids"], b["text_mask"])[:2])
-  embed_text = jax.jit(lambda v, b: trainer.model.apply(
-      v, b["text_ids"], b["text_mask"], method=trainer.model.embed_text))
+  embed_text = jax.jit(lambda v, ids, mask: trainer.model.apply(
+      v, ids, mask, method=trainer.model.embed_text))
+  text_keys = [(f"text_ids_{p}", f"text_mask_{p}") for p in extra_pools]
   out = []
   for split in splits:
     spec = dict(config.input.sources[0], split=split)
-    columns = []
-    for pool in ("global",) + tuple(extra_pools):
-      ds = input_pipeline.eval_dataset(config.input, tokenizer, spec,
-                                       batch_size=int(config.eval.batch_size),
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count(),
-                                       caption_pool=pool)
-      rows, record_rows = [], []
-      with nn.logical_axis_rules(trainer.rules):
-        for i in range(len(ds)):
-          local = ds[i]
-          keys = ("audio", "audio_len", "text_ids", "text_mask") if pool == "global" else (
-              "text_ids", "text_mask")
-          batch = sharding.global_batch({k: local[k] for k in keys}, mesh)
-          got = embed(variables, batch) if pool == "global" else (embed_text(variables, batch),)
-          keep = _all_rows(local["valid"]).astype(bool)
-          rows.append([_all_rows(x)[keep] for x in got])
-          record_rows.append(_all_rows(local["record"])[keep])
-      order = np.argsort(np.concatenate(record_rows))
-      columns += [np.concatenate(col)[order] for col in zip(*rows)]
-    out.append(tuple(columns))
+    ds = input_pipeline.eval_dataset(config.input, tokenizer, spec,
+                                     batch_size=int(config.eval.batch_size),
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(),
+                                     extra_pools=extra_pools)
+    rows, record_rows = [], []
+    with nn.logical_axis_rules(trainer.rules):
+      for i in range(len(ds)):
+        local = ds[i]
+        keys = ("audio", "audio_len", "text_ids", "text_mask") + sum(text_keys, ())
+        batch = sharding.global_batch({k: local[k] for k in keys}, mesh)
+        got = list(embed(variables, batch))
+        got += [embed_text(variables, batch[ids], batch[mask]) for ids, mask in text_keys]
+        keep = _all_rows(local["valid"]).astype(bool)
+        rows.append([_all_rows(x)[keep] for x in got])
+        record_rows.append(_all_rows(local["record"])[keep])
+    order = np.argsort(np.concatenate(record_rows))
+    out.append(tuple(np.concatenate(col)[order] for col in zip(*rows)))
   return out
 
 

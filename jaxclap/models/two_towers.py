@@ -4,8 +4,8 @@ two_towers, CLAP's recipe), plus the on-device spectrogram front end that feeds 
 Parameters: ``audio`` and ``text`` (the towers), ``audio_head`` / ``text_head`` (linear or
 MLP projections to ``embed_dim``, shared settings with per-head overrides: AcuLa's audio
 head is an MLP with dropout, its text head a single map), the learnable ``logit_scale``
-(log of the logit multiplier, clamped to [0, ln 100] in the loss as LAION-CLAP does) and,
-for the sigmoid loss only, SigLIP's learnable ``logit_bias``.
+(log of the logit multiplier; the trainer clamps it to [0, ln 100] after each update,
+as LAION-CLAP does) and, for the sigmoid loss only, SigLIP's learnable ``logit_bias``.
 
 A tower's ``dtype`` field (e.g. ``model.text.dtype="bfloat16"``) sets its own compute
 dtype: a frozen teacher (AcuLa's MedGemma) can run in bfloat16 while the trained tower
