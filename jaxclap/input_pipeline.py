@@ -374,6 +374,20 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
   characters, as CLAP does at 100; None keeps it whole).
   """
   specs = source_specs(cfg.sources)
+  # Caption settings first: a contradiction is reported before any corpus is opened.
+  k = int(_config_get(cfg, "captions_per_clip", 1))
+  pool = str(_config_get(cfg, "caption_pool", "global"))
+  schedule = None
+  if pool == "clsp":
+    if k != 2:
+      raise ValueError(f"input.caption_pool='clsp' pairs two captions per clip; set "
+                       f"input.captions_per_clip=2, not {k}")
+    sched = dict(_config_get(cfg, "task_schedule", None) or {})
+    unknown = set(sched) - {"p0", "p_min", "steps"}
+    if unknown:
+      raise ValueError(f"input.task_schedule: unknown key(s) {sorted(unknown)}; "
+                       "use p0, p_min, steps")
+    schedule = TaskSchedule(global_batch_size, seed, **sched)
   sr = int(cfg.sample_rate)
   clip_samples = int(round(float(cfg.clip_seconds) * sr))
   if clip_samples <= 0:
@@ -391,19 +405,6 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
     else:
       streams.append(recs.shuffle(seed=seed * 1000 + i).repeat())
   ds = streams[0] if len(streams) == 1 else WeightedMix(streams, [s.weight for s in specs])
-  k = int(_config_get(cfg, "captions_per_clip", 1))
-  pool = str(_config_get(cfg, "caption_pool", "global"))
-  schedule = None
-  if pool == "clsp":
-    if k != 2:
-      raise ValueError(f"input.caption_pool='clsp' pairs two captions per clip; set "
-                       f"input.captions_per_clip=2, not {k}")
-    sched = dict(_config_get(cfg, "task_schedule", None) or {})
-    unknown = set(sched) - {"p0", "p_min", "steps"}
-    if unknown:
-      raise ValueError(f"input.task_schedule: unknown key(s) {sorted(unknown)}; "
-                       "use p0, p_min, steps")
-    schedule = TaskSchedule(global_batch_size, seed, **sched)
   example = _Example(
       clip_samples=clip_samples, pad=str(_config_get(cfg, "pad", "zero")), random_crop=True,
       captions_per_clip=k, caption_pool=pool, tokenizer=tokenizer,

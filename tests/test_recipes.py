@@ -231,3 +231,32 @@ def test_frozen_teacher_runs_in_bfloat16():
   c.model.text.dtype = "float16"
   with pytest.raises(ValueError, match="model.text.dtype"):
     two_towers.from_config(c.model).init(jax.random.PRNGKey(0), spec, frames, ids, mask)
+
+
+def test_bad_recipe_settings_name_the_field(tmp_path):
+  """Each refusal names the config field (or argument, or file) at fault."""
+  with pytest.raises(ValueError, match=r"configs/clsp.py: stage='3'"):
+    recipe("clsp", "stage=3")
+  with pytest.raises(ValueError, match=r"configs/acula.py: unknown argument\(s\) \['lam'\]"):
+    recipe("acula", "lam=1")
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    configs.load("nope")
+  c = recipe("speech_clap", "runlocal")
+  c.model.text.preset = "qwen3-embedding-4b"
+  with pytest.raises(ValueError, match=r"model.text.preset='qwen3-embedding-4b'"):
+    train.Trainer(c, sharding.make_mesh(c.mesh))
+  c = recipe("acula", "runlocal")
+  c.model.audio_head = dict(hidden=8)
+  with pytest.raises(ValueError, match=r"model.audio_head: unknown field\(s\) \['hidden'\]"):
+    train.Trainer(c, sharding.make_mesh(c.mesh))
+  c = recipe("clsp", "runlocal,stage=2")
+  c.init_from = str(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError, match=r"config.init_from=.*no checkpoint"):
+    train.Trainer(c, sharding.make_mesh(c.mesh)).init_state(0)
+  cfg = recipe("clsp", "runlocal,stage=2").input
+  cfg.task_schedule = dict(p0=0.9, decay=3)
+  with pytest.raises(ValueError, match=r"input.task_schedule: unknown key\(s\) \['decay'\]"):
+    input_pipeline.train_dataset(cfg, None, global_batch_size=8)
+  cfg.task_schedule, cfg.captions_per_clip = None, 1
+  with pytest.raises(ValueError, match="input.captions_per_clip=2, not 1"):
+    input_pipeline.train_dataset(cfg, None, global_batch_size=8)
