@@ -6,6 +6,7 @@ Two tiny builds (scale 0.02, ~90 clips) are shared by the module; the file runs 
 under a minute on 2 cores.
 """
 
+import collections
 import json
 import os
 import re
@@ -254,3 +255,38 @@ def test_fast_clips_are_shorter_per_word(clips):
       per_word[meta["rate_level"]].append(_speech_seconds(r["audio"]) / meta["n_words"])
   assert len(per_word["slow"]) >= 3 and len(per_word["fast"]) >= 3
   assert np.median(per_word["fast"]) < 0.75 * np.median(per_word["slow"]), per_word
+
+
+def test_rare_classes_are_heard_in_several_timbres():
+  """Creaky, shaky, child and whispered voices each come in >= 2 variants (timbres) in
+  training, both sexes where the class has a sex, and each is in the test split: with
+  one variant per class a model learns the speaker, not the attribute."""
+  train, test = collections.defaultdict(set), collections.defaultdict(set)
+  for s in sc.speakers():
+    if not sc._special(s):
+      continue
+    cls = "child" if s["age_group"] == "child" else s["quality"]
+    (train if s["split"] == "train" else test)[cls].add(s["espeak_variant"])
+  assert set(train) == set(test) == {"creaky", "shaky", "child", "whispered"}
+  for cls, variants in train.items():
+    assert len(variants) >= 2, (cls, variants)
+    if cls != "child":
+      assert {sc.VARIANTS[v].gender for v in variants} == {"male", "female"}, (cls, variants)
+  # Each extra variant file is used, and declares the sex its VARIANTS entry says.
+  for name, text in sc.EXTRA_VARIANTS.items():
+    assert any(s["espeak_variant"] == name for s in sc.speakers()), name
+    declared = re.search(r"^gender (\w+)", text, re.M)
+    assert (declared and declared.group(1)) == (sc.VARIANTS[name].gender or None), name
+
+
+def test_extra_variants_f0_table_is_measured():
+  """``VARIANTS[v].f0_hz`` (what pitch calibration aims from) agrees with an independent
+  autocorrelation estimate on en-us speech at pitch 50 / range 50, within 1.5 semitones."""
+  synth = espeak.Synthesizer(sc.EXTRA_VARIANTS)
+  text = "The quick brown fox jumps over the lazy dog near the river bank."
+  import librosa
+  for name in sc.EXTRA_VARIANTS:
+    w = synth.synth(text, f"en-us+{name}", pitch=50, pitch_range=50)
+    w = librosa.resample(w, orig_sr=espeak.SAMPLE_RATE, target_sr=sc.SAMPLE_RATE)
+    st = 12 * np.log2(_autocorr_f0(w) / sc.VARIANTS[name].f0_hz)
+    assert abs(st) < 1.5, (name, st)

@@ -27,11 +27,14 @@ speaker speeds up, the pitch rises, it gets quieter...). Labels are TRUE OF THE 
                   loudest): quiet < -31 dBFS <= normal <= -22.5 < loud; segments are gained
                   to [-38,-34], [-28,-25], [-20,-17] dBFS (loud vs quiet >= 14 dB), peaks
                   soft-limited, never clipped. A pipeline that normalises gain erases it.
-  quality         whispered (whisper/whisperf variants), creaky (croak), shaky (grandma,
-                  grandpa: strong pitch tremor), else modal.
-  gender, age_group   from the variant: m*/croak/whisper/grandpa male, f*/whisperf/grandma
-                  female; grandma/grandpa elderly; a custom "child" variant (written into a
-                  private copy of the data folder) child, without gender; others young adult.
+  quality         whispered (whisper/whisperf variants), creaky (croak, croakf, croakm),
+                  shaky (grandma*, grandpa*: strong pitch tremor), else modal.
+  gender, age_group   from the variant (``VARIANTS``): m*/croak*/whisper/grandpa* male,
+                  f*/whisperf/grandma*/croakf female; grandma*/grandpa* elderly; child*
+                  child, without gender; others young adult. The child voices and the
+                  second timbre of each rare class are our own variant files
+                  (``EXTRA_VARIANTS``, written into a private copy of the data folder):
+                  espeak's recipe for the class applied to another voice's formants.
 
 Splits: test speakers never appear in train (held-out variants m2, m6, f4, held-out accents
 and languages, and new voice x variant pairs) and test sentences never appear in train
@@ -101,16 +104,38 @@ VARIANTS = {
     "f3": Variant("female", "young adult", "modal", 208.9),
     "f4": Variant("female", "young adult", "modal", 178.3),
     "f5": Variant("female", "young adult", "modal", 203.7),
+    # More of espeak's own adult voices (measured the same way): a model that has heard
+    # few timbres takes an unheard one for a child, a creaky or a whispering voice.
+    "Andy": Variant("male", "young adult", "modal", 96.4),
+    "Denis": Variant("male", "young adult", "modal", 99.7),
+    "gustave": Variant("male", "young adult", "modal", 107.5),
+    "robert": Variant("male", "young adult", "modal", 98.2),
+    "travis": Variant("male", "young adult", "modal", 103.1),
+    "victor": Variant("male", "young adult", "modal", 95.8),
+    "steph": Variant("female", "young adult", "modal", 185.3),
+    "belinda": Variant("female", "young adult", "modal", 230.2),
+    "Alicia": Variant("female", "young adult", "modal", 253.6),
+    "Andrea": Variant("female", "young adult", "modal", 246.6),
     "croak": Variant("male", "young adult", "creaky", 107.4),
     "grandpa": Variant("male", "elderly", "shaky", 106.9),
     "grandma": Variant("female", "elderly", "shaky", 196.9),
     "whisper": Variant("male", "young adult", "whispered", None),
     "whisperf": Variant("female", "young adult", "whispered", None),
     "child": Variant(None, "child", "modal", 297.9),
+    # Composed (EXTRA_VARIANTS): each rare class is heard in several timbres, so that a
+    # model learns the creak, the tremor or the child's voice rather than who has it.
+    "croakf": Variant("female", "young adult", "creaky", 172.2),
+    "croakm": Variant("male", "young adult", "creaky", 94.6),
+    "grandpa2": Variant("male", "elderly", "shaky", 97.3),
+    "grandma2": Variant("female", "elderly", "shaky", 201.4),
+    "child2": Variant(None, "child", "modal", 313.4),
+    "child3": Variant(None, "child", "modal", 293.1),
 }
 
+# Variant files written into a private copy of espeak's data folder (espeak.Synthesizer).
+EXTRA_VARIANTS = {
 # A child: F0 ~300 Hz and formants scaled up ~30% (shorter vocal tract than the f* voices).
-EXTRA_VARIANTS = {"child": """language variant
+"child": """language variant
 name child
 pitch 230 330
 flutter 8
@@ -125,6 +150,104 @@ formant 6 120 70 150
 formant 7 115 70 150
 formant 8 115 70 150
 stressAdd 0 0 -10 -10 0 0 10 40
+""",
+# croak's recipe (flutter 20, a damped lowest formant) on f2's formants, pitched lower.
+"croakf": """language variant
+name croakf
+gender female
+pitch 130 190
+flutter 20
+roughness 3
+formant 0 100 80 110
+formant 1 110 80 160
+formant 2 110 70 150
+formant 3 110 70 150
+formant 4 115 80 150
+formant 5 115 80 150
+formant 6 110 70 150
+formant 7 110 70 150
+formant 8 110 70 150
+""",
+# croak's recipe on m7's formants and voicing.
+"croakm": """language variant
+name croakm
+gender male
+pitch 70 110
+flutter 20
+formant 0 100 80 110
+formant 1 100 90 80
+formant 2 100 70 90
+formant 3 100 60 90
+formant 4 100 60 90
+formant 5 75 50 90
+formant 6 90 50 100
+formant 7 100 50 100
+formant 8 100 50 100
+voicing 155
+""",
+# Children with other vocal tracts: f3's formants x ~1.12, and f5's x ~1.25.
+"child2": """language variant
+name child2
+pitch 240 340
+formant 0 118 80 150
+formant 1 135 75 150
+formant 2 150 70 150
+formant 3 140 80 150
+formant 4 140 80 150
+formant 5 140 80 150
+formant 6 135 70 150
+formant 7 125 70 150
+formant 8 125 70 150
+stressAmp 18 18 20 20 20 20 20 20
+""",
+"child3": """language variant
+name child3
+pitch 220 320
+flutter 4
+formant 0 130 80 150
+formant 1 138 80 160
+formant 2 138 70 150
+formant 3 138 70 150
+formant 4 144 80 200
+formant 5 144 80 100
+formant 6 138 70 150
+formant 7 138 70 100
+formant 8 138 70 150
+stressAdd 0 0 -10 -10 0 0 10 40
+""",
+# grandpa's recipe (flutter 20, no formants above the 6th, flat intonation) on m3.
+"grandpa2": """language variant
+name grandpa2
+gender male
+pitch 75 115
+flutter 20
+formant 0 100 100 100
+formant 1  96  97 100
+formant 2  96  97 100
+formant 3  96 103 100
+formant 4  95 103 100
+formant 5  95 103 100
+formant 6 10 10 10
+formant 7 10 10 10
+formant 8 10 10 10
+intonation 1
+""",
+# grandma's recipe (flutter 20, compressed upper formants, weak voicing) on f3.
+"grandma2": """language variant
+name grandma2
+gender female
+pitch 125 225
+flutter 20
+formant 0 105  80 150
+formant 1 120  75 150
+formant 2 125  90 130
+formant 3 80 80 80
+formant 4 60 60 60
+formant 5 90 90 90
+formant 6 10 10 10
+formant 7 10 10 10
+formant 8 20 20 20
+voicing 50
 """}
 
 # espeak language voice -> (language, accent when reading English, Faker locale or None).
@@ -163,8 +286,8 @@ _WORD_LENGTH = {"English": 1.1, "German": 0.95, "French": 0.95, "Spanish": 1.15,
 # language a model tells languages apart by who is speaking, which does not carry over to
 # new voices. Test speakers use held-out variants (m2, m6, f4), held-out native accents
 # (Lancashire, West Midlands), a held-out foreign accent (Portuguese) and languages
-# (Danish, Ukrainian), and new voice x variant pairs for the special variants, which
-# exist once per split.
+# (Danish, Ukrainian), and new voice x variant pairs for the special variants (each
+# creaky, shaky and child variant is spoken by 2 train and 1 test voice).
 SPEAKERS = [
     ("train", "en-us", "m1", "en"), ("train", "en-us", "f1", "en"),
     ("train", "en-us", "f5", "en"), ("train", "en-us", "grandpa", "en"),
@@ -191,6 +314,22 @@ SPEAKERS = [
     ("train", "ru", "m7", "own"), ("train", "ru", "f1", "own"), ("train", "ru", "whisperf", "own"),
     ("train", "cs", "f2", "own"), ("train", "cs", "m5", "own"),
     ("train", "el", "m5", "own"), ("train", "el", "f3", "own"),
+    ("train", "en-gb-x-rp", "croakf", "en"), ("train", "es", "croakf", "own"),
+    ("train", "en-us-nyc", "croakm", "en"), ("train", "it", "croakm", "en"),
+    ("train", "en", "child2", "en"), ("train", "de", "child2", "own"),
+    ("train", "en-us-nyc", "child3", "en"), ("train", "fr", "child3", "en"),
+    ("train", "en-029", "grandpa2", "en"), ("train", "cs", "grandpa2", "own"),
+    ("train", "en-gb-x-rp", "grandma2", "en"), ("train", "ru", "grandma2", "en"),
+    ("train", "nl", "whisper", "own"), ("train", "en-gb-x-rp", "whisperf", "en"),
+    ("train", "en-us", "Andy", "en"), ("train", "fr", "Andy", "own"),
+    ("train", "en-gb-scotland", "Denis", "en"), ("train", "pl", "Denis", "en"),
+    ("train", "en-029", "gustave", "en"), ("train", "cs", "gustave", "own"),
+    ("train", "en", "robert", "en"), ("train", "el", "robert", "own"),
+    ("train", "en-us-nyc", "travis", "en"), ("train", "it", "victor", "own"),
+    ("train", "en-gb-x-rp", "steph", "en"), ("train", "nl", "steph", "own"),
+    ("train", "en", "belinda", "en"), ("train", "ru", "belinda", "own"),
+    ("train", "en-us", "Alicia", "en"), ("train", "de", "Alicia", "en"),
+    ("train", "en-gb-scotland", "Andrea", "en"), ("train", "es", "Andrea", "own"),
     ("test", "en-gb-x-gbclan", "m6", "en"), ("test", "en-gb-x-gbclan", "f4", "en"),
     ("test", "en-gb-x-gbclan", "grandpa", "en"),
     ("test", "en-gb-x-gbcwmd", "m2", "en"), ("test", "en-gb-x-gbcwmd", "f4", "en"),
@@ -201,14 +340,16 @@ SPEAKERS = [
     ("test", "de", "m2", "en"), ("test", "es", "m6", "en"), ("test", "pt", "f4", "en"),
     ("test", "fr", "f4", "own"), ("test", "de", "m6", "own"), ("test", "es", "whisperf", "own"),
     ("test", "da", "f4", "own"), ("test", "uk", "m2", "own"),
+    ("test", "en-gb-x-gbclan", "croakf", "en"), ("test", "de", "croakm", "own"),
+    ("test", "en-us", "child3", "en"), ("test", "uk", "child2", "own"),
+    ("test", "en-gb-x-gbcwmd", "grandma2", "en"), ("test", "es", "grandpa2", "own"),
 ]
 
-SPLIT_CLIPS = {"train": 3600, "validation": 400, "test": 700}
-# Whispered, creaky, shaky-elderly and child voices are a fifth of the train speakers and
-# each class rests on a handful of them: they speak SPECIAL_WEIGHT times as many train and
-# validation clips as a modal adult voice (a third of the clips in all), so that the
-# model hears enough of each rare class. The test split keeps one turn per speaker.
-SPECIAL_WEIGHT = 2
+SPLIT_CLIPS = {"train": 4500, "validation": 400, "test": 700}
+# Whispered, creaky, shaky-elderly and child voices are over a quarter of the train
+# speakers, 6-8 per class in >= 2 timbres (~300-400 train clips per class): every speaker
+# takes one turn per round, as in the test split. (With 1-2 voices per class, even
+# spoken twice as often, a model learns those voices instead of the class.)
 
 
 def _special(speaker: dict) -> bool:
@@ -437,8 +578,6 @@ def make_plan(seed: int = 0, scale: float = 1.0) -> list[dict]:
   for split, n in _clip_counts(scale).items():  # train first: its sentences are drawn first
     rng = random.Random(f"plan-{seed}-{split}")
     pool = [s for s in speakers(seed) if s["split"] == ("test" if split == "test" else "train")]
-    if split != "test":  # the rare voices (see SPECIAL_WEIGHT) take more turns
-      pool += [s for s in pool if _special(s)] * (SPECIAL_WEIGHT - 1)
     order: list[dict] = []
     for i in range(n):
       if not order:  # every speaker once per round, in a fresh order each round
@@ -786,7 +925,7 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0,
                       help="plan seed: speakers' ranges, sentences, per-clip settings (default 0)")
   parser.add_argument("--scale", type=float, default=1.0,
-                      help="corpus size factor, a multiple of 0.001 (1.0 = 3600 train, 400 "
+                      help="corpus size factor, a multiple of 0.001 (1.0 = 4500 train, 400 "
                            "validation, 700 test clips; 0.02 = a few dozen)")
   parser.add_argument("--num_workers", type=int, default=2,
                       help="synthesis processes; 0 = in this process (default 2). The "
