@@ -351,10 +351,6 @@ SPLIT_CLIPS = {"train": 4500, "validation": 400, "test": 700}
 # takes one turn per round, as in the test split. (With 1-2 voices per class, even
 # spoken twice as often, a model learns those voices instead of the class.)
 
-
-def _special(speaker: dict) -> bool:
-  return speaker["quality"] != "modal" or speaker["age_group"] != "young adult"
-
 # ---------------------------------------------------------------------------- levels
 
 PITCH_REF_HZ = {"male": 100.0, "female": 195.0, "child": 300.0}
