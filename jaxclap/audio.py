@@ -48,7 +48,7 @@ def _as_float(x: Any, name: str) -> jax.Array:
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype} "
-                    "(convert int16 PCM first, e.g. jaxclap.data.records.from_pcm16)")
+                    "(convert int16 PCM first, e.g. jaxclap.corpus.records.from_pcm16)")
   if x.dtype.itemsize < 4:  # float16/bfloat16 would lose the spectrum's low end
     x = x.astype(jnp.float32)
   return x

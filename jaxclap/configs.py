@@ -15,7 +15,7 @@ Field reference (``--config.<path>=value`` overrides any of them):
   init_from            another run's workdir: start from its latest params (CLSP stage 2)
   augment              None, or dict(kinds=(...), gain_db=, lowpass_hz=, highpass_hz=):
                        one waveform transform per clip on the device (jaxclap.augment)
-  corpus.*             the embedded corpus (jaxclap.data.speech_corpus): data_dir, seed,
+  corpus.*             the embedded corpus (jaxclap.corpus.speech_corpus): data_dir, seed,
                        scale (size multiplier), num_workers (synthesis processes)
   input.sources        corpora to mix: dict(path, split, weight[, subset, redraw_every]);
                        path "@corpus" is the embedded corpus (jaxclap.input_pipeline)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from jaxclap.data import records
+from jaxclap.corpus import records
 
 # Prompts are whole sentences ("A man speaking."); templates wrap them.
 DEFAULT_TEMPLATES = (
@@ -45,7 +45,7 @@ DEFAULT_TEMPLATES = (
 def task_label(task: Any, metadata: dict) -> int | None:
   """1 / 0 when ``metadata[task.key]`` is in ``task.positive`` / ``task.negative``, else
   None. A task is anything with ``key``, ``positive``, ``negative``, ``positive_prompt``
-  and ``negative_prompt`` (e.g. ``jaxclap.data.speech_corpus.BINARY_TASKS``' entries)."""
+  and ``negative_prompt`` (e.g. ``jaxclap.corpus.speech_corpus.BINARY_TASKS``' entries)."""
   v = metadata.get(task.key)
   return 1 if v in task.positive else 0 if v in task.negative else None
 
@@ -87,7 +87,7 @@ def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, A
 def multiclass_label(task: Any, metadata: dict) -> int | None:
   """The index of ``metadata[task.key]`` in ``task.classes``, or None (not part of the
   task: no value, "varies", ...). A task is anything with ``key``, ``classes`` and
-  ``prompts`` (e.g. ``jaxclap.data.speech_tasks.MULTICLASS_TASKS``' entries)."""
+  ``prompts`` (e.g. ``jaxclap.corpus.speech_tasks.MULTICLASS_TASKS``' entries)."""
   v = metadata.get(task.key)
   return task.classes.index(v) if v in task.classes else None
 
@@ -198,7 +198,7 @@ def _number(v) -> float | None:
 def graded(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any], embed_text,
            templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict[str, dict]:
   """Per graded task (``key``, ``prompt``, optional ``negative_prompt`` and ``exclude``,
-  e.g. ``jaxclap.data.speech_tasks.GRADED_TASKS``): the cosine similarity of each clip to
+  e.g. ``jaxclap.corpus.speech_tasks.GRADED_TASKS``): the cosine similarity of each clip to
   the prompt's prototype (minus that to the negative one, if given) correlated with
   ``metadata[key]`` over the clips that have a value. Tasks with no such clip are left out."""
   a = np.asarray(audio_emb, np.float64)

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from jaxclap.data import records
+from jaxclap.corpus import records
 from jaxclap.windows import crop_or_pad
 
 # ---------------------------------------------------------------------------- sources

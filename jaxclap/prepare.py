@@ -16,7 +16,7 @@ Each manifest line is one clip:
   anything else  kept as the clip's metadata (JSON), e.g. speaker, labels
 
 The output is the array_record TFDS dataset every jaxclap corpus uses
-(``jaxclap.data.records``), at ``<out>/<name>/1.0.0``; name it as an input source in a
+(``jaxclap.corpus.records``), at ``<out>/<name>/1.0.0``; name it as an input source in a
 config (``input.sources = [dict(path=".../<name>/1.0.0", split="train")]``).
 
 Audio is converted to mono (channels averaged) at ``--sample_rate``. A line that is not
@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from jaxclap.data import records
+from jaxclap.corpus import records
 
 
 def _read_audio(path: str, start: float | None, end: float | None,

@@ -338,7 +338,7 @@ def resolve_sources(config: Any) -> str | None:
   path and rewrites those sources in place."""
   if not any(s["path"] == "@corpus" for s in config.input.sources):
     return None
-  from jaxclap.data import speech_corpus
+  from jaxclap.corpus import speech_corpus
   c = config.corpus
   path = speech_corpus.build(c.get("data_dir"), seed=int(c.seed), scale=float(c.scale),
                              num_workers=int(c.num_workers))
@@ -357,7 +357,7 @@ def resolve_tokenizer(config: Any, workdir: str) -> None:
   if not tok or tok.get("path") != "@corpus":
     return
   from jaxclap import tokenizers
-  from jaxclap.data import records
+  from jaxclap.corpus import records
   kind, vocab = str(tok.kind), int(tok.get("vocab_size", 4000))
   folder = os.path.join(os.path.abspath(workdir), "tokenizer")
   if kind in ("roberta", "bpe"):
@@ -588,7 +588,7 @@ def _corpus_tasks(path: str) -> tuple[dict, dict, dict]:
   corpus's ``speech_corpus.BINARY_TASKS`` and ``speech_tasks.MULTICLASS_TASKS`` /
   ``GRADED_TASKS``; none for other corpora (their evaluation is retrieval, until they
   define tasks)."""
-  from jaxclap.data import speech_corpus, speech_tasks
+  from jaxclap.corpus import speech_corpus, speech_tasks
   if speech_corpus.NAME not in path.split(os.sep):
     return {}, {}, {}
   return (dict(speech_corpus.BINARY_TASKS), dict(speech_tasks.MULTICLASS_TASKS),

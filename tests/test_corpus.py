@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from jaxclap.data import captions as captions_lib
-from jaxclap.data import espeak
-from jaxclap.data import records
-from jaxclap.data import speech_corpus as sc
+from jaxclap.corpus import captions as captions_lib
+from jaxclap.corpus import espeak
+from jaxclap.corpus import records
+from jaxclap.corpus import speech_corpus as sc
 
 SCALE = 0.02
 SPLITS = ("train", "validation", "test")

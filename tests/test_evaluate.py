@@ -193,7 +193,7 @@ def test_format_table_prints_the_sections_present():
 def test_corpus_task_tables_name_metadata_values():
   """The embedded corpus's multi-class and graded tasks refer to metadata keys and values
   the corpus writes (speech_tasks.py lives outside the plan hash's reach)."""
-  from jaxclap.data import speech_corpus, speech_tasks
+  from jaxclap.corpus import speech_corpus, speech_tasks
   for name, task in speech_tasks.MULTICLASS_TASKS.items():
     assert len(task.classes) == len(task.prompts) >= 2, name
   assert speech_tasks.MULTICLASS_TASKS["age_group"].classes == ("child", "young adult", "elderly")

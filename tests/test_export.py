@@ -61,7 +61,7 @@ def loaded(exported):
   """jaxclap's model, transformers' model and processor, test clips and their captions."""
   import transformers
   import jaxclap
-  from jaxclap.data import records
+  from jaxclap.corpus import records
   workdir, out = exported
   m = jaxclap.load(workdir)
   split = records.open_split(m.config.input.sources[0]["path"], "test")

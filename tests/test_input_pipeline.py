@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxclap import input_pipeline as ip
-from jaxclap.data import records
+from jaxclap.corpus import records
 
 
 class ByteTokenizer:

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from jaxclap import prepare
-from jaxclap.data import records
+from jaxclap.corpus import records
 
 
 def _tone(sr, seconds, freq=220.0, channels=1):

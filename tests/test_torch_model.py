@@ -53,7 +53,7 @@ def loaded(exported):
   """jaxclap's model, the PyTorch one, clips (test clips, one shorter than the window, one
   spanning several windows) and captions."""
   import jaxclap
-  from jaxclap.data import records
+  from jaxclap.corpus import records
   from jaxclap.torch_model import ClapModelTorch
   workdir, out = exported
   m = jaxclap.load(workdir)
@@ -242,7 +242,7 @@ def test_other_audio_towers_match_jaxclap_and_read_back(combo, other_runs):
   import torch
   import jaxclap
   from jaxclap import export
-  from jaxclap.data import records
+  from jaxclap.corpus import records
   from jaxclap.models import two_towers
   from jaxclap.torch_model import ClapModelTorch
   workdir, out = other_runs[combo]

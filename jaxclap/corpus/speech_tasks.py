@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from jaxclap.data import captions as captions_lib
-from jaxclap.data import speech_corpus
+from jaxclap.corpus import captions as captions_lib
+from jaxclap.corpus import speech_corpus
 
 
 class MultiClassTask(NamedTuple):

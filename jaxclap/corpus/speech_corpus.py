@@ -3,7 +3,7 @@
 A new user has no data and no network; ``build()`` makes a corpus on the machine in about
 a minute and caches it as a jaxclap TFDS dataset (``records.write_tfds``):
 
-  python -m jaxclap.data.speech_corpus [--data_dir DIR] [--seed N] [--scale X]
+  python -m jaxclap.corpus.speech_corpus [--data_dir DIR] [--seed N] [--scale X]
 
 Speakers ("voices") are espeak-ng language voices x variants (``SPEAKERS``): native English
 accents, other languages reading their own text (Faker's per-locale word lists), and
@@ -69,8 +69,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxclap.data import captions as captions_lib
-from jaxclap.data import records
+from jaxclap.corpus import captions as captions_lib
+from jaxclap.corpus import records
 
 NAME = "jaxclap_speech"
 SAMPLE_RATE = 16000
@@ -689,7 +689,7 @@ _SYNTH = None
 def _synthesizer():
   global _SYNTH
   if _SYNTH is None:
-    from jaxclap.data import espeak
+    from jaxclap.corpus import espeak
     _SYNTH = espeak.Synthesizer(EXTRA_VARIANTS)
   return _SYNTH
 
@@ -702,7 +702,7 @@ def _segment(spk: dict, seg: dict, seed: int):
   sits well inside the planned band (one synthesis for ~97% of segments).
   """
   import librosa
-  from jaxclap.data import espeak
+  from jaxclap.corpus import espeak
 
   voice = f"{spk['espeak_voice']}+{spk['espeak_variant']}"
   group = "child" if spk["age_group"] == "child" else spk["gender"]
@@ -725,7 +725,7 @@ def _segment(spk: dict, seg: dict, seed: int):
 
 def render(clip: dict) -> tuple[str, dict]:
   """One planned clip -> (key, record): synthesise, gain, join, measure, caption."""
-  from jaxclap.data import espeak
+  from jaxclap.corpus import espeak
 
   spk = clip["speaker"]
   group = "child" if spk["age_group"] == "child" else spk["gender"]
@@ -912,7 +912,7 @@ def summary(path: str) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      prog="python -m jaxclap.data.speech_corpus",
+      prog="python -m jaxclap.corpus.speech_corpus",
       description="Build (or reuse) the embedded espeak-ng speech corpus and print its summary.")
   parser.add_argument("--data_dir", default=None,
                       help="where datasets live (default: $JAXCLAP_DATA_DIR, else "
@@ -937,5 +937,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
   # Run the package's copy of this module so spawned workers find the same functions.
-  from jaxclap.data.speech_corpus import main as _main
+  from jaxclap.corpus.speech_corpus import main as _main
   _main()
