@@ -25,21 +25,22 @@ import scipy.special
 
 from jaxclap import audio as audio_lib
 from jaxclap import windows as windows_lib
+from jaxclap.models import two_towers
 
 
 class Model:
-  def __init__(self, config, variables, tokenizer, trainer):
-    """``variables``: {"params": ..., and "batch_stats" for batch-norm towers}."""
-    self.config, self.variables, self.tokenizer, self._trainer = (config, dict(variables),
-                                                                  tokenizer, trainer)
+  def __init__(self, config, variables, tokenizer, model):
+    """``variables``: {"params": ..., and "batch_stats" for batch-norm towers};
+    ``model``: the ``two_towers.TwoTowers`` module they belong to."""
+    self.config, self.variables, self.tokenizer, self.model = (config, dict(variables),
+                                                               tokenizer, model)
     self.params = self.variables["params"]
     self.sample_rate = int(config.input.sample_rate)
     self.window = int(round(float(config.input.clip_seconds) * self.sample_rate))
     self.hop = max(1, self.window // 2)
-    m = trainer.model
+    m = model
     self._audio_fn = jax.jit(lambda p, wave, n: m.apply(
-        p, *trainer.features({"audio": wave, "audio_len": n}),
-        method=m.embed_audio))
+        p, *two_towers.spectrogram(config.features, wave, n), method=m.embed_audio))
     self._text_fn = jax.jit(lambda p, ids, mask: m.apply(p, ids, mask,
                                                          method=m.embed_text))
     # Clamped as in the loss (losses.clamp_logit_scale): exp of [0, ln 100].
@@ -124,4 +125,5 @@ def load(workdir: str, step: int | None = None) -> Model:
     raise FileNotFoundError(f"{workdir}: no checkpoints yet")
   state = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(trainer.abstract_state())))["state"]
-  return Model(config, state.variables(), tokenizers.from_config(config.tokenizer), trainer)
+  return Model(config, state.variables(), tokenizers.from_config(config.tokenizer),
+               trainer.model)
