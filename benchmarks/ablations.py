@@ -34,12 +34,12 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 
-def run(name: str, arg: str, workdir: str, args, metrics, **overrides) -> dict:
+def run(name: str, arg: str, workdir: str, args, evals, **overrides) -> dict:
   from jaxclap import configs, train
   base = f"runlocal,steps={args.steps},batch={args.batch},scale={args.scale}"
   c = configs.load(name, base + ("," + arg if arg else ""))
   c.corpus.data_dir = args.data_dir
-  c.eval.metrics = metrics
+  c.evals = {k: c.evals[k] for k in evals}   # the recipe's own evaluators of these names
   c.log_every = 50
   c.checkpoint_every = 10**9   # the end only
   for key, value in overrides.items():
@@ -87,10 +87,10 @@ def main(argv=None):
                    f"t->a R@1 {r['retrieval']['text_to_audio/R@1']:.1%}"))
 
   if "clsp" in only:
-    metrics = ("retrieval", "retrieval_fine")
-    s1 = run("clsp", "stage=1", w("clsp_stage1"), args, metrics)
+    evals = ("retrieval", "retrieval_fine")
+    s1 = run("clsp", "stage=1", w("clsp_stage1"), args, evals)
     s2 = run("clsp", f"stage=2,steps={args.stage2_steps or args.steps}", w("clsp_stage2"), args,
-             metrics, init_from=w("clsp_stage1"))
+             evals, init_from=w("clsp_stage1"))
     for tag, r in (("CLSP stage 1", s1), ("CLSP stage 1 + 2", s2)):
       out[tag] = r
       rows.append((tag, f"t->a mAP@10 global {r['retrieval']['text_to_audio/mAP@10']:.1%}, "

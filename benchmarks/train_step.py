@@ -32,43 +32,9 @@ XLA's CPU thread pool and torch.set_num_threads(os.cpu_count()).
 --profile adds a per-part breakdown of both steps (front end, audio tower + head fwd+bwd,
 MAE pass fwd+bwd, text tower + head fwd+bwd, the optimiser update), each part jitted (JAX)
 or run eagerly (torch) on its own; the parts do not add up exactly to the fused step.
---xla_flags sets XLA_FLAGS before JAX starts, to try compiler options (see FINDINGS below).
+--xla_flags sets XLA_FLAGS before JAX starts, to try compiler options (see docs/benchmarks.md).
 
-FINDINGS (2-core AMD EPYC with AVX-512, jax 0.10.2 CPU, torch 2.13 CPU, batch 48, 3 s clips,
-max_text_len 56, other processes keeping the load average at ~4; medians of 8 steps):
-
-  run A: jax 2.21 s/step, torch eager 2.86 s, torch.compile 2.77 s: 1.29x / 1.25x (best
-  steps 1.40x); with erf-GELU (below) jax 2.06 s, 1.39x / 1.35x.
-  run B: jax 2.20 s, torch eager 2.89 s: 1.31x; erf-GELU 2.14 s: 1.35x.
-  Params 25,108,833 in both. torch.compile (inductor) works, ~2 min the first time, and
-  gains only ~3 % over eager.
-  On a quiet machine earlier (max_text_len 40, default OMP_WAIT_POLICY): jax 0.91 s,
-  torch eager 1.16 s (1.28x). torch's default OpenMP spin-waiting is ruinous under load
-  (its step went from ~2.8 s to 10-16 s), hence --omp_wait_policy PASSIVE by default.
-
-  Per part (--profile, same run): front end 18 vs 22 ms, audio tower 430 vs 514, MAE pass
-  193 vs 201, text tower 1442 vs 2009, optimiser 152 vs 85 (the standalone JAX update is
-  not donated; inside the step it is ~50 ms), whole forward 490 vs 937 ms. JAX wins on the
-  text tower, ties on the ViT and MAE, loses on the update.
-
-  Inside the fused step (jax.profiler trace, thread time by HLO op): dots (YNNPACK fusions)
-  ~60 %; the rest is elementwise: exact GELU 8 % (jax.nn.gelu's erfc form becomes three
-  loop fusions, each a pass over [tokens, mlp] in memory), LayerNorm 7 %, attention
-  transposes/copies 8 %, materialised broadcasts 5 % (LayerNorm scales kept for the
-  backward; the 47 MB zero fill of the word-embedding gradient alone ~2 %), optimiser ~4 %,
-  log-mel ~2 %.
-
-  Recommendations, measured A/B in one process (step medians):
-  * GELU as x * (0.5 + 0.5 * erf(x / sqrt 2)) in transformer.ACTIVATIONS["gelu"] and the
-    MLP head (torch's formula; same first-step loss to 6 decimals):
-    -3 to -7 % step time across runs; adopted (jaxclap.models.transformer.gelu_erf).
-    After it, on a quiet machine (load 0.6-1.4, 4 rounds x 2 steps): jax 1144 ms, torch
-    eager 1704 ms per step: 1.49x median, 1.39x best.
-  * No gain (within the ~3 % noise): scaling q before the logits, jax.nn.dot_product_attention,
-    heads-major [b, h, t, d] projections, --xla_cpu_use_onednn=true (-3 %, noise),
-    --xla_cpu_enable_fast_math=true, --xla_cpu_enable_concurrency_optimized_scheduler=true;
-    --xla_cpu_experimental_ynn_fusion_type= (Eigen dots) is 3 % slower. Keep XLA's defaults.
-  * Thread settings: XLA's pool already uses both cores; no flag needed.
+Measurements and what was tried are logged in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -82,7 +48,6 @@ import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 
 # ------------------------------------------------------------------------------ batch
@@ -166,13 +131,14 @@ class JaxSide:
     def mae(p):
       pred, target, mask = model.apply({"params": p}, spec, frames, rng,
                                        method=model.reconstruct)
-      return losses.mae_loss(pred, target, mask, norm_pix=bool(cfg.get("norm_pix", True)))
+      return losses.mae_loss(pred, target, mask, norm_pix=bool(cfg.norm_pix))
 
     mae_part = sub_grad(("audio",), mae)
     text = sub_grad(("text", "text_head"), lambda p: jnp.sum(model.apply(
         {"params": p}, b["text_ids"], b["text_mask"], method=model.embed_text)))
     feats = jax.jit(tr.features)
-    loss_fwd = jax.jit(lambda p, bb, r: tr.loss_fn(p, bb, r)[0])
+    model_state = self.state.model_state
+    loss_fwd = jax.jit(lambda p, bb, r: tr.loss_fn(p, model_state, bb, r)[0])
 
     def _fwd():
       with nn.logical_axis_rules(tr.rules):
@@ -373,7 +339,7 @@ def build_torch(config):
       scale = self.logit_scale.clamp(0.0, math.log(100.0))
       logits = scale.exp() * a @ t.T
       labels = torch.arange(a.shape[0])
-      loss = float(config.loss.contrastive_weight) * 0.5 * (
+      loss = float(config.loss.terms.info_nce) * 0.5 * (
           F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
       pred, target, mask = self.audio.reconstruct(spec, frames)
       mean = target.mean(-1, keepdim=True)
@@ -381,7 +347,7 @@ def build_torch(config):
       target = (target - mean) / torch.sqrt(var + 1e-6)
       per_tile = ((pred - target) ** 2).mean(-1)
       mae = (per_tile * mask).sum() / mask.sum().clamp_min(1.0)
-      return loss + float(config.loss.mae_weight) * mae
+      return loss + float(config.loss.terms.mae) * mae
 
   model = TwoTowers()
   oc = config.optim
@@ -513,9 +479,9 @@ def main(argv=None):
   import jax
   import torch
 
-  import demo
+  from jaxclap import configs
 
-  config = demo.get_config(args.config_arg)
+  config = configs.load("demo", args.config_arg)
   config.model.text.init = None  # random weights: same cost, no download
   # Both sides train the same parameters: everything, the text tower at 0.1x lr (the
   # demo itself freezes MiniLM; a frozen tower here would time less work than torch's).

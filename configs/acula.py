@@ -1,4 +1,5 @@
-r"""AcuLa (../shared/papers/004): post-training alignment of a pre-trained audio encoder
+r"""AcuLa ("Language Models as Semantic Teachers: Post-Training Alignment for Medical
+Audio Understanding"): post-training alignment of a pre-trained audio encoder
 to a FROZEN medical language model: L = (1 - CKA(audio, text)) + L_mae, equal weights,
 with one random waveform augmentation per sample.
 
@@ -43,9 +44,7 @@ def get_config(arg: str | None = None):
                             activation="relu", dropout_rate=0.2)
   c.model.text_head = dict(kind="linear")
   # Loss: L_align (1 - linear CKA over the batch) + L_ssm (masked reconstruction).
-  c.loss.contrastive_weight = 0.0
-  c.loss.cka_weight = 1.0
-  c.loss.mae_weight = 1.0
+  configs.set_terms(c, cka=1.0, mae=1.0)
   # Features: 8 s segments, 16 kHz, 64 mel bins.
   c.input.clip_seconds = 8.0 if not runlocal else 3.0
   c.features.n_mels = 64
@@ -63,5 +62,6 @@ def get_config(arg: str | None = None):
   c.global_batch_size = int(args.get("batch", 8 if runlocal else 48))
   c.total_steps = int(args.get("steps", 30 if runlocal else 50 * 200))  # 50 epochs
   # Evaluation: linear probe (AUROC) on frozen embeddings.
-  c.eval.metrics = ("linear_probe", "retrieval")
+  c.evals = dict(linear_probe=dict(type="linear_probe", every=0),
+                 retrieval=dict(type="retrieval", every=0))
   return c

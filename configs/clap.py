@@ -1,5 +1,5 @@
 r"""CLAP (Elizalde et al., 2023, "CLAP: learning audio concepts from natural language
-supervision", ../shared/papers/003): CNN14 + BERT-base, linear maps to 1024, symmetric
+supervision", ICASSP 2023, arXiv:2206.04769): CNN14 + BERT-base, linear maps to 1024, symmetric
 InfoNCE, Adam 1e-3 with reduce-on-plateau.
 
   python -m jaxclap.main --config=configs/clap.py --workdir=DIR       # the paper's sizes
@@ -48,8 +48,7 @@ def get_config(arg: str | None = None):
   # Loss: symmetric cross-entropy over the N x N similarities; tau learnable, initialised
   # to 0.007 with logits capped at 100: log(1 / 0.007) = 4.96 sits above the cap ln 100,
   # so the multiplier starts (clamped) at 100.
-  c.loss.contrastive = "info_nce"
-  c.loss.mae_weight = 0.0
+  configs.set_terms(c, info_nce=1.0)
   c.model.logit_scale_init = 4.9618  # log(1 / 0.007)
   # Optimiser: Adam, lr 1e-3, reduce-on-plateau x0.1 with patience 10 (epochs in the
   # paper; here windows of `accumulation_size` steps of training loss), 40 epochs.
@@ -69,5 +68,6 @@ def get_config(arg: str | None = None):
   if frozen != "none":
     c.optim.frozen = (f"{frozen}/.*",)
     c.optim.lr_mults = ()
-  c.eval.metrics = ("zero_shot", "retrieval")
+  c.evals = dict(zero_shot=dict(type="zero_shot", every=0),
+                 retrieval=dict(type="retrieval", every=0))
   return c

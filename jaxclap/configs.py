@@ -13,6 +13,8 @@ Field reference (``--config.<path>=value`` overrides any of them):
   compute_dtype        "float32" or "bfloat16" (params and softmax stay float32); a tower's
                        own ``model.<tower>.dtype`` overrides it for that tower
   init_from            another run's workdir: start from its latest params (CLSP stage 2)
+  required             top-level fields the run refuses to start without (CLSP stage 2:
+                       ("init_from",)), named in the error
   augment              None, or dict(kinds=(...), gain_db=, lowpass_hz=, highpass_hz=):
                        one waveform transform per clip on the device (jaxclap.augment)
   corpus.*             the embedded corpus (jaxclap.corpus.speech_corpus): data_dir, seed,
@@ -23,7 +25,7 @@ Field reference (``--config.<path>=value`` overrides any of them):
   input.clip_seconds   training window (random crop / pad)
   input.pad            "zero" or "repeat" (LAION's repeatpad) for short clips
   input.captions_per_clip  1, or 2 for CLSP's multi-positive loss
-  input.caption_pool   "global", "fine", "any", or "clsp" (CLSP stage 2's Task 1 / Task 2
+  input.caption_pool   "global", "fine", "any", or "task_pairs" (CLSP stage 2's Task 1 / 2
                        pairs, drawn per step with input.task_schedule = dict(p0, p_min, steps))
   input.max_text_len   tokens per caption, special tokens included
   input.max_caption_chars  a longer caption is a bad record (raises, naming it)
@@ -37,26 +39,37 @@ Field reference (``--config.<path>=value`` overrides any of them):
                        head_activation, head_dropout; model.audio_head / text_head:
                        per-head overrides (kind, hidden_dim, activation, dropout_rate)
   model.logit_scale_init   log of the initial logit multiplier (clamped to [0, ln 100])
-  model.logit_bias_init    SigLIP's bias (loss.contrastive="sigmoid" only), else None
+  model.logit_bias_init    SigLIP's bias (loss.terms.sigmoid only), else None
   model.audio / text   the towers: name, their fields, init (pretrained weights path),
-                       init_kind, preset (decoder towers), dtype
+                       init_kind, preset (a named size the tower registers), dtype
   tokenizer            kind and path (jaxclap.tokenizers); path "@corpus" trains one
-  loss.contrastive     "info_nce" | "sigmoid" | "multi_positive"; contrastive_weight
-                       (SLAP's lambda), multi_positive_lambda (CLSP's lambda), mode
-                       ("gather" | "chunked" across devices), mae_weight, norm_pix,
-                       cka_weight (AcuLa)
-  optim.*              jaxclap.optim.make_optimizer: name, lr, schedule, frozen, lr_mults...
+  loss.terms           {term: weight} summed into the objective (jaxclap.terms): info_nce,
+                       sigmoid (SigLIP), multi_positive (CLSP stage 2), mae (masked
+                       reconstruction), cka (AcuLa's 1 - CKA); weight 0 = off. SLAP's
+                       lambda is info_nce's weight
+  loss.mode            "gather" | "chunked": how contrastive terms cross devices
+  loss.multi_positive_lambda  CLSP's lambda on a clip's first caption
+  loss.norm_pix        the MAE target normalised per patch (AudioMAE)
+  optim.*              jaxclap.optim.make_optimizer (its docstring says what each does): name,
+                       lr, warmup_steps, decay, end_lr_ratio, decay_every, decay_rate,
+                       weight_decay, b1, b2, eps, grad_clip, grad_accum, frozen, lr_mults,
+                       plateau; eden's lr_batches, lr_epochs, steps_per_epoch,
+                       warmup_start, staircase_epochs; scaled_adam's scalar_lr_scale,
+                       param_min_rms, param_max_rms, scalar_max, size_update_period,
+                       clipping_scale, clipping_update_period
   mesh                 dict(data, fsdp, tensor): one may be -1 (fill)
   sharding_rules       None: jaxclap.sharding.DEFAULT_RULES
   log_every, checkpoint_every, keep_checkpoints, log_data_indices
-  eval.split           the held-out split evaluated after training ("test")
-  eval.batch_size, eval.templates (prompt templates, averaged)
-  eval.metrics         any of "zero_shot" (binary antonym tasks: balanced accuracy, F1),
-                       "retrieval" (R@1/5/10, mAP@10; "retrieval_fine" against the
-                       fine-grained captions), "multiclass" (WA / UA), "graded"
-                       (Pearson / Spearman / Kendall against measured values),
-                       "linear_probe" (logistic regression on frozen embeddings: accuracy,
-                       F1, AUROC), trained on eval.probe_train_split
+  eval.split, eval.batch_size, eval.templates   what an evaluator leaves unset: the
+                       held-out split ("test"), clips per batch, prompt templates (averaged)
+  evals.<name>         dict(type=..., every=N[, split, batch_size, templates, ...]): one
+                       evaluator (jaxclap.evaluators), run every N steps (0: only at the
+                       end) and at the end, its metrics keyed by <name>. type "zero_shot"
+                       (binary antonym tasks: balanced accuracy, F1), "retrieval" (R@1/5/10,
+                       mAP@10; pool="fine": the fine-grained captions), "multiclass"
+                       (WA / UA), "graded" (Pearson / Spearman / Kendall against measured
+                       values), "linear_probe" (logistic regression on frozen embeddings of
+                       train_split, default "validation": accuracy, F1, AUROC)
 """
 
 from __future__ import annotations
@@ -66,48 +79,15 @@ import math
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from jaxclap.evaluate import DEFAULT_TEMPLATES
+from jaxclap.models import towers
 
-# Demo-sized towers: (fields, runlocal overrides).
-AUDIO = {
-    "vit": (dict(name="vit", width=192, depth=4, num_heads=3, mlp_dim=768, patch=16,
-                 pooling="mean", mask_ratio=0.75, mae_width=96, mae_depth=1, mae_heads=3),
-            dict(width=32, depth=1, num_heads=2, mlp_dim=64, mae_width=32, mae_heads=2)),
-    # The mel image is spec_size x spec_size: 64 bins x 1024 frames folded 4 ways (clips
-    # are stretched to 1024 frames, as LAION-CLAP's 10 s input).
-    "htsat": (dict(name="htsat", size="tiny", spec_size=256, num_mel_bins=64),
-              # 32 bins folded 4 ways: 512 frames >= a 3 s clip's 288
-              dict(spec_size=128, num_mel_bins=32, embed_dim=16, depths=(2, 2),
-                   num_heads=(2, 2))),
-    # The miniature drops PANNs' dropout (0.2 per block, 0.5 before fc1): on 8-32
-    # channels it keeps a from-scratch CNN14 near chance for hundreds of steps.
-    "cnn14": (dict(name="cnn14"),
-              dict(channels=(8, 16, 16, 16, 16, 32), embed_dim=24, block_dropout=0.0,
-                   fc_dropout=0.0)),
-}
-TEXT = {
-    "minilm": (dict(name="bert", init="minilm",  # real pretrained all-MiniLM-L6-v2 weights
-                    vocab_size=30522, hidden_size=384, depth=6, num_heads=12, mlp_dim=1536,
-                    max_len=512, pooling="mean"), {}),
-    "bert": (dict(name="bert", vocab_size=30522, hidden_size=256, depth=4, num_heads=4,
-                  mlp_dim=1024, max_len=512, pooling="cls"),
-             dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64)),
-    # RoBERTa: positions from padding_idx + 1, one token type, LayerNorm eps 1e-5.
-    "roberta": (dict(name="roberta", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
-                     mlp_dim=1024, max_len=514, type_vocab_size=1, padding_idx=1,
-                     layer_norm_eps=1e-5, pooling="pooler"),
-                dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64)),
-    "qwen3": (dict(name="qwen3", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
-                   num_kv_heads=2, head_dim=64, mlp_dim=768, pooling="last"),
-              dict(hidden_size=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16,
-                   mlp_dim=64)),
-    "gemma3": (dict(name="gemma3", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
-                    num_kv_heads=2, head_dim=64, mlp_dim=768, sliding_window=16,
-                    sliding_window_pattern=2, query_pre_attn_scalar=64.0, pooling="mean"),
-               dict(hidden_size=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16,
-                    mlp_dim=64, query_pre_attn_scalar=16.0)),
-}
+# Demo-sized towers, preset -> (fields, runlocal overrides): each tower's presets live in
+# its own model file (jaxclap.models.towers).
+AUDIO = towers.table("audio")
+TEXT = towers.table("text")
 
 COMMON_ARGS = ("steps", "batch", "scale", "runlocal")
 # The repository's configs/ folder (next to the package in a checkout).
@@ -164,7 +144,11 @@ def tower(table: dict, name: str, runlocal: bool, **overrides) -> ml_collections
 
 
 def preset_tower(name: str, preset: str, **fields) -> ml_collections.ConfigDict:
-  """A decoder text tower at a published size (``jaxclap.models.decoder_lm.PRESETS``)."""
+  """Tower ``name`` at one of its published sizes (``towers.get(name).presets``), resolved
+  when the model is built so that the config names the preset."""
+  if preset not in towers.get(name).presets:
+    raise ValueError(f"tower {name!r}: preset={preset!r}; known: "
+                     f"{sorted(towers.get(name).presets)}")
   cfg = ml_collections.ConfigDict(dict(name=name, preset=preset, **fields))
   cfg.init = ml_collections.FieldReference(None, field_type=str)
   return cfg
@@ -190,6 +174,13 @@ def minilm_text(c: ml_collections.ConfigDict, *, frozen: bool, pooling: str = "m
     c.optim.lr_mults = (("text/.*", 0.1),)
 
 
+def set_terms(c: ml_collections.ConfigDict, **weights: float) -> None:
+  """The loss terms a recipe uses, with their weights; every other term off (weight 0,
+  still listed so that a command line can turn it on)."""
+  c.loss.terms = ml_collections.ConfigDict(
+      {**{name: 0.0 for name in c.loss.terms}, **{k: float(v) for k, v in weights.items()}})
+
+
 def base(args: dict) -> ml_collections.ConfigDict:
   """The demo's settings (a small AudioMAE-shaped ViT against MiniLM on the embedded
   corpus); recipes override them. ``args``: what ``parse`` returned."""
@@ -200,6 +191,7 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.global_batch_size = int(args.get("batch", 8 if runlocal else 48))
   c.compute_dtype = "float32"
   c.init_from = ml_collections.FieldReference(None, field_type=str)
+  c.required = ()
   c.augment = None
 
   c.corpus = ml_collections.ConfigDict()
@@ -255,13 +247,13 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.tokenizer = ml_collections.ConfigDict(dict(kind="minilm"))
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.contrastive = "info_nce"
-  c.loss.contrastive_weight = 1.0
+  # Every term a recipe may use is listed, so that --config.loss.terms.<name>=w can turn
+  # any of them on from the command line; weight 0 = off.
+  c.loss.terms = ml_collections.ConfigDict(dict(info_nce=1.0, sigmoid=0.0, multi_positive=0.0,
+                                                mae=0.1, cka=0.0))
   c.loss.multi_positive_lambda = 0.5
-  c.loss.mae_weight = 0.1
   c.loss.norm_pix = True
   c.loss.mode = "gather"
-  c.loss.cka_weight = 0.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"
@@ -273,6 +265,27 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.optim.grad_accum = 1
   c.optim.lr_mults = ()
   c.optim.frozen = ()
+  c.optim.end_lr_ratio = 0.0
+  c.optim.decay_every = config_dict.placeholder(int)      # decay="exponential"
+  c.optim.decay_rate = config_dict.placeholder(float)
+  c.optim.b1 = 0.9
+  c.optim.b2 = config_dict.placeholder(float)   # None: 0.999 (adam/adamw), 0.98 (scaled_adam)
+  c.optim.eps = 1e-8
+  c.optim.plateau = None
+  # decay="eden" (jaxclap.optim.eden_schedule); steps_per_epoch is the recipe's.
+  c.optim.lr_batches = 7500.0
+  c.optim.lr_epochs = 3.5
+  c.optim.steps_per_epoch = config_dict.placeholder(int)
+  c.optim.warmup_start = 0.5
+  c.optim.staircase_epochs = False
+  # name="scaled_adam" (jaxclap.optim.scaled_adam), icefall's values.
+  c.optim.scalar_lr_scale = 0.1
+  c.optim.param_min_rms = 1e-5
+  c.optim.param_max_rms = 3.0
+  c.optim.scalar_max = 10.0
+  c.optim.size_update_period = 4
+  c.optim.clipping_scale = config_dict.placeholder(float)
+  c.optim.clipping_update_period = 100
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = None
@@ -286,6 +299,7 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.batch_size = 16 if runlocal else 64
   c.eval.templates = list(DEFAULT_TEMPLATES)
-  c.eval.metrics = ("zero_shot", "retrieval")
-  c.eval.probe_train_split = "validation"
+  c.evals = ml_collections.ConfigDict()
+  c.evals.zero_shot = dict(type="zero_shot", every=0)
+  c.evals.retrieval = dict(type="retrieval", every=0)
   return c

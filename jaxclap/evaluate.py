@@ -17,12 +17,13 @@
   similarity to a prompt ("A high-pitched voice.") against a measured value (F0 in
   semitones, words/min, dBFS); Pearson, Spearman and Kendall's tau with p-values.
 
-The trainer's ``evaluate_model`` returns ``{"zero_shot": {task: balanced accuracy},
+``jaxclap.evaluators`` runs these as the evaluators ``config.evals`` names; its results
+are sections keyed by each evaluator's name: ``{"zero_shot": {task: balanced accuracy},
 "zero_shot_accuracy": {task: plain accuracy}, "zero_shot_f1": {task: F1},
-"zero_shot_macro_f1": ..., "zero_shot_mean": ..., "retrieval": {metric: value},
-"counts": {...}}``, plus, as ``eval.metrics`` selects, ``"multiclass": {task: {"WA",
-"UA", "macro_f1", "clips", "classes"}}``, ``"graded": {task: correlations()}`` and
-``"linear_probe": {task: linear_probe()}``; ``format_table`` prints what is present.
+"zero_shot_macro_f1": ..., "zero_shot_mean": ..., "zero_shot_counts": {...},
+"retrieval": {metric: value}, "multiclass": {task: {"WA", "UA", "macro_f1", "clips",
+"classes"}}, "graded": {task: correlations()}, "linear_probe": {task: linear_probe()}}``
+for the evaluators of those names; ``format_table`` prints what is present.
 """
 
 from __future__ import annotations
@@ -237,42 +238,71 @@ def split_metadata(path: str, split: str) -> list[dict]:
   return [records.decode(src[i])["metadata"] for i in range(len(src))]
 
 
-def format_table(results: dict) -> str:
-  """The sections of ``results`` that are present, one table each."""
+# (name, type, title) of each section format_table prints when not told: the evaluators
+# of configs.base under their types' names, and CLSP's fine-grained retrieval.
+DEFAULT_LAYOUT = (("zero_shot", "zero_shot", None), ("multiclass", "multiclass", None),
+                  ("retrieval", "retrieval", None),
+                  ("retrieval_fine", "retrieval", "retrieval (fine-grained captions)"),
+                  ("graded", "graded", None), ("linear_probe", "linear_probe", None))
+
+
+# Each section type's title, unless the layout gives one.
+TITLES = {"zero_shot": "zero-shot (binary, antonym prompts)",
+          "multiclass": "zero-shot (multi-class)", "retrieval": "retrieval",
+          "graded": "graded (similarity vs measured value)",
+          "linear_probe": "linear probe (logistic regression)"}
+
+
+def format_table(results: dict, layout=DEFAULT_LAYOUT) -> str:
+  """The sections of ``results`` that are present, one table each, in ``layout`` order:
+  (name, type, title or None) per evaluator (``jaxclap.evaluators``)."""
   lines = []
-  if "zero_shot" in results:
-    f1 = results.get("zero_shot_f1", {})
-    lines.append("zero-shot (binary, antonym prompts)   balanced acc.  accuracy"
-                 + ("        F1" if f1 else "") + "  clips (pos.)")
-    for task, bal in results["zero_shot"].items():
-      c = results["counts"][task]
-      acc = results["zero_shot_accuracy"][task]
-      lines.append(f"  {task:<36s} {bal * 100:8.1f}%  {acc * 100:8.1f}%  "
-                   + (f"{f1[task] * 100:8.1f}%  " if task in f1 else "")
-                   + f"{c['clips']:5d} ({c['positive']})")
-    lines.append(f"  {'mean':<36s} {results['zero_shot_mean'] * 100:8.1f}%")
-  if "multiclass" in results:
-    lines.append(f"{'zero-shot (multi-class)':<38s} {'WA':>7s}  {'UA':>7s}  {'mac.F1':>7s}"
-                 f"  {'clips':>5s}  classes")
-    for task, r in results["multiclass"].items():
-      lines.append(f"  {task:<36s} {r['WA'] * 100:6.1f}%  {r['UA'] * 100:6.1f}%  "
-                   f"{r['macro_f1'] * 100:6.1f}%  {r['clips']:5d}  {len(r['classes'])}")
-  for key, title in (("retrieval", "retrieval"),
-                     ("retrieval_fine", "retrieval (fine-grained captions)")):
-    if key in results:
-      lines.append(title)
-      for k, v in results[key].items():
-        lines.append(f"  {k:<38s} {v * 100:6.1f}%")
-  if "graded" in results:
-    lines.append(f"{'graded (similarity vs measured value)':<38s} {'Pearson':>7s}  "
-                 f"{'Spearman':>8s}  {'Kendall':>7s}  {'clips':>5s}")
-    for task, r in results["graded"].items():
-      lines.append(f"  {task:<36s} {r['pearson']:+7.3f}  {r['spearman']:+8.3f}  "
-                   f"{r['kendall']:+7.3f}  {r['n']:5d}")
-  if "linear_probe" in results:
-    lines.append(f"{'linear probe (logistic regression)':<38s} {'acc.':>8s}  {'bal.acc.':>8s}"
-                 f"  {'F1':>7s}  {'AUROC':>6s}  train/test")
-    for task, r in results["linear_probe"].items():
-      lines.append(f"  {task:<36s} {r['accuracy'] * 100:7.1f}%  {r['balanced_accuracy'] * 100:7.1f}%"
-                   f"  {r['f1'] * 100:6.1f}%  {r['auroc']:6.3f}  {r['train']}/{r['test']}")
+  for name, kind, title in layout:
+    if name in results:
+      lines += _TABLES[kind](results, name, title or TITLES[kind])
   return "\n".join(lines)
+
+
+def _zero_shot_table(results, name, title):
+  f1 = results.get(f"{name}_f1", {})
+  lines = [f"{title:<38s}balanced acc.  accuracy"
+           + ("        F1" if f1 else "") + "  clips (pos.)"]
+  for task, bal in results[name].items():
+    c = results[f"{name}_counts"][task]
+    acc = results[f"{name}_accuracy"][task]
+    lines.append(f"  {task:<36s} {bal * 100:8.1f}%  {acc * 100:8.1f}%  "
+                 + (f"{f1[task] * 100:8.1f}%  " if task in f1 else "")
+                 + f"{c['clips']:5d} ({c['positive']})")
+  lines.append(f"  {'mean':<36s} {results[f'{name}_mean'] * 100:8.1f}%")
+  return lines
+
+
+def _retrieval_table(results, name, title):
+  return [title] + [f"  {k:<38s} {v * 100:6.1f}%" for k, v in results[name].items()]
+
+
+# type -> (column headers, one task's columns) of the one-row-per-task tables.
+_COLUMNS = {
+    "multiclass": (
+        f"{'WA':>7s}  {'UA':>7s}  {'mac.F1':>7s}  {'clips':>5s}  classes",
+        lambda r: f"{r['WA'] * 100:6.1f}%  {r['UA'] * 100:6.1f}%  "
+                  f"{r['macro_f1'] * 100:6.1f}%  {r['clips']:5d}  {len(r['classes'])}"),
+    "graded": (
+        f"{'Pearson':>7s}  {'Spearman':>8s}  {'Kendall':>7s}  {'clips':>5s}",
+        lambda r: f"{r['pearson']:+7.3f}  {r['spearman']:+8.3f}  {r['kendall']:+7.3f}  "
+                  f"{r['n']:5d}"),
+    "linear_probe": (
+        f"{'acc.':>8s}  {'bal.acc.':>8s}  {'F1':>7s}  {'AUROC':>6s}  train/test",
+        lambda r: f"{r['accuracy'] * 100:7.1f}%  {r['balanced_accuracy'] * 100:7.1f}%  "
+                  f"{r['f1'] * 100:6.1f}%  {r['auroc']:6.3f}  {r['train']}/{r['test']}"),
+}
+
+
+def _per_task_table(kind):
+  header, row = _COLUMNS[kind]
+  return lambda results, name, title: [f"{title:<38s} {header}"] + [
+      f"  {task:<36s} {row(r)}" for task, r in results[name].items()]
+
+
+_TABLES = {"zero_shot": _zero_shot_table, "retrieval": _retrieval_table,
+           **{kind: _per_task_table(kind) for kind in _COLUMNS}}

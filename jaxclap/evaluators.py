@@ -1,75 +1,315 @@
-"""Evaluation of a trained model on a held-out split of its first source.
+"""Evaluators built from the config (big_vision style), run during training and at the end.
 
-``evaluate_model(trainer, variables, config, tokenizer)`` embeds ``config.eval.split``
-and runs the metrics of ``jaxclap.evaluate`` that ``config.eval.metrics`` names.
+  config.eval                 what an evaluator leaves unset: split, batch_size, templates
+  config.evals.<name> = dict(type=..., every=N, [split=, batch_size=, templates=,] ...)
+
+``type`` is a key of ``REGISTRY``: "zero_shot" (binary antonym tasks), "retrieval"
+(``pool="global"`` or ``"fine"``: CLSP's fine-grained captions), "multiclass", "graded",
+"linear_probe" (``train_split``, default "validation"). ``every``: also every N training
+steps (0 or None: only at the end). Tasks come from the corpus's own metadata
+(``records.read_tasks``), never from its path.
+
+``Evaluators(config, trainer, tokenizer)`` checks every entry at once (an unknown type or
+field raises naming ``config.evals.<name>.<field>``); ``run(variables, step)`` runs the
+evaluators due at ``step``. Each split is embedded once per round, shared by every
+evaluator on it, and its clips are embedded as ``jaxclap.load(workdir).embed_audio``
+embeds them: training-length windows (``input_pipeline.eval_dataset``), the API's audio
+function (``inference.Model.embed_windows``), pooled by ``windows.pool``.
+
+Results are flat sections keyed by the evaluator's name: a zero_shot evaluator ``N``
+writes ``N`` (balanced accuracy per task), ``N_accuracy``, ``N_f1``, ``N_macro_f1``,
+``N_mean`` and ``N_counts``; linear_probe ``N`` writes ``N`` and ``N_train_split``; the
+others ``N`` alone (see ``jaxclap.evaluate``); ``clips`` counts each embedded split.
 """
 
 from __future__ import annotations
 
-import os
+import copy
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxclap import sharding
+from jaxclap import evaluate, sharding
+from jaxclap import windows as windows_lib
+from jaxclap.corpus import records
+
+# Fields of config.eval: every evaluator's default.
+DEFAULTS = ("split", "batch_size", "templates")
+# Fields every config.evals entry may set.
+COMMON = ("type", "every", "split", "batch_size")
 
 
-def evaluate_model(trainer, variables, config: Any, tokenizer) -> dict | None:
-  """Embeds ``config.eval.split`` of the first source and runs ``jaxclap.evaluate``.
-  ``variables``: ``TrainState.variables()`` (params, and batch statistics if any).
+class Evaluator:
+  """One ``config.evals.<name>`` entry. Subclasses set ``fields`` (their own fields and
+  defaults), ``prompts`` (whether ``templates`` applies), ``title`` and ``run``."""
+  fields: dict = {}
+  prompts = False
+  title = ""
 
-  ``eval.metrics`` (default ``("zero_shot", "retrieval")``) picks from "zero_shot",
-  "retrieval" (global captions), "retrieval_fine" (fine-grained captions), "multiclass",
-  "graded" and "linear_probe"; the probe trains on
-  ``eval.probe_train_split`` (default "validation") embedded by the same model."""
-  from jaxclap import evaluate
-  ecfg = config.get("eval")
-  if not ecfg:
-    return None
-  metrics = ecfg.get("metrics") or EVAL_METRICS[:2]
-  if isinstance(metrics, str):   # "zero_shot,graded" from a command line
-    metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-  metrics = tuple(metrics)
-  unknown = set(metrics) - set(EVAL_METRICS)
-  if unknown:
-    raise ValueError(f"eval.metrics: unknown {sorted(unknown)}; choose from {EVAL_METRICS}")
-  path = config.input.sources[0]["path"]
-  # One compiled embedding function for both splits (the probe's train split too).
-  probe_split = ecfg.get("probe_train_split") or "validation"
-  splits = (ecfg.split, probe_split) if "linear_probe" in metrics else (ecfg.split,)
-  pools = ("fine",) if "retrieval_fine" in metrics else ()
-  embedded = _embed_splits(trainer, variables, config, tokenizer, splits, pools)
-  audio_emb, text_emb = embedded[0][:2]
-  metadata = evaluate.split_metadata(path, ecfg.split)
-  # Prompts go through the inference API's text path (one compiled batch shape).
-  from jaxclap.inference import Model
-  embed_text = Model(config, variables, tokenizer, trainer.model).embed_text
-  templates = tuple(ecfg.get("templates") or evaluate.DEFAULT_TEMPLATES)
-  tasks, multiclass_tasks, graded_tasks = _corpus_tasks(path)
-  out = {"split": ecfg.split, "clips": int(len(audio_emb))}
-  if "zero_shot" in metrics:
-    zs = evaluate.zero_shot(audio_emb, metadata, tasks, embed_text, templates)
+  def __init__(self, name: str, entry: dict, defaults: dict):
+    self.name = name
+    for key, default in self.fields.items():
+      setattr(self, key, entry.get(key, default))
+    self.every = int(entry.get("every") or 0)
+    if self.every < 0:
+      raise ValueError(f"config.evals.{name}.every={self.every}: use N > 0, or 0 / None for "
+                       "the end only")
+    self.split = str(entry.get("split") or defaults["split"])
+    self.batch_size = int(entry.get("batch_size") or defaults["batch_size"])
+    self.templates = tuple(entry.get("templates") or defaults.get("templates")
+                           or evaluate.DEFAULT_TEMPLATES)
+
+  def needs(self) -> dict[str, set[str]]:
+    """split -> caption pools whose text embeddings it needs (audio is always embedded)."""
+    return {self.split: set()}
+
+  def run(self, emb: dict, ctx) -> dict:
+    """``emb[split]``: {"audio": [n, d], "text_<pool>": [n, d]}, rows in record order.
+    Returns {suffix: value}; the section's key is the name followed by the suffix."""
+    raise NotImplementedError
+
+
+class ZeroShot(Evaluator):
+  prompts = True
+
+  def run(self, emb, ctx):
+    zs = evaluate.zero_shot(emb[self.split]["audio"], ctx.metadata(self.split),
+                            ctx.tasks["binary"], ctx.embed_text, self.templates)
     bal = zs["balanced_accuracy"]
-    out.update({"zero_shot": bal, "zero_shot_accuracy": zs["accuracy"],
-                "zero_shot_f1": zs["f1"], "zero_shot_macro_f1": zs["macro_f1"],
-                "zero_shot_mean": float(np.mean(list(bal.values()))) if bal else float("nan"),
-                "counts": zs["counts"]})
-  if "retrieval" in metrics:
-    out["retrieval"] = evaluate.retrieval(audio_emb, text_emb)
-  if "retrieval_fine" in metrics:   # CLSP's fine-grained retrieval: the fine captions
-    out["retrieval_fine"] = evaluate.retrieval(audio_emb, embedded[0][2])
-  if "multiclass" in metrics:
-    out["multiclass"] = evaluate.zero_shot_multiclass(audio_emb, metadata, multiclass_tasks,
-                                                      embed_text, templates)
-  if "graded" in metrics:
-    out["graded"] = evaluate.graded(audio_emb, metadata, graded_tasks, embed_text, templates)
-  if "linear_probe" in metrics:
-    out["linear_probe"] = _linear_probes(
-        embedded[1][0], evaluate.split_metadata(path, probe_split), audio_emb, metadata,
-        tasks, multiclass_tasks)
-    out["probe_train_split"] = probe_split
+    return {"": bal, "_accuracy": zs["accuracy"], "_f1": zs["f1"],
+            "_macro_f1": zs["macro_f1"],
+            "_mean": float(np.mean(list(bal.values()))) if bal else float("nan"),
+            "_counts": zs["counts"]}
+
+
+class Retrieval(Evaluator):
+  fields = dict(pool="global")
+
+  def __init__(self, name, entry, defaults):
+    super().__init__(name, entry, defaults)
+    if self.pool not in ("global", "fine"):
+      raise ValueError(f"config.evals.{name}.pool={self.pool!r}; use 'global' or 'fine'")
+    self.title = "retrieval" + (" (fine-grained captions)" if self.pool == "fine" else "")
+
+  def needs(self):
+    return {self.split: {self.pool}}
+
+  def run(self, emb, ctx):
+    e = emb[self.split]
+    return {"": evaluate.retrieval(e["audio"], e[f"text_{self.pool}"])}
+
+
+class Multiclass(Evaluator):
+  prompts = True
+
+  def run(self, emb, ctx):
+    return {"": evaluate.zero_shot_multiclass(emb[self.split]["audio"], ctx.metadata(self.split),
+                                              ctx.tasks["multiclass"], ctx.embed_text,
+                                              self.templates)}
+
+
+class Graded(Evaluator):
+  prompts = True
+
+  def run(self, emb, ctx):
+    return {"": evaluate.graded(emb[self.split]["audio"], ctx.metadata(self.split),
+                                ctx.tasks["graded"], ctx.embed_text, self.templates)}
+
+
+class LinearProbe(Evaluator):
+  """Trained on ``train_split``'s embeddings (by the same model), tested on ``split``."""
+  fields = dict(train_split="validation")
+
+  def needs(self):
+    return {self.split: set(), self.train_split: set()}
+
+  def run(self, emb, ctx):
+    return {"": _linear_probes(emb[self.train_split]["audio"], ctx.metadata(self.train_split),
+                               emb[self.split]["audio"], ctx.metadata(self.split),
+                               ctx.tasks["binary"], ctx.tasks["multiclass"]),
+            "_train_split": self.train_split}
+
+
+# config.evals.<name>.type -> evaluator; the order is the printed table's.
+REGISTRY = {"zero_shot": ZeroShot, "multiclass": Multiclass, "retrieval": Retrieval,
+            "graded": Graded, "linear_probe": LinearProbe}
+
+
+def build(config: Any) -> list[Evaluator]:
+  """The evaluators of ``config.evals``, every entry checked against ``REGISTRY``."""
+  defaults = dict(config.get("eval") or {})
+  unknown = sorted(set(defaults) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f"config.eval.{unknown[0]}: unknown field; config.eval holds the "
+                     f"defaults {DEFAULTS} of the evaluators, which are "
+                     "config.evals.<name> = dict(type=..., every=...)")
+  out = []
+  for name, entry in sorted(dict(config.get("evals") or {}).items()):
+    entry = dict(entry or {})
+    kind = entry.get("type")
+    if kind not in REGISTRY:
+      raise ValueError(f"config.evals.{name}.type={kind!r}; use one of {list(REGISTRY)}")
+    cls = REGISTRY[kind]
+    allowed = COMMON + (("templates",) if cls.prompts else ()) + tuple(cls.fields)
+    for field in sorted(set(entry) - set(allowed)):
+      raise ValueError(f"config.evals.{name}.{field}: unknown field of type {kind!r}; "
+                       f"it takes {list(allowed)}")
+    missing = [k for k in ("split", "batch_size") if not entry.get(k) and not defaults.get(k)]
+    if missing:
+      raise ValueError(f"config.evals.{name}.{missing[0]}: not set, and config.eval has "
+                       "no default")
+    e = cls(name, entry, defaults)
+    e.kind = kind
+    if e.split != defaults.get("split"):   # tell it apart from one on the default split
+      e.title = f"{e.title or evaluate.TITLES[kind]} on {e.split}"
+    out.append(e)
+  return sorted(out, key=lambda e: (list(REGISTRY).index(e.kind), e.name))
+
+
+class Evaluators:
+  """The evaluators of one run; ``run`` embeds each split they need once per round."""
+
+  def __init__(self, config: Any, trainer, tokenizer):
+    self.config, self.trainer, self.tokenizer = config, trainer, tokenizer
+    self.evaluators = build(config)
+    self.total = int(config.total_steps)
+    self.path = config.input.sources[0]["path"]
+    self._tasks = None
+    self._datasets, self._metadata, self._api = {}, {}, None
+    model = trainer.model
+    self._text = jax.jit(lambda v, ids, mask: model.apply(v, ids, mask,
+                                                          method=model.embed_text))
+
+  def __bool__(self):
+    return bool(self.evaluators)
+
+  def due(self, step: int) -> list[Evaluator]:
+    """The evaluators to run after ``step``: every one at the last step."""
+    return [e for e in self.evaluators
+            if step >= self.total or (e.every and step % e.every == 0)]
+
+  def run(self, variables, step: int) -> dict:
+    """One round: the results of the evaluators due at ``step`` (flat sections, see the
+    module docstring); ``variables``: ``TrainState.variables()``."""
+    due = self.due(step)
+    if not due:
+      return {}
+    needs: dict[str, set[str]] = {}
+    sizes: dict[str, int] = {}
+    for e in due:
+      for split, pools in e.needs().items():
+        needs.setdefault(split, set()).update(pools)
+        sizes[split] = max(sizes.get(split, 0), e.batch_size)
+    emb = {split: self.embed_split(variables, split, sorted(pools), sizes[split])
+           for split, pools in needs.items()}
+    if self._tasks is None:
+      self._tasks = records.read_tasks(self.path)   # the corpus's own, not its path's
+    ctx = _Context(self._tasks, self.metadata, self._model(variables).embed_text)
+    out = {}
+    for e in due:
+      out.update({e.name + suffix: v for suffix, v in e.run(emb, ctx).items()})
+    out["clips"] = {split: int(len(e["audio"])) for split, e in emb.items()}
+    return out
+
+  def table(self, results: dict) -> str:
+    """``evaluate.format_table`` of ``results``, one section per evaluator."""
+    return evaluate.format_table(results, [(e.name, e.kind, e.title or None)
+                                           for e in self.evaluators])
+
+  # -- embeddings
+
+  def metadata(self, split: str) -> list[dict]:
+    if split not in self._metadata:
+      self._metadata[split] = evaluate.split_metadata(self.path, split)
+    return self._metadata[split]
+
+  def _model(self, variables):
+    """The inference API on ``variables``: one ``inference.Model``, its compiled functions
+    reused by every round (a new Model per round would recompile them)."""
+    from jaxclap.inference import Model
+    if self._api is None:
+      self._api = Model(self.config, variables, self.tokenizer, self.trainer.model)
+    api = copy.copy(self._api)
+    api.variables = dict(variables)
+    api.params = api.variables["params"]
+    return api
+
+  def _dataset(self, split: str, pools: tuple[str, ...], batch_size: int):
+    from jaxclap import input_pipeline
+    key = (split, pools, batch_size)
+    if key not in self._datasets:
+      spec = dict(self.config.input.sources[0], split=split)
+      self._datasets[key] = input_pipeline.eval_dataset(
+          self.config.input, self.tokenizer, spec, batch_size=batch_size,
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          extra_pools=tuple(p for p in pools if p != "global"))
+    return self._datasets[key]
+
+  def embed_split(self, variables, split: str, pools=(), batch_size: int | None = None
+                  ) -> dict:
+    """{"audio": [n, d], and "text_<pool>" for each caption pool}: every clip of
+    ``split`` of the first source, rows in record order (as ``evaluate.split_metadata``).
+    Audio as ``inference.Model.embed_audio``: each window through its ``embed_windows``,
+    a clip's windows pooled by ``windows.pool``; text: one caption per clip."""
+    api = self._model(variables)
+    batch_size = int(batch_size or self.config.eval.batch_size)
+    ds = self._dataset(split, tuple(pools), batch_size)
+    n = len(self.metadata(split))
+    text_batches = -(-n // batch_size)   # the later batches hold windows only
+    text_keys = {p: ("text_ids", "text_mask") if p == "global" else
+                 (f"text_ids_{p}", f"text_mask_{p}") for p in pools}
+    audio, owner, clips, text = [], [], [], {p: [] for p in pools}
+    mesh = self.trainer.mesh
+    with nn.logical_axis_rules(self.trainer.rules):
+      for i in range(len(ds)):
+        local = ds[i]
+        keys = ("audio", "audio_len") + (sum(text_keys.values(), ()) if i < text_batches
+                                         else ())
+        batch = sharding.global_batch({k: local[k] for k in keys}, mesh)
+        audio.append(_all_rows(api.embed_windows(batch["audio"], batch["audio_len"])))
+        owner.append(_all_rows(local["owner"]))
+        if pools and i < text_batches:
+          for p, (ids, mask) in text_keys.items():
+            text[p].append(_all_rows(self._text(api.variables, batch[ids], batch[mask])))
+          clips.append(np.where(_all_rows(local["valid"]).astype(bool),
+                                _all_rows(local["record"]), -1))
+    owner = np.concatenate(owner)
+    keep = owner >= 0
+    out = {"audio": windows_lib.pool(np.concatenate(audio)[keep], owner[keep], n)}
+    if pools:
+      clips = np.concatenate(clips)
+      order = np.argsort(np.where(clips >= 0, clips, np.iinfo(np.int64).max))[:n]
+      for p in pools:
+        out[f"text_{p}"] = np.concatenate(text[p])[order]
+    return out
+
+
+class _Context:
+  """What evaluators read besides embeddings: the corpus's tasks, a split's metadata, and
+  the API's text path for prompts."""
+
+  def __init__(self, tasks, metadata, embed_text):
+    self.tasks = {k: dict(tasks.get(k) or {}) for k in ("binary", "multiclass", "graded")}
+    self.metadata, self.embed_text = metadata, embed_text
+
+
+def scalars(results: dict) -> dict[str, float]:
+  """The finite float leaves of ``results``, keys joined by "/" (counts, which are ints,
+  and strings left out): what goes to TensorBoard and metrics.jsonl."""
+  out = {}
+
+  def walk(prefix, v):
+    if isinstance(v, dict):
+      for k, x in v.items():
+        walk(f"{prefix}/{k}", x)
+    elif isinstance(v, float) and math.isfinite(v):
+      out[prefix] = v
+
+  for k, v in results.items():
+    walk(k, v)
   return out
 
 
@@ -81,65 +321,10 @@ def _all_rows(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _corpus_tasks(path: str) -> tuple[dict, dict, dict]:
-  """The (binary, multi-class, graded) zero-shot tasks a corpus defines: the embedded
-  corpus's ``speech_corpus.BINARY_TASKS`` and ``speech_tasks.MULTICLASS_TASKS`` /
-  ``GRADED_TASKS``; none for other corpora (their evaluation is retrieval, until they
-  define tasks)."""
-  from jaxclap.corpus import speech_corpus, speech_tasks
-  if speech_corpus.NAME not in path.split(os.sep):
-    return {}, {}, {}
-  return (dict(speech_corpus.BINARY_TASKS), dict(speech_tasks.MULTICLASS_TASKS),
-          dict(speech_tasks.GRADED_TASKS))
-
-
-# What ``eval.metrics`` may name; the first two are the default.
-EVAL_METRICS = ("zero_shot", "retrieval", "multiclass", "graded", "linear_probe",
-                "retrieval_fine")
-
-
-def _embed_splits(trainer, variables, config: Any, tokenizer, splits,
-                  extra_pools: tuple[str, ...] = ()) -> list[tuple[np.ndarray, ...]]:
-  """Per split of the first source: (audio, text[, text of each extra pool]) embeddings
-  of every clip, rows in record order (as ``evaluate.split_metadata``); text = one
-  global caption per clip, an extra pool's one caption of that pool (e.g. "fine",
-  CLSP's fine-grained retrieval) read with the same record."""
-  from jaxclap import input_pipeline
-  mesh = trainer.mesh
-  embed = jax.jit(lambda v, b: trainer.model.apply(
-      v, *trainer.features(b), b["text_ids"], b["text_mask"])[:2])
-  embed_text = jax.jit(lambda v, ids, mask: trainer.model.apply(
-      v, ids, mask, method=trainer.model.embed_text))
-  text_keys = [(f"text_ids_{p}", f"text_mask_{p}") for p in extra_pools]
-  out = []
-  for split in splits:
-    spec = dict(config.input.sources[0], split=split)
-    ds = input_pipeline.eval_dataset(config.input, tokenizer, spec,
-                                     batch_size=int(config.eval.batch_size),
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count(),
-                                     extra_pools=extra_pools)
-    rows, record_rows = [], []
-    with nn.logical_axis_rules(trainer.rules):
-      for i in range(len(ds)):
-        local = ds[i]
-        keys = ("audio", "audio_len", "text_ids", "text_mask") + sum(text_keys, ())
-        batch = sharding.global_batch({k: local[k] for k in keys}, mesh)
-        got = list(embed(variables, batch))
-        got += [embed_text(variables, batch[ids], batch[mask]) for ids, mask in text_keys]
-        keep = _all_rows(local["valid"]).astype(bool)
-        rows.append([_all_rows(x)[keep] for x in got])
-        record_rows.append(_all_rows(local["record"])[keep])
-    order = np.argsort(np.concatenate(record_rows))
-    out.append(tuple(np.concatenate(col)[order] for col in zip(*rows)))
-  return out
-
-
 def _linear_probes(train_emb, train_meta, test_emb, test_meta, tasks, multiclass_tasks) -> dict:
   """``evaluate.linear_probe`` of each binary task's 0/1 label and each multi-class task's
   class, on the clips of each split that have one; tasks the train split cannot probe
   (fewer than two classes) are left out."""
-  from jaxclap import evaluate
   out = {}
   for label_fn, task_set in ((evaluate.task_label, tasks),
                              (evaluate.multiclass_label, multiclass_tasks)):

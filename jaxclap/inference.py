@@ -13,13 +13,11 @@ and re-normalised. Shorter clips are zero-padded with their true length masked.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import scipy.special
 
@@ -37,7 +35,7 @@ class Model:
     self.params = self.variables["params"]
     self.sample_rate = int(config.input.sample_rate)
     self.window = int(round(float(config.input.clip_seconds) * self.sample_rate))
-    self.hop = max(1, self.window // 2)
+    self.hop = windows_lib.hop(self.window)
     m = model
     self._audio_fn = jax.jit(lambda p, wave, n: m.apply(
         p, *two_towers.spectrogram(config.features, wave, n), method=m.embed_audio))
@@ -67,7 +65,7 @@ class Model:
   def embed_audio(self, clips: Any, sample_rate: int | None = None,
                   batch_size: int = 32) -> np.ndarray:
     clips = windows_lib.clip_list(clips)
-    pad_kind = self.config.input.get("pad", "zero")
+    pad_kind = self.config.input.pad
     waves, lens, owner = [], [], []
     for i, clip in enumerate(clips):
       w, l = windows_lib.windows(self._load(clip, sample_rate), self.window, self.hop, pad_kind)
@@ -80,8 +78,14 @@ class Model:
       pad = batch_size - len(wb)   # one compiled shape for every batch
       wb = np.concatenate([wb, np.zeros((pad,) + wb.shape[1:], np.float32)])
       lb = np.concatenate([lb, np.full(pad, self.window, np.int32)])
-      embs.append(np.asarray(self._audio_fn(self.variables, wb, lb))[:batch_size - pad])
+      embs.append(np.asarray(self.embed_windows(wb, lb))[:batch_size - pad])
     return windows_lib.pool(np.concatenate(embs), np.asarray(owner), len(clips))
+
+  def embed_windows(self, wave, lengths) -> jax.Array:
+    """[b, window] training-length windows with their real sample counts -> [b, d]
+    embeddings (not pooled): ``embed_audio``'s tower call, and the evaluators' (which
+    feed it sharded batches of ``input_pipeline.eval_dataset``'s windows)."""
+    return self._audio_fn(self.variables, wave, lengths)
 
   # -- text
 
@@ -105,25 +109,8 @@ class Model:
 
 def load(workdir: str, step: int | None = None) -> Model:
   """The model of a run folder written by ``python -m jaxclap.main`` (latest checkpoint,
-  or ``step``), on this process's devices."""
-  import orbax.checkpoint as ocp
-  from jaxclap import sharding, tokenizers, train
-
-  cfg_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(cfg_path):
-    raise FileNotFoundError(f"{workdir}: no config.json; is it a jaxclap run folder?")
-  with open(cfg_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  with config.unlocked():
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  mesh = sharding.make_mesh(config.mesh)
-  trainer = train.Trainer(config, mesh)
-  mgr = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                              item_names=("state", "data"))
-  step = mgr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoints yet")
-  state = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(trainer.abstract_state())))["state"]
-  return Model(config, state.variables(), tokenizers.from_config(config.tokenizer),
-               trainer.model)
+  or ``step``), on this process's first device. Builds no optimiser or trainer."""
+  from jaxclap import checkpoints, tokenizers
+  config, variables = checkpoints.open_run(workdir, step)
+  model = two_towers.from_config(config.model, checkpoints.compute_dtype(config))
+  return Model(config, variables, tokenizers.from_config(config.tokenizer), model)

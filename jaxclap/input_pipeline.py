@@ -28,7 +28,8 @@ Batches are dicts of numpy arrays:
   source      int32   [b]                 which corpus of ``input.sources``
   record      int64   [b]                 record index inside that corpus split
   index       int64   [b]                 global stream index (proves nothing is skipped)
-  task        int32   [b]                 CLSP task of the step (1 or 2; 0 without "clsp")
+  task        int32   [b]                 CLSP task of the step (1 or 2), caption pool
+                                          "task_pairs" only
 """
 
 from __future__ import annotations
@@ -249,8 +250,8 @@ def draw_captions(example: dict, rng: np.random.Generator, k: int, pool: str) ->
   """``k`` captions of one clip, drawn at random (distinct while the pool allows).
 
   pool: "global" (``captions``), "fine" (``fine_captions``, falling back to global for a
-  clip that has none) or "any" (both pools together). (The training stream's pool "clsp"
-  pairs them per step through ``TaskSchedule``.)
+  clip that has none) or "any" (both pools together). (The training stream's pool
+  "task_pairs" pairs them per step through ``TaskSchedule``.)
   """
   if pool == "global":
     cands = example["captions"]
@@ -275,9 +276,9 @@ def task_probability(step: int, p0: float = 0.95, p_min: float = 0.5,
 
 @dataclasses.dataclass(frozen=True)
 class TaskSchedule:
-  """Caption pool "clsp": each STEP (all clips of one global batch) is Task 1 with
-  probability ``task_probability(step, ...)``, else Task 2 (two different fine-grained
-  captions). The draw is a pure function of (seed, step), so every process and a resumed
+  """Caption pool "task_pairs" (CLSP stage 2): each STEP (all clips of one global batch)
+  is Task 1 with probability ``task_probability(step, ...)``, else Task 2 (two different
+  fine-grained captions). The draw is a pure function of (seed, step), so every process and a resumed
   run agree on it."""
   global_batch_size: int
   seed: int
@@ -308,7 +309,7 @@ class _Example:
   caption_pool: str
   tokenizer: Any
   max_text_len: int
-  schedule: TaskSchedule | None = None  # caption_pool "clsp" only
+  schedule: TaskSchedule | None = None  # caption_pool "task_pairs" only
   truncate_chars: int | None = None     # CLAP cuts its text at 100 characters
 
   def __call__(self, index: int, example: dict, rng: np.random.Generator | None):
@@ -326,10 +327,13 @@ class _Example:
     ids, mask = self.tokenizer.encode(caps, self.max_text_len)
     if self.captions_per_clip == 1:
       ids, mask = ids[0], mask[0]
-    return {"audio": wave.astype(np.float32), "audio_len": np.int32(n),
-            "text_ids": ids.astype(np.int32), "text_mask": mask.astype(np.int32),
-            "source": np.int32(example["source"]), "record": np.int64(example["record"]),
-            "index": np.int64(index), "task": np.int32(task)}
+    row = {"audio": wave.astype(np.float32), "audio_len": np.int32(n),
+           "text_ids": ids.astype(np.int32), "text_mask": mask.astype(np.int32),
+           "source": np.int32(example["source"]), "record": np.int64(example["record"]),
+           "index": np.int64(index)}
+    if self.schedule is not None:   # only a sampler that draws tasks adds the field
+      row["task"] = np.int32(task)
+    return row
 
 
 class _WithIndex(grain.MapDataset):
@@ -369,7 +373,7 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
 
   ``cfg`` is the config's ``input`` section: ``sources`` (see ``SourceSpec``),
   ``sample_rate``, ``clip_seconds``, ``pad`` ("zero"/"repeat"), ``captions_per_clip``,
-  ``caption_pool`` (+ ``task_schedule`` for "clsp"), ``max_text_len``,
+  ``caption_pool`` (+ ``task_schedule`` for "task_pairs"), ``max_text_len``,
   ``max_caption_chars``, ``truncate_chars`` (cut each drawn caption to this many
   characters, as CLAP does at 100; None keeps it whole).
   """
@@ -378,9 +382,9 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
   k = int(_config_get(cfg, "captions_per_clip", 1))
   pool = str(_config_get(cfg, "caption_pool", "global"))
   schedule = None
-  if pool == "clsp":
+  if pool == "task_pairs":
     if k != 2:
-      raise ValueError(f"input.caption_pool='clsp' pairs two captions per clip; set "
+      raise ValueError(f"input.caption_pool='task_pairs' pairs two captions per clip; set "
                        f"input.captions_per_clip=2, not {k}")
     sched = dict(_config_get(cfg, "task_schedule", None) or {})
     unknown = set(sched) - {"p0", "p_min", "steps"}
@@ -418,30 +422,56 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
 def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
                  process_index: int = 0, process_count: int = 1,
                  extra_pools: Sequence[str] = ()) -> grain.MapDataset:
-  """One deterministic pass over a split: crop from the start, one global caption per
-  clip (a fixed draw per record), and the last batch padded to ``batch_size`` with
-  ``valid=0`` rows (static shapes). Each pool in ``extra_pools`` (e.g. "fine") adds
-  ``text_ids_<pool>`` / ``text_mask_<pool>``: one caption of that pool, from the same
-  record read."""
+  """One deterministic pass over a split, each clip cut as ``jaxclap.load(...).embed_audio``
+  cuts it (``windows.windows``: training-length windows with a half-window hop, a short
+  clip padded as in training), so that evaluation embeds a clip as the API does.
+
+  Global batch ``i`` holds rows ``[i*B, (i+1)*B)`` of two lists, static shapes throughout:
+  the split's windows in clip order (``audio``, ``audio_len``, ``owner`` = the window's
+  record index, -1 on the padding rows after the last window) and its clips (one global
+  caption per clip, a fixed draw per record, as ``text_ids`` / ``text_mask``; ``record``;
+  ``valid=0`` past the last clip). There are at least as many windows as clips, so the
+  batches after the first ``ceil(clips / B)`` carry windows only. Each pool in
+  ``extra_pools`` (e.g. "fine") adds ``text_ids_<pool>`` / ``text_mask_<pool>``: one
+  caption of that pool, from the same record read."""
+  from jaxclap import windows as windows_lib
   spec = source_specs([spec])[0]
   sr = int(cfg.sample_rate)
   recs = _Records(spec, 0, sample_rate=sr,
                   max_caption_chars=int(_config_get(cfg, "max_caption_chars", 2000)))
+  window = int(round(float(cfg.clip_seconds) * sr))
+  pad, hop = str(_config_get(cfg, "pad", "zero")), windows_lib.hop(window)
+  cut = lambda record: windows_lib.windows(record["audio"], window, hop, pad)
   n = len(recs)
-  padded = -(-n // batch_size) * batch_size
+  # (clip, window) of every window: one read of each clip to count its windows.
+  owners = [(c, k) for c in range(n) for k in range(len(cut(recs[c])[0]))]
+  padded = -(-len(owners) // batch_size) * batch_size
   examples = {pool: _Example(
-      clip_samples=int(round(float(cfg.clip_seconds) * sr)),
-      pad=str(_config_get(cfg, "pad", "zero")), random_crop=False, captions_per_clip=1,
+      clip_samples=window, pad=pad, random_crop=False, captions_per_clip=1,
       caption_pool=pool, tokenizer=tokenizer, max_text_len=int(cfg.max_text_len),
       truncate_chars=_config_get(cfg, "truncate_chars", None))
       for pool in ("global",) + tuple(extra_pools)}
+  no_text = np.zeros(int(cfg.max_text_len), np.int32)
 
   def fn(index, _, rng):
-    record = recs[min(index, n - 1)]
-    row = examples["global"](index, record, rng)
-    for pool in extra_pools:
-      other = examples[pool](index, record, rng)
-      row[f"text_ids_{pool}"], row[f"text_mask_{pool}"] = other["text_ids"], other["text_mask"]
+    if index < len(owners):
+      c, k = owners[index]
+      waves, lens = cut(recs[c])
+      row = {"audio": waves[k].astype(np.float32), "audio_len": np.int32(lens[k]),
+             "owner": np.int64(c)}
+    else:   # full-length zeros: no row with an empty mask
+      row = {"audio": np.zeros(window, np.float32), "audio_len": np.int32(window),
+             "owner": np.int64(-1)}
+    record = recs[index] if index < n else None
+    for pool in ("global",) + tuple(extra_pools):
+      keys = ("text_ids", "text_mask") if pool == "global" else (f"text_ids_{pool}",
+                                                                   f"text_mask_{pool}")
+      if record is None:
+        row[keys[0]], row[keys[1]] = no_text, no_text
+      else:
+        text = examples[pool](index, record, rng)
+        row[keys[0]], row[keys[1]] = text["text_ids"], text["text_mask"]
+    row["record"] = np.int64(index if index < n else -1)
     row["valid"] = np.int32(index < n)
     return row
 
@@ -450,7 +480,7 @@ def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
   return ds.batch(batch_size // process_count, drop_remainder=True, batch_fn=_stack)
 
 
-def make_iterator(ds: grain.MapDataset, *, num_threads: int = 4, prefetch: int = 8,
+def make_iterator(ds: grain.MapDataset, *, num_threads: int, prefetch: int,
                   worker_count: int = 0) -> grain.DatasetIterator:
   """A checkpointable iterator over batches: ``get_state()`` / ``set_state()`` and
   ``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore`` with Orbax.

@@ -15,7 +15,8 @@ r"""Train and evaluate one recipe:
 
 Multi-host: with ``--distributed`` (or when JAX_COORDINATOR_ADDRESS, a SLURM job step or
 a TPU pod is detected) ``jax.distributed.initialize()`` joins the processes; every
-process runs this same command.
+process runs this same command. With JAX_COORDINATOR_ADDRESS=host:port outside a cluster
+JAX detects, also set JAX_NUM_PROCESSES and JAX_PROCESS_ID in each process.
 """
 
 import os
@@ -34,10 +35,30 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "environment is detected).")
 
 
-def _multi_process_env() -> bool:
-  env = os.environ
+def _multi_process_env(env=os.environ) -> bool:
   return bool(env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
               or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0)
+
+
+def _initialize_kwargs(env=os.environ) -> dict:
+  """Arguments for ``jax.distributed.initialize``. On a cluster JAX detects (SLURM, a TPU
+  pod) none are needed. A bare ``JAX_COORDINATOR_ADDRESS`` gives JAX the coordinator
+  only: the process count and this process's rank come from ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID``, which must then be set (JAX itself would fail with "Number of
+  processes must be defined" and no hint)."""
+  detected = (int(env.get("SLURM_NTASKS", "1")) > 1
+              or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0)
+  if not env.get("JAX_COORDINATOR_ADDRESS") or detected:
+    return {}
+  missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(k)]
+  if missing:
+    raise app.UsageError(
+        f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']} is set but "
+        f"{' and '.join(missing)} not: set JAX_NUM_PROCESSES (processes in the job) and JAX_PROCESS_ID (this one's "
+        "rank, 0-based) in every process, or unset JAX_COORDINATOR_ADDRESS")
+  return dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+              num_processes=int(env["JAX_NUM_PROCESSES"]),
+              process_id=int(env["JAX_PROCESS_ID"]))
 
 
 def main(argv):
@@ -48,7 +69,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   import jax
   if _DISTRIBUTED.value or (_DISTRIBUTED.value is None and _multi_process_env()):
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_initialize_kwargs())
   from jaxclap import train
   config = _CONFIG.value
   if config is None:

@@ -67,20 +67,20 @@ def lr_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
   linear (to ``end_lr_ratio * lr`` at ``total_steps``) | constant | exponential
   (``decay_rate`` every ``decay_every`` steps, SLAP's x0.99 / 2,000) | eden (which has
   its own multiplicative warm-up from ``warmup_start``, see ``eden_schedule``)."""
-  lr, warm = float(cfg.lr), int(cfg.get("warmup_steps", 0))
-  decay = cfg.get("decay", "cosine")
+  lr, warm = float(cfg.lr), int(cfg.warmup_steps)
+  decay = cfg.decay
   rest = max(1, total_steps - warm)
   if decay == "eden":
-    if cfg.get("steps_per_epoch") is None:
+    if cfg.steps_per_epoch is None:
       raise ValueError("config.optim.steps_per_epoch is needed by config.optim.decay='eden'")
-    return eden_schedule(lr, float(cfg.get("lr_batches", 7500)),
-                         float(cfg.get("lr_epochs", 3.5)), float(cfg.steps_per_epoch),
-                         warmup_steps=warm, warmup_start=float(cfg.get("warmup_start", 0.5)),
-                         staircase_epochs=bool(cfg.get("staircase_epochs", False)))
+    return eden_schedule(lr, float(cfg.lr_batches),
+                         float(cfg.lr_epochs), float(cfg.steps_per_epoch),
+                         warmup_steps=warm, warmup_start=float(cfg.warmup_start),
+                         staircase_epochs=bool(cfg.staircase_epochs))
   if decay == "cosine":
-    after = optax.cosine_decay_schedule(lr, rest, alpha=float(cfg.get("end_lr_ratio", 0.0)))
+    after = optax.cosine_decay_schedule(lr, rest, alpha=float(cfg.end_lr_ratio))
   elif decay == "linear":
-    after = optax.linear_schedule(lr, lr * float(cfg.get("end_lr_ratio", 0.0)), rest)
+    after = optax.linear_schedule(lr, lr * float(cfg.end_lr_ratio), rest)
   elif decay == "constant":
     after = optax.constant_schedule(lr)
   elif decay == "exponential":
@@ -269,42 +269,42 @@ def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformationEx
   ``update(grads, state, params, value=loss)`` works for every config (``value`` is only
   read by ``plateau``), so the trainer always passes the loss.
 
-  Fields (default):
+  Fields (their defaults are in ``jaxclap.configs.base``):
 
-  * ``name`` ("adamw"): adam | adamw | scaled_adam.
+  * ``name``: adam | adamw | scaled_adam.
   * ``lr``: peak / base learning rate.
-  * ``warmup_steps`` (0): linear warm-up from 0 (for eden: from ``warmup_start * lr``).
-  * ``decay`` ("cosine"): cosine | linear | constant | exponential | eden (``lr_schedule``).
-  * ``end_lr_ratio`` (0.0): cosine / linear end as a fraction of ``lr``.
+  * ``warmup_steps``: linear warm-up from 0 (for eden: from ``warmup_start * lr``).
+  * ``decay``: cosine | linear | constant | exponential | eden (``lr_schedule``).
+  * ``end_lr_ratio``: cosine / linear end as a fraction of ``lr``.
   * ``decay_every``, ``decay_rate``: exponential: x``decay_rate`` every ``decay_every``
     steps after warm-up (SLAP: 2,000 and 0.99).
-  * ``lr_batches`` (7500), ``lr_epochs`` (3.5), ``steps_per_epoch`` (required),
-    ``warmup_start`` (0.5), ``staircase_epochs`` (False): eden (``eden_schedule``).
-  * ``b1`` (0.9), ``b2`` (0.999; 0.98 for scaled_adam), ``eps`` (1e-8): Adam moments.
-  * ``weight_decay`` (1e-4): adamw only, and only on parameters with ndim > 1 (not on
-    biases, norms' scales or other 1-D parameters).
-  * ``scalar_lr_scale`` (0.1), ``param_min_rms`` (1e-5), ``param_max_rms`` (3.0),
-    ``scalar_max`` (10.0), ``size_update_period`` (4), ``clipping_scale`` (None; icefall
-    trains with 2.0), ``clipping_update_period`` (100): scaled_adam (``scaled_adam``).
-  * ``grad_clip`` (None): clip the whole gradient to this global norm first.
-  * ``frozen`` (()): regexes of parameter paths ('audio/encoder/...') that never update
+  * ``lr_batches``, ``lr_epochs``, ``steps_per_epoch`` (the recipe's), ``warmup_start``,
+    ``staircase_epochs``: eden (``eden_schedule``).
+  * ``b1``, ``b2`` (None: 0.999, or 0.98 for scaled_adam as icefall), ``eps``: Adam moments.
+  * ``weight_decay``: adamw only, and only on parameters with ndim > 1 (not on biases,
+    norms' scales or other 1-D parameters).
+  * ``scalar_lr_scale``, ``param_min_rms``, ``param_max_rms``, ``scalar_max``,
+    ``size_update_period``, ``clipping_scale`` (icefall trains with 2.0),
+    ``clipping_update_period``: scaled_adam (``scaled_adam``).
+  * ``grad_clip``: clip the whole gradient to this global norm first.
+  * ``frozen``: regexes of parameter paths ('audio/encoder/...') that never update
     and hold no optimiser state.
-  * ``lr_mults`` (()): pairs (regex, multiplier) scaling the schedule for matching
+  * ``lr_mults``: pairs (regex, multiplier) scaling the schedule for matching
     parameters (first match wins, after ``frozen``), e.g. a pretrained tower at 0.1x.
-  * ``plateau`` (None): dict of ``optax.contrib.reduce_on_plateau`` arguments (factor,
+  * ``plateau``: dict of ``optax.contrib.reduce_on_plateau`` arguments (factor,
     patience, cooldown, accumulation_size, rtol, atol, min_scale) scaling every update by
     ``factor`` once ``patience`` consecutive averages of ``accumulation_size`` losses fail
     to improve (CLAP: factor=0.1, patience=10). Note optax reduces on the
     ``patience``-th non-improving value; torch's ReduceLROnPlateau on the one after.
   * ``grad_accum`` is read by the trainer, not here.
   """
-  name = cfg.get("name", "adamw")
+  name = cfg.name
   if name not in ("adam", "adamw", "scaled_adam"):
     raise ValueError(f"config.optim.name={name!r}: use adam, adamw or scaled_adam")
   sched = lr_schedule(cfg, total_steps)
-  kw = dict(b1=float(cfg.get("b1", 0.9)),
-            b2=float(cfg.get("b2", 0.98 if name == "scaled_adam" else 0.999)),
-            eps=float(cfg.get("eps", 1e-8)))
+  kw = dict(b1=float(cfg.b1),
+            b2=float(cfg.b2 if cfg.b2 is not None else 0.98 if name == "scaled_adam" else 0.999),
+            eps=float(cfg.eps))
 
   def base(mult):
     s = (lambda step: sched(step) * mult) if mult != 1.0 else sched
@@ -312,20 +312,20 @@ def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformationEx
       return optax.adam(s, **kw)
     if name == "adamw":
       decay_mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim > 1, p)
-      return optax.adamw(s, weight_decay=float(cfg.get("weight_decay", 1e-4)),
+      return optax.adamw(s, weight_decay=float(cfg.weight_decay),
                          mask=decay_mask, **kw)
-    clipping = cfg.get("clipping_scale")
+    clipping = cfg.clipping_scale
     return scaled_adam(
-        s, scalar_lr_scale=float(cfg.get("scalar_lr_scale", 0.1)),
-        param_min_rms=float(cfg.get("param_min_rms", 1e-5)),
-        param_max_rms=float(cfg.get("param_max_rms", 3.0)),
-        scalar_max=float(cfg.get("scalar_max", 10.0)),
-        size_update_period=int(cfg.get("size_update_period", 4)),
+        s, scalar_lr_scale=float(cfg.scalar_lr_scale),
+        param_min_rms=float(cfg.param_min_rms),
+        param_max_rms=float(cfg.param_max_rms),
+        scalar_max=float(cfg.scalar_max),
+        size_update_period=int(cfg.size_update_period),
         clipping_scale=None if clipping is None else float(clipping),
-        clipping_update_period=int(cfg.get("clipping_update_period", 100)), **kw)
+        clipping_update_period=int(cfg.clipping_update_period), **kw)
 
-  mults = {str(k): float(v) for k, v in (cfg.get("lr_mults") or [])}
-  frozen = list(cfg.get("frozen") or [])
+  mults = {str(k): float(v) for k, v in (cfg.lr_mults or [])}
+  frozen = list(cfg.frozen or [])
   patterns = {p: "frozen" for p in frozen}
   patterns.update({p: f"mult:{m}" for p, m in mults.items()})
   transforms = {"default": base(1.0), "frozen": optax.set_to_zero()}
@@ -333,10 +333,10 @@ def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformationEx
   # multi_transform and chain forward extra arguments (value=) to every member, wrapping
   # plain transformations so that they ignore them.
   parts = [optax.multi_transform(transforms, lambda p: _path_labels(p, patterns, "default"))]
-  clip = cfg.get("grad_clip")
+  clip = cfg.grad_clip
   if clip:
     parts.insert(0, optax.clip_by_global_norm(float(clip)))
-  plateau = cfg.get("plateau")
+  plateau = cfg.plateau
   if plateau:
     plateau = plateau.to_dict() if hasattr(plateau, "to_dict") else dict(plateau)
     unknown = sorted(set(plateau) - set(_PLATEAU_KEYS))
@@ -353,8 +353,8 @@ def _check_patterns(cfg: Any, params) -> None:
   """A regex in ``optim.frozen`` / ``optim.lr_mults`` that matches no parameter is a typo
   that would silently train (or not slow down) a whole tower: refuse it, naming it."""
   names = ["/".join(p) for p in traverse_util.flatten_dict(params)]
-  for field, pats in (("frozen", list(cfg.get("frozen") or [])),
-                      ("lr_mults", [k for k, _ in (cfg.get("lr_mults") or [])])):
+  for field, pats in (("frozen", list(cfg.frozen or [])),
+                      ("lr_mults", [k for k, _ in (cfg.lr_mults or [])])):
     for pat in pats:
       if not any(re.fullmatch(str(pat), n) for n in names):
         raise ValueError(f"config.optim.{field}: {pat!r} matches no parameter "

@@ -19,11 +19,17 @@ The output is the array_record TFDS dataset every jaxclap corpus uses
 (``jaxclap.corpus.records``), at ``<out>/<name>/1.0.0``; name it as an input source in a
 config (``input.sources = [dict(path=".../<name>/1.0.0", split="train")]``).
 
+``--tasks FILE`` declares the corpus's evaluation tasks (binary, multi-class, graded: the
+format of ``jaxclap.corpus.records``' docstring); it is checked before anything is written
+and stored beside the splits as tasks.json, where evaluators find it.
+
 Audio is converted to mono (channels averaged) at ``--sample_rate``. A line that is not
 JSON, names a missing or undecodable file, holds empty/silent/NaN/over-long audio or
 empty/over-long/non-UTF-8 captions is skipped, counted and logged with its line number
 (``--on_error=skip``, the default), or stops the run with that message
 (``--on_error=raise``). The run ends with a report of what was kept and skipped.
+The sample rate and caption limit default to training's (``configs.base``'s ``input``), so
+a corpus prepared with the defaults is one training reads.
 """
 
 from __future__ import annotations
@@ -38,7 +44,13 @@ from typing import Iterator
 
 import numpy as np
 
+from jaxclap import configs
 from jaxclap.corpus import records
+
+# Training's input settings: restating them here is how the two drifted apart.
+_TRAINING_INPUT = configs.base({}).input
+SAMPLE_RATE = int(_TRAINING_INPUT.sample_rate)
+MAX_CAPTION_CHARS = int(_TRAINING_INPUT.max_caption_chars)
 
 
 def _read_audio(path: str, start: float | None, end: float | None,
@@ -128,15 +140,18 @@ def examples(manifest: str, split: str, *, sample_rate: int, max_seconds: float,
           fine_captions=fine, metadata=meta)
 
 
-def prepare(manifests: dict[str, str], out: str, name: str, *, sample_rate: int = 16000,
-            max_seconds: float = 600.0, max_caption_chars: int = 2000,
-            on_error: str = "skip", overwrite: bool = False) -> tuple[str, dict]:
-  """Writes the manifests (split -> path) as a corpus; returns (dataset dir, skip counters)."""
+def prepare(manifests: dict[str, str], out: str, name: str, *,
+            sample_rate: int = SAMPLE_RATE, max_seconds: float = 600.0,
+            max_caption_chars: int = MAX_CAPTION_CHARS, on_error: str = "skip",
+            overwrite: bool = False, tasks: str | None = None) -> tuple[str, dict]:
+  """Writes the manifests (split -> path) as a corpus; returns (dataset dir, skip counters).
+  ``tasks``: a tasks JSON file (``records.read_tasks``' format) to declare with it."""
   if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
     raise ValueError(f"--name {name!r}: use lower-case letters, digits and underscores")
   for split, path in manifests.items():
     if not os.path.isfile(path):
       raise FileNotFoundError(f"--manifest {split}={path}: no such file")
+  declared = _read_tasks_file(tasks) if tasks else None  # before hours of audio are read
   target = os.path.join(out, name, "1.0.0")
   if os.path.exists(target):
     if not overwrite:
@@ -153,7 +168,20 @@ def prepare(manifests: dict[str, str], out: str, name: str, *, sample_rate: int 
   path = records.write_tfds(
       name, {s: split_fn(s) for s in manifests}, out,
       description=f"Prepared by jaxclap.prepare from {sorted(manifests.values())}")
+  if declared:
+    records.write_tasks(path, declared)
   return path, counters
+
+
+def _read_tasks_file(path: str) -> dict:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--tasks {path}: no such file")
+  with open(path, encoding="utf-8") as f:
+    try:
+      obj = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path}: not JSON ({e})") from None
+  return records.parse_tasks(obj, path)
 
 
 def _parse_manifests(values: list[str]) -> dict[str, str]:
@@ -168,7 +196,7 @@ def _parse_manifests(values: list[str]) -> dict[str, str]:
   return out
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m jaxclap.prepare", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -180,17 +208,25 @@ def main(argv=None):
   p.add_argument("--out", required=True, help="folder to write the dataset under")
   p.add_argument("--name", default=None,
                  help="dataset name (default: the first manifest's file name)")
-  p.add_argument("--sample_rate", type=int, default=16000,
-                 help="rate all audio is stored at, Hz (default 16000)")
+  p.add_argument("--sample_rate", type=int, default=SAMPLE_RATE,
+                 help=f"rate all audio is stored at, Hz (default {SAMPLE_RATE}, training's)")
   p.add_argument("--max_seconds", type=float, default=600.0,
                  help="longer clips are bad input; cut them into segments with "
                       "start/end first (default 600)")
-  p.add_argument("--max_caption_chars", type=int, default=2000,
-                 help="longer captions are bad input (default 2000)")
+  p.add_argument("--max_caption_chars", type=int, default=MAX_CAPTION_CHARS,
+                 help=f"longer captions are bad input (default {MAX_CAPTION_CHARS}: "
+                      "training refuses longer ones)")
   p.add_argument("--on_error", choices=("skip", "raise"), default="skip",
                  help="skip bad lines (counted, logged) or stop at the first (default skip)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
-  args = p.parse_args(argv)
+  p.add_argument("--tasks", default=None, metavar="FILE",
+                 help="JSON file declaring the corpus's evaluation tasks (see "
+                      "jaxclap.corpus.records), written beside the splits as tasks.json")
+  return p
+
+
+def main(argv=None):
+  args = _parser().parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   manifests = _parse_manifests(args.manifest)
   name = args.name or re.sub(r"[^a-z0-9_]", "_",
@@ -201,7 +237,8 @@ def main(argv=None):
     path, counters = prepare(manifests, args.out, name, sample_rate=args.sample_rate,
                              max_seconds=args.max_seconds,
                              max_caption_chars=args.max_caption_chars,
-                             on_error=args.on_error, overwrite=args.overwrite)
+                             on_error=args.on_error, overwrite=args.overwrite,
+                             tasks=args.tasks)
   except (records.BadRecord, FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

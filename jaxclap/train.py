@@ -29,13 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxclap import losses, sharding
+from jaxclap import checkpoints, losses, sharding, terms
 from jaxclap.models import convert, two_towers
 # Optimisers and schedules live in jaxclap.optim (train.make_optimizer still resolves).
 from jaxclap.optim import _check_patterns, _path_labels, make_optimizer
-
-
-CONTRASTIVE = ("info_nce", "sigmoid", "multi_positive")
 
 
 @flax.struct.dataclass
@@ -60,16 +57,15 @@ class Trainer:
 
   def __init__(self, config: Any, mesh: jax.sharding.Mesh):
     self.config, self.mesh = config, mesh
-    self.dtype = jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else jnp.float32
+    self.dtype = checkpoints.compute_dtype(config)
     self.model = two_towers.from_config(config.model, self.dtype)
-    self.rules = sharding.rules(config.get("sharding_rules"))
+    self.rules = sharding.rules(config.sharding_rules)
     self.tx = make_optimizer(config.optim, int(config.total_steps))
-    self._check_loss_config()
-    self.accum = int(config.optim.get("grad_accum", 1))
+    self.terms = terms.active(config)   # {name: weight}, checked against the config
+    self.accum = int(config.optim.grad_accum)
     if int(config.global_batch_size) % self.accum:
       raise ValueError(f"global_batch_size={config.global_batch_size} is not divisible by "
                        f"optim.grad_accum={self.accum}")
-    self._dummy = self._dummy_batch()
     self.state_shardings = self._state_shardings()
     self.batch_sharding = sharding.batch_sharding(mesh)
     self.step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_sharding),
@@ -78,23 +74,12 @@ class Trainer:
 
   # -- shapes and init
 
-  def _dummy_batch(self, batch: int = 2):
-    c = self.config
-    samples = int(round(float(c.input.clip_seconds) * int(c.input.sample_rate)))
-    return {"audio": jnp.zeros((batch, samples), jnp.float32),
-            "audio_len": jnp.full((batch,), samples, jnp.int32),
-            "text_ids": jnp.zeros((batch, int(c.input.max_text_len)), jnp.int32),
-            "text_mask": jnp.ones((batch, int(c.input.max_text_len)), jnp.int32)}
-
   def features(self, batch):
     return two_towers.spectrogram(self.config.features, batch["audio"], batch["audio_len"])
 
   def _init(self, rng):
-    spec, frames = self.features(self._dummy)
     init_rng, mae_rng, state_rng = jax.random.split(rng, 3)
-    with_mae = float(self.config.loss.get("mae_weight", 0.0)) > 0
-    variables = self.model.init(init_rng, spec, frames, self._dummy["text_ids"],
-                                self._dummy["text_mask"], mae_rng if with_mae else None)
+    variables = checkpoints.init_variables(self.model, self.config, init_rng, mae_rng)
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -128,6 +113,10 @@ class Trainer:
     with nn.logical_axis_rules(self.rules):
       init = jax.jit(lambda r: nn.meta.unbox(self._init(r)), out_shardings=self.state_shardings)
       state = init(jax.random.PRNGKey(seed))
+    missing = [k for k in self.config.required if self.config[k] in (None, "")]
+    if missing:   # e.g. CLSP stage 2 continues a stage 1 run
+      raise ValueError(f"this config needs {', '.join('config.' + k for k in missing)}: "
+                       f"set --config.{missing[0]}=... (see the config file's docstring)")
     params, model_state = dict(state.params), dict(state.model_state)
     loaded = False
     for tower in ("audio", "text"):
@@ -146,7 +135,7 @@ class Trainer:
         else:
           params[tower] = loaded_tower
         loaded = True
-    if self.config.get("init_from"):
+    if self.config.init_from:
       params, model_state = self._init_from(str(self.config.init_from))
       loaded = True
     if loaded:  # optimiser moments are zeros either way; re-init keeps them consistent
@@ -156,28 +145,15 @@ class Trainer:
 
   def _init_from(self, workdir: str):
     """``init_from``: the params and model state (not the optimiser, step or data
-    position) of another run's latest checkpoint, e.g. CLSP stage 2 from stage 1. The
-    other run may have used another optimiser or loss; its model must be this one."""
-    import orbax.checkpoint as ocp
-    if workdir == "required":
-      raise ValueError("this config starts from an earlier run's weights: set "
-                       "--config.init_from=<that run's workdir>")
-    folder = os.path.join(os.path.abspath(workdir), "checkpoints")
-    mgr = ocp.CheckpointManager(folder, item_names=("state", "data"))
-    step = mgr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"config.init_from={workdir!r}: no checkpoint in {folder}")
+    position) of another run's latest checkpoint, e.g. CLSP stage 2 from stage 1,
+    straight into this run's shardings. The other run may have used another optimiser
+    or loss; its model must be this one."""
     abstract = self.abstract_state()
-    item = {"params": abstract.params, "model_state": abstract.model_state}
-    try:  # straight into this run's shardings
-      got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-          partial_restore=True)))["state"]
-    except (ValueError, KeyError) as e:
-      raise ValueError(f"config.init_from={workdir!r} (step {step}): its parameters do not "
-                       f"fit this model: {e}") from e
+    params, model_state, step = checkpoints.restore_variables(
+        workdir, {"params": abstract.params, "model_state": abstract.model_state},
+        field="config.init_from")
     logging.info("initialised from %s step %d", workdir, step)
-    return dict(got["params"]), dict(got["model_state"])
+    return params, model_state
 
   def _load_tower(self, tower: str, current, shardings):
     """``model.<tower>.init``: a checkpoint path (safetensors, torch state_dict or HF
@@ -199,7 +175,7 @@ class Trainer:
     """``optim.frozen`` parameters enter the loss as constants: no gradient is computed
     for them (XLA drops their backward entirely, e.g. the lower layers of a pretrained
     text tower), and the optimiser keeps no state for them."""
-    frozen = list(self.config.optim.get("frozen") or [])
+    frozen = list(self.config.optim.frozen or [])
     if not frozen:
       return params
     labels = _path_labels(params, {p: "frozen" for p in frozen}, "trained")
@@ -207,19 +183,13 @@ class Trainer:
         lambda lab, x: jax.lax.stop_gradient(x) if lab == "frozen" else x, labels, params)
 
   def loss_fn(self, params, model_state, batch, rng):
-    """The fused objective. Returns (total, (metrics, updated model_state)).
-
-    ``loss.contrastive`` picks the contrastive term, weighted by ``contrastive_weight``
-    (SLAP's lambda): "info_nce" (CLAP, SLAP, Speech-CLAP, CLSP stage 1), "sigmoid"
-    (SigLIP; needs ``model.logit_bias_init``) or "multi_positive" (CLSP stage 2: two
-    captions per clip, ``multi_positive_lambda`` on the first). Beside it
-    ``mae_weight * MAE`` and ``cka_weight * (1 - CKA)`` (AcuLa); ``augment`` draws one
-    waveform transform per clip on the device before the features."""
-    cfg = self.config.loss
+    """The fused objective: ``sum(weight * term)`` over ``config.loss.terms`` (see
+    ``jaxclap.terms``). Returns (total, (metrics, updated model_state)). ``augment``
+    draws one waveform transform per clip on the device before the features."""
     params = self._stop_frozen(params)
     drop_rng, mae_rng, aug_rng = jax.random.split(rng, 3)
     wave = batch["audio"]
-    if self.config.get("augment"):
+    if self.config.augment:
       from jaxclap import augment
       wave = augment.random_augment(aug_rng, wave, batch["audio_len"],
                                     sample_rate=int(self.config.features.sample_rate),
@@ -235,62 +205,18 @@ class Trainer:
     out = self.model.apply(variables, spec, frames, ids, mask,
                            train=True, rngs={"dropout": drop_rng}, mutable=mutable)
     (a, t, scale), new_state = out if mutable else (out, model_state)
-    scale = losses.clamp_logit_scale(scale)
-    lam = float(cfg.get("contrastive_weight", 1.0))
-    kind = str(cfg.get("contrastive", "info_nce"))
-    total = jnp.zeros((), jnp.float32)
-    metrics = {"logit_scale": jnp.exp(scale)}
-    if self.config.input.get("caption_pool") == "clsp":  # which CLSP task the step drew
+    recon = None
+    if any(terms.TERMS[n].uses_decoder for n in self.terms):
+      recon = self.model.apply(variables, spec, frames, mae_rng,
+                               method=self.model.reconstruct)
+    outputs = terms.Outputs(audio=a, text=t.reshape(a.shape[0], per_clip, -1),
+                            logit_scale=losses.clamp_logit_scale(scale),
+                            logit_bias=params.get("logit_bias"), reconstruction=recon)
+    total, metrics = terms.total(self.terms, outputs, self.config.loss, self.mesh)
+    metrics = {"logit_scale": jnp.exp(outputs.logit_scale), **metrics, "loss": total}
+    if "task" in batch:   # which CLSP task the step drew (its caption sampler's choice)
       metrics["task"] = batch["task"].astype(jnp.float32).mean()
-    if lam > 0:
-      mode = cfg.get("mode", "gather")
-      if kind == "multi_positive":
-        c, m = losses.multi_positive_info_nce(
-            a, t.reshape(a.shape[0], per_clip, -1), scale, mesh=self.mesh, mode=mode,
-            lam=float(cfg.get("multi_positive_lambda", 0.5)))
-      elif kind == "info_nce":
-        c, m = losses.info_nce(a, t, scale, mesh=self.mesh, mode=mode)
-      else:
-        c, m = losses.sigmoid_loss(a, t, scale, params["logit_bias"], mesh=self.mesh,
-                                   mode=mode)
-        metrics["logit_bias"] = params["logit_bias"]
-      total += lam * c
-      metrics.update({"contrastive": c, **m})
-    mae_w = float(cfg.get("mae_weight", 0.0))
-    if mae_w > 0:
-      pred, target, mask = self.model.apply(variables, spec, frames, mae_rng,
-                                            method=self.model.reconstruct)
-      mae = losses.mae_loss(pred, target, mask, norm_pix=bool(cfg.get("norm_pix", True)))
-      total += mae_w * mae
-      metrics["mae"] = mae
-    cka_w = float(cfg.get("cka_weight", 0.0))
-    if cka_w > 0:
-      # AcuLa: the trained audio projection against the frozen teacher's projected pooled
-      # states (its text head is trained; the teacher tower sits in optim.frozen).
-      cka = losses.cka_loss(a, t[::per_clip])
-      total += cka_w * cka
-      metrics["cka_loss"] = cka
-    metrics["loss"] = total
     return total, (metrics, dict(new_state))
-
-  def _check_loss_config(self):
-    """The loss fields against each other and the input, before anything compiles."""
-    cfg, k = self.config.loss, int(self.config.input.get("captions_per_clip", 1))
-    kind = str(cfg.get("contrastive", "info_nce"))
-    if kind not in CONTRASTIVE:
-      raise ValueError(f"config.loss.contrastive={kind!r}; use one of {CONTRASTIVE}")
-    if float(cfg.get("contrastive_weight", 1.0)) > 0:
-      if (kind == "multi_positive") != (k == 2):
-        raise ValueError(f"config.loss.contrastive={kind!r} with input.captions_per_clip={k}:"
-                         " 'multi_positive' pairs exactly 2 captions per clip, the others 1")
-      if kind == "sigmoid" and self.config.model.get("logit_bias_init") is None:
-        raise ValueError("config.loss.contrastive='sigmoid' needs a learnable bias: set "
-                         "config.model.logit_bias_init (SigLIP: -10.0)")
-    if k > 2 or k < 1:
-      raise ValueError(f"config.input.captions_per_clip={k}: use 1, or 2 for multi_positive")
-    if float(cfg.get("cka_weight", 0.0)) > 0 and int(self.config.global_batch_size) < 2:
-      raise ValueError("config.loss.cka_weight > 0 compares Gram matrices over the batch: "
-                       "global_batch_size must be >= 2")
 
   def _step(self, state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -385,31 +311,6 @@ def resolve_tokenizer(config: Any, workdir: str) -> None:
       del config.tokenizer["vocab_size"]
 
 
-def _checkpoint_manager(workdir: str, config: Any):
-  import orbax.checkpoint as ocp
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"), item_names=("state", "data"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=int(config.get("keep_checkpoints", 2)),
-                                           create=True))
-
-
-def save_checkpoint(mgr, state: TrainState, data_iter) -> None:
-  import grain
-  import orbax.checkpoint as ocp
-  mgr.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)))
-
-
-def restore_checkpoint(mgr, trainer: Trainer, data_iter, step: int) -> TrainState:
-  """The saved state, restored straight into the trainer's shardings, and the iterator."""
-  import grain
-  import orbax.checkpoint as ocp
-  abstract = trainer.abstract_state()
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iter)))
-  return restored["state"]
-
-
 class _Progress:
   """Deferred metrics (fetched only at log steps, so the host never waits on the device
   in between), a progress line with steps/s and ETA, TensorBoard scalars, metrics.jsonl."""
@@ -450,6 +351,21 @@ class _Progress:
             + f"  {rate:.2f} steps/s  ETA {eta / 60:.1f} min", flush=True)
     self.pending = []
 
+  def log_eval(self, step: int, results: dict) -> dict:
+    """Evaluator results at ``step``: their float metrics to TensorBoard (``eval/...``)
+    and into that step's metrics.jsonl row, keyed by evaluator name. Returns them."""
+    from jaxclap.evaluators import scalars
+    if self.is_main and results:
+      values = scalars(results)
+      for k, v in values.items():
+        self.writer.add_scalar(f"eval/{k}", v, step)
+      if self.pending and self.pending[-1][0] == step:
+        self.pending[-1][2].update(values)
+      else:   # the step's row is written already (or was never this run's)
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+    return results
+
   def close(self):
     if self.writer:
       self.writer.close()
@@ -457,33 +373,34 @@ class _Progress:
 
 
 def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
-  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), then
-  evaluates on ``config.eval.split`` and writes ``<workdir>/results.json``."""
-  from jaxclap import evaluate, evaluators, input_pipeline, tokenizers
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), running the
+  evaluators of ``config.evals`` every their ``every`` steps and at the end; the end's
+  results go to ``<workdir>/results.json`` and the printed table."""
+  from jaxclap import evaluators, input_pipeline, tokenizers
 
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   resolve_sources(config)
   resolve_tokenizer(config, workdir)
   if is_main:   # what jaxclap.load(workdir) rebuilds the model from
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    checkpoints.write_config(workdir, config)
   mesh = sharding.make_mesh(config.mesh)
   tokenizer = tokenizers.from_config(config.tokenizer)
   trainer = Trainer(config, mesh)
+  evals = evaluators.Evaluators(config, trainer, tokenizer)   # checked before training
   total = int(config.total_steps)
   ds = input_pipeline.train_dataset(
       config.input, tokenizer, global_batch_size=int(config.global_batch_size),
       process_index=jax.process_index(), process_count=jax.process_count(),
       seed=int(config.seed))
   data_iter = input_pipeline.make_iterator(
-      ds, num_threads=int(config.input.get("num_threads", 2)),
-      prefetch=int(config.input.get("prefetch", 4)),
-      worker_count=int(config.input.get("worker_count", 0)))
-  mgr = _checkpoint_manager(workdir, config)
+      ds, num_threads=int(config.input.num_threads),
+      prefetch=int(config.input.prefetch),
+      worker_count=int(config.input.worker_count))
+  mgr = checkpoints.manager(workdir, config)
   latest = mgr.latest_step()
   if latest is not None:
-    state = restore_checkpoint(mgr, trainer, data_iter, latest)
+    state = checkpoints.restore(mgr, trainer.abstract_state(), data_iter, latest)
     logging.info("resumed from %s at step %d", workdir, latest)
     if is_main:
       print(f"resuming from step {latest} ({workdir}/checkpoints)", flush=True)
@@ -495,24 +412,28 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | No
     print(f"{n_params / 1e6:.1f}M parameters on mesh {dict(mesh.shape)}; "
           f"steps {start} -> {total}; workdir {workdir}", flush=True)
   progress = _Progress(workdir, total, start, is_main)
-  log_every = int(config.get("log_every", 10))
-  ckpt_every = int(config.get("checkpoint_every", 100))
-  log_indices = bool(config.get("log_data_indices", False))
+  log_every = int(config.log_every)
+  ckpt_every = int(config.checkpoint_every)
+  log_indices = bool(config.log_data_indices)
+  results = None
   for step in range(start + 1, total + 1):
     local = next(data_iter)
     extra = {"data_index": local["index"].tolist()} if log_indices else None
     state, metrics = trainer.step(state, sharding.global_batch(local, mesh))
     progress.add(step, metrics, extra)
+    if evals.due(step):   # every evaluator at the last step
+      results = progress.log_eval(step, evals.run(state.variables(), step))
     if step % log_every == 0 or step == total:
       progress.flush(step)
     if step % ckpt_every == 0 or step == total:
-      save_checkpoint(mgr, state, data_iter)
+      checkpoints.save(mgr, state, data_iter)
+  if evals and start >= total:   # a finished run is evaluated again
+    results = progress.log_eval(total, evals.run(state.variables(), total))
   progress.flush(total)
   mgr.wait_until_finished()
   progress.close()
-  results = evaluators.evaluate_model(trainer, state.variables(), config, tokenizer)
-  if is_main and results is not None:
+  if is_main and results:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-    print(evaluate.format_table(results), flush=True)
-  return state, results
+    print(evals.table(results), flush=True)
+  return state, results or None

@@ -6,6 +6,7 @@ Numpy only: ``jaxclap.torch_model`` imports it without JAX.
   crop_or_pad   one waveform -> exactly the training window (random or start crop; zero
                 or LAION's "repeatpad" padding) and how many samples are real
   clip_list     one clip or a batch of clips (paths, 1-D or 2-D arrays / tensors) -> a list
+  hop           the half-window hop ``windows`` is called with
   windows       a clip -> windows of the training length with a half-window hop (the
                 tail covered too; SLAP's 10 s / 5 s for a 10 s window), short clips padded
   pool          window embeddings -> each clip's mean, re-normalised
@@ -52,6 +53,11 @@ def clip_list(clips: Any) -> list:
   if isinstance(clips, (str, os.PathLike)) or ndim == 1:
     return [clips]
   return list(clips)
+
+
+def hop(window: int) -> int:
+  """The hop between windows: half a window (SLAP's 5 s for 10 s)."""
+  return max(1, window // 2)
 
 
 def windows(wave: np.ndarray, window: int, hop: int, pad: str) -> tuple[list, list]:

@@ -297,11 +297,33 @@ def test_checkpoint_rules_and_bad_checkpoints():
 
 def test_features_config():
   cfg = audiomae.features_config()
-  assert cfg["kind"] == "fbank" and cfg["sample_rate"] == 16000 and cfg["num_mel_bins"] == 128
+  assert cfg["kind"] == "fbank" and cfg["sample_rate"] == 16000 and cfg["n_mels"] == 128
   assert (cfg["frame_length_ms"], cfg["frame_shift_ms"], cfg["max_frames"]) == (25.0, 10.0, 1024)
-  assert cfg["window_type"] == "hanning" and cfg["dither"] == 0.0
+  assert cfg["window_type"] == "hanning"
   assert cfg["norm_mean"] == -4.2677393 and cfg["norm_std"] == pytest.approx(2 * 4.5689974)
   assert audiomae.VIT_B["width"] == 768 and audiomae.VIT_B["mae_width"] == 512
+
+
+def test_features_config_fields_are_all_read():
+  """Every field of ``features_config()`` is one ``spectrogram`` reads: a field nothing
+  reads (it once carried ``num_mel_bins`` beside ``n_mels``, and a ``dither`` our
+  deterministic fbank has no use for) suggests a setting that does nothing."""
+  import ml_collections
+  from jaxclap.models import two_towers
+  read = set()
+
+  class Recording(ml_collections.ConfigDict):
+    def __getattr__(self, key):
+      read.add(key)
+      return super().__getattr__(key)
+
+    def get(self, key, default=None):
+      read.add(key)
+      return super().get(key, default)
+
+  cfg = Recording(audiomae.features_config())
+  two_towers.spectrogram(cfg, jnp.zeros((1, 16000)), jnp.full((1,), 16000))
+  assert set(audiomae.features_config()) <= read, set(audiomae.features_config()) - read
 
 
 def test_fbank_front_end_is_audiomaes():

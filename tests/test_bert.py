@@ -227,7 +227,7 @@ def test_import_tower_sources_and_registry(small_bert, tmp_path):
               want)
   with pytest.raises(ValueError, match=r"unknown tower kind 'bart'; known: \['audiomae', 'bert', 'cnn14', 'gemma3', 'htsat', 'minilm', 'qwen3', 'roberta', 'vit'\]"):
     convert.import_tower("bart", sd, shapes)
-  assert set(convert.IMPORTERS) >= {"htsat", "cnn14", "audiomae", "vit", "qwen3", "gemma3"}
+  assert set(convert.importers()) >= {"htsat", "cnn14", "audiomae", "vit", "qwen3", "gemma3"}
   assert convert.importer("roberta") is convert.import_bert
 
 

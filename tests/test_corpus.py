@@ -1,6 +1,6 @@
 """Tests of the embedded espeak-ng corpus: determinism, split contract, captions that say
-true things, readability, caching, and acoustic checks that the labels are true of the
-audio, measured with estimators independent of the ones the corpus uses.
+true things, readability, caching, declared tasks, and acoustic checks that the labels
+are true of the audio, measured with estimators independent of the ones the corpus uses.
 
 Two tiny builds (scale 0.02, ~90 clips) are shared by the module; the file runs in well
 under a minute on 2 cores.
@@ -19,6 +19,7 @@ from jaxclap.corpus import captions as captions_lib
 from jaxclap.corpus import espeak
 from jaxclap.corpus import records
 from jaxclap.corpus import speech_corpus as sc
+from jaxclap.corpus import speech_tasks
 
 SCALE = 0.02
 SPLITS = ("train", "validation", "test")
@@ -201,6 +202,38 @@ def test_cache_is_reused(builds):
   # another seed or scale is another dataset version, and another plan
   assert len({sc._version(0, SCALE), sc._version(1, SCALE), sc._version(0, 0.03)}) == 3
   assert sc.plan_hash(sc.make_plan(1, SCALE)) != sc.plan_hash(sc.make_plan(0, SCALE))
+
+
+def test_builds_declare_their_tasks(builds):
+  """Evaluators learn the tasks from the corpus itself (tasks.json), not from its name."""
+  for path in builds:
+    tasks = records.read_tasks(path)
+    assert tasks == speech_tasks.TASKS
+    assert tasks["binary"] == dict(sc.BINARY_TASKS)
+    assert all(isinstance(t, records.BinaryTask) for t in tasks["binary"].values())
+    assert all(isinstance(t, records.MultiClassTask) for t in tasks["multiclass"].values())
+    assert all(isinstance(t, records.GradedTask) for t in tasks["graded"].values())
+
+
+def test_cached_build_without_tasks_gets_them_not_a_rebuild(builds):
+  """A build from before tasks.json (or with older tasks) is brought up to date in
+  place: tasks change no record, so the audio is not synthesised again."""
+  path = builds[1]
+  tasks_file = os.path.join(path, records.TASKS_FILE)
+  others = {f: os.stat(os.path.join(path, f)).st_mtime_ns for f in os.listdir(path)
+            if f != records.TASKS_FILE}
+  for stale in (None, records.tasks_json({"binary": {"gender": sc.BINARY_TASKS["gender"]}})):
+    if stale is None:
+      os.remove(tasks_file)
+    else:
+      with open(tasks_file, "w") as f:
+        f.write(stale)
+    start = time.time()
+    assert sc.build(os.path.dirname(os.path.dirname(path)), scale=SCALE, num_workers=0) == path
+    assert time.time() - start < 10
+    assert records.read_tasks(path) == speech_tasks.TASKS
+    assert others == {f: os.stat(os.path.join(path, f)).st_mtime_ns for f in os.listdir(path)
+                      if f != records.TASKS_FILE}
 
 
 # ---------------------------------------------------------------- labels are true of the audio

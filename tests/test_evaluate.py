@@ -35,7 +35,8 @@ def test_zero_shot_balanced_accuracy():
   assert z["accuracy"]["pitch"] == pytest.approx(0.8)
   assert z["balanced_accuracy"]["pitch"] == pytest.approx((1.0 + 0.75) / 2)
   table = evaluate.format_table({"zero_shot": z["balanced_accuracy"],
-                                 "zero_shot_accuracy": z["accuracy"], "counts": z["counts"],
+                                 "zero_shot_accuracy": z["accuracy"],
+                                 "zero_shot_counts": z["counts"],
                                  "zero_shot_mean": 0.875, "retrieval": {"x/R@1": 0.5}})
   assert "87.5%" in table and "pitch" in table
 
@@ -202,3 +203,60 @@ def test_corpus_task_tables_name_metadata_values():
   assert {t.key for t in speech_tasks.GRADED_TASKS.values()} == {
       "pitch_st", "rate_wpm", "loudness_dbfs"}
   assert not set(speech_tasks.MULTICLASS_TASKS) & set(speech_corpus.BINARY_TASKS)
+
+
+# ------------------------------------------------------------- evaluators on a real run
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+  """The demo's runlocal model after two steps on the embedded corpus, its retrieval
+  evaluated after every step."""
+  from jaxclap import configs, train
+  c = configs.load("demo", "runlocal,steps=2")
+  c.corpus.data_dir = str(tmp_path_factory.mktemp("datasets"))
+  c.log_every = 1
+  c.evals = dict(retrieval=dict(type="retrieval", every=1))
+  workdir = str(tmp_path_factory.mktemp("run"))
+  state, results = train.train_and_evaluate(c, workdir)
+  return c, state, workdir, results
+
+
+def test_evaluators_run_during_training(two_step_run):
+  """An evaluator with ``every`` runs during training and at the end: its metrics, keyed
+  by its name, join that step's metrics.jsonl row (and TensorBoard); the end's results go
+  to results.json."""
+  import json
+  import os
+  c, _, workdir, results = two_step_run
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows] == [1, 2] and all("loss" in r for r in rows)
+  assert all(0 <= r["retrieval/text_to_audio/R@1"] <= 1 for r in rows)
+  assert set(results) == {"retrieval", "clips"} and results["clips"] == {"test": 35}
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f) == results
+  assert rows[-1]["retrieval/audio_to_text/mAP@10"] == results["retrieval"]["audio_to_text/mAP@10"]
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_evaluation_embeds_clips_as_the_api_does(two_step_run):
+  """Evaluation's audio embeddings of the test split are ``jaxclap.load(workdir)
+  .embed_audio``'s of the same clips: clips longer than the 3 s window are cut into
+  half-window-hop windows and pooled by both, not cropped to their first window."""
+  import jaxclap
+  from jaxclap import evaluators, sharding, tokenizers, train
+  from jaxclap.corpus import records
+  c, state, workdir, _ = two_step_run
+  ev = evaluators.Evaluators(c, train.Trainer(c, sharding.make_mesh(c.mesh)),
+                             tokenizers.from_config(c.tokenizer))
+  got = ev.embed_split(state.variables(), "test")["audio"]
+  src = records.open_split(c.input.sources[0]["path"], "test")
+  waves = [records.decode(src[i])["audio"] for i in range(len(src))]
+  window = int(c.input.clip_seconds * c.input.sample_rate)
+  long = [i for i, w in enumerate(waves) if len(w) > window]
+  assert len(long) >= 3 and max(len(w) for w in waves) > 1.5 * window   # 3+ windows
+  api = jaxclap.load(workdir)
+  np.testing.assert_allclose(got, api.embed_audio(waves), rtol=0, atol=2e-5)
+  first = api.embed_audio([waves[i][:window] for i in long])   # what evaluation did before
+  assert np.abs(first - got[long]).max() > 1e-3

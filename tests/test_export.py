@@ -248,9 +248,9 @@ def test_other_towers_and_tokenizers_are_refused_and_gelu_heads_map():
 
 
 def test_cli_help(capsys):
-  from jaxclap import export
+  from jaxclap.export import __main__ as cli
   with pytest.raises(SystemExit) as e:
-    export.main(["--help"])
+    cli.main(["--help"])
   assert e.value.code == 0
   out = capsys.readouterr().out
   assert "--workdir" in out and "--out" in out and "ClapModel" in out
@@ -285,3 +285,36 @@ def test_export_bert_inverts_import_bert_for_bare_encoders():
   np.testing.assert_array_equal(with_buffers["text_model.embeddings.position_ids"],
                                 np.arange(20)[None])
   assert with_buffers["text_model.embeddings.token_type_ids"].shape == (1, 20)
+
+
+@pytest.mark.parametrize("mae_weight", [0.0, 0.1])
+def test_the_way_back_expects_the_decoder_exactly_when_training_made_it(mae_weight):
+  """A ViT with ``mae_depth > 0`` has decoder parameters only when a loss term runs it
+  (``terms.uses_decoder``); ``import_export``'s target must agree with training's, or an
+  export of a run trained without the MAE term would not read back."""
+  import jax
+  import flax.linen as nn
+  from jaxclap import checkpoints, configs, export
+  from jaxclap.models import two_towers
+  c = configs.load("demo", "runlocal,audio=vit,text=bert")
+  assert int(c.model.audio.mae_depth) > 0
+  configs.set_terms(c, info_nce=1.0, mae=mae_weight)
+  model = two_towers.from_config(c.model)
+  trained = jax.eval_shape(lambda: nn.meta.unbox(checkpoints.init_variables(
+      model, c, jax.random.PRNGKey(0), jax.random.PRNGKey(1))))
+  target = export.variable_shapes(c)
+  shapes = lambda t: jax.tree_util.tree_map(lambda x: tuple(x.shape), t)
+  assert shapes(target["params"]) == shapes(trained["params"])
+  assert ("decoder" in target["params"]["audio"]) == (mae_weight > 0)
+
+
+def test_a_hole_in_an_exported_state_dict_names_the_keys(tmp_path):
+  """``convert.save_strict`` reports missing / unexpected keys as ``CheckpointMismatch`` (with
+  ``strict=True`` torch raised first and that check never ran)."""
+  import torch
+  from jaxclap import export
+  from jaxclap.models import convert
+  lin = torch.nn.Linear(2, 3)
+  sd = {"weight": np.zeros((3, 2), np.float32), "extra": np.zeros(1, np.float32)}
+  with pytest.raises(convert.CheckpointMismatch, match=r"missing \['bias'\], unexpected \['extra'\]"):
+    convert.save_strict(lin, sd, str(tmp_path / "out"))

@@ -152,12 +152,25 @@ def test_two_captions_and_repeat_pad(corpora):
 
 
 def test_eval_dataset_covers_every_clip_once(corpora):
+  """Every clip's caption once, and every clip cut into exactly the windows
+  ``jaxclap.load(...).embed_audio`` cuts it into (windows.windows, half-window hop)."""
+  from jaxclap import windows
   big, _ = corpora
   ds = ip.eval_dataset(_cfg([]), ByteTokenizer(), dict(path=big, split="test"), batch_size=16)
-  assert len(ds) == 3
-  rows = [(int(r), int(v)) for s in range(3) for r, v in zip(ds[s]["record"], ds[s]["valid"])]
+  src = records.open_split(big, "test")
+  waves = [records.decode(src[i])["audio"] for i in range(len(src))]
+  cut = [windows.windows(w, 2000, windows.hop(2000), "zero") for w in waves]   # 0.25 s
+  expected = [(c, w, n) for c, (ws, ns) in enumerate(cut) for w, n in zip(ws, ns)]
+  assert len(expected) > 40 and len(ds) == -(-len(expected) // 16)
+  batches = [ds[s] for s in range(len(ds))]
+  rows = [(int(r), int(v)) for b in batches for r, v in zip(b["record"], b["valid"])]
   assert sorted(r for r, v in rows if v) == list(range(40))
   assert sum(v for _, v in rows) == 40
+  got = [(int(o), a, int(n)) for b in batches
+         for o, a, n in zip(b["owner"], b["audio"], b["audio_len"]) if o >= 0]
+  assert [(o, n) for o, _, n in got] == [(c, n) for c, _, n in expected]
+  for (_, a, _), (_, w, _) in zip(got, expected):
+    np.testing.assert_array_equal(a, w)
 
 
 def test_bad_record_and_config_errors(tmp_path, corpora):

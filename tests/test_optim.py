@@ -23,8 +23,12 @@ from jaxclap import optim, train
 
 
 def _cfg(**kw):
-  c = ml_collections.ConfigDict()
-  c.lr = 1e-3
+  """The base config's optim section with lr 1e-3, no warm-up and no clipping, then
+  ``kw``."""
+  from jaxclap import configs
+  c = configs.base({}).optim
+  c.update(dict(lr=1e-3, warmup_steps=0, grad_clip=None, weight_decay=1e-4, name="adamw",
+                decay="cosine"))
   c.update(kw)
   return c
 

@@ -137,3 +137,100 @@ def test_splits_and_existing_output(manifest, tmp_path):
   with pytest.raises(FileExistsError, match="--overwrite"):
     prepare.prepare({"train": str(path)}, out, "two")
   assert prepare.main(["--manifest", str(tmp_path / "nope.jsonl"), "--out", out]) == 2
+
+
+# ---------------------------------------------------------------- declared tasks
+
+_TASKS = {
+    "binary": {"calm": {"key": "mood", "positive": ["calm"], "negative": ["angry", "tense"],
+                        "positive_prompt": "A calm voice.",
+                        "negative_prompt": ["An angry voice.", "A tense voice."]}},
+    "multiclass": {"speaker": {"key": "speaker", "classes": ["s1", "s2"],
+                               "prompts": ["Speaker one.", ["Speaker two.", "The other one."]]}},
+    "graded": {"age": {"key": "age", "prompt": "An old person speaking.",
+                       "exclude": [["mood", "varies"]]}},
+}
+
+
+def test_tasks_file_is_declared_beside_the_splits(manifest, tmp_path):
+  path, _, _ = manifest
+  tasks = tmp_path / "tasks.json"
+  tasks.write_text(json.dumps(_TASKS))
+  out = str(tmp_path / "o")
+  assert prepare.main(["--manifest", str(path), "--out", out, "--name", "with_tasks",
+                       "--max_seconds", "10", "--tasks", str(tasks)]) == 0
+  got = records.read_tasks(os.path.join(out, "with_tasks", "1.0.0"))
+  assert got == {
+      "binary": {"calm": records.BinaryTask("mood", ("calm",), ("angry", "tense"), "A calm voice.",
+                                            ("An angry voice.", "A tense voice."))},
+      "multiclass": {"speaker": records.MultiClassTask(
+          "speaker", ("s1", "s2"), ("Speaker one.", ("Speaker two.", "The other one.")))},
+      "graded": {"age": records.GradedTask("age", "An old person speaking.", None,
+                                           (("mood", "varies"),))},
+  }
+  assert records.read_tasks(out) == got   # a folder holding the one dataset, as open_split
+  p, _ = prepare.prepare({"train": str(path)}, out, "no_tasks", max_seconds=10)
+  assert records.read_tasks(p) == {"binary": {}, "multiclass": {}, "graded": {}}
+
+
+def _bad(kind, name, **change):
+  spec = dict(_TASKS[kind][name], **change)
+  return {kind: {name: {k: v for k, v in spec.items() if v is not None}}}
+
+
+@pytest.mark.parametrize("tasks, names", [
+    (_bad("binary", "calm", negative_prompt=None), ("binary.calm", "negative_prompt")),
+    (_bad("binary", "calm", positive="calm"), ("binary.calm.positive",)),
+    (_bad("binary", "calm", positive_prompt=""), ("binary.calm.positive_prompt",)),
+    (_bad("binary", "calm", colour="red"), ("binary.calm", "colour")),
+    (_bad("multiclass", "speaker", prompts=["Speaker one."]),
+     ("multiclass.speaker.prompts", "1 prompts for 2 classes")),
+    (_bad("graded", "age", exclude=[["mood"]]), ("graded.age.exclude[0]",)),
+    ({"regression": {}}, ("regression",)),
+    ({"binary": ["calm"]}, ("binary",)),
+    ({"format": 2}, ("format 2",)),
+])
+def test_malformed_tasks_file_names_the_file_and_key(manifest, tmp_path, capsys, tasks, names):
+  path, _, _ = manifest
+  file = tmp_path / "bad_tasks.json"
+  file.write_text(json.dumps(tasks))
+  out = tmp_path / "o"
+  assert prepare.main(["--manifest", str(path), "--out", str(out), "--tasks", str(file)]) == 2
+  err = capsys.readouterr().err
+  assert str(file) in err and all(n in err for n in names), err
+  assert not out.exists()   # checked before any audio is read
+
+
+def test_tasks_file_that_is_not_json_is_named(manifest, tmp_path):
+  path, _, _ = manifest
+  file = tmp_path / "bad_tasks.json"
+  file.write_text("{not json")
+  with pytest.raises(ValueError, match=f"{file}: not JSON"):
+    prepare.prepare({"train": str(path)}, str(tmp_path / "o"), "bad", tasks=str(file))
+  with pytest.raises(FileNotFoundError, match="--tasks"):
+    prepare.prepare({"train": str(path)}, str(tmp_path / "o"), "bad",
+                    tasks=str(tmp_path / "none.json"))
+
+
+def test_defaults_are_trainings():
+  """A corpus prepared with the defaults is one training reads: the caption limit and
+  sample rate come from the training config, not a copy of its numbers."""
+  from jaxclap import configs
+  train = configs.base({}).input
+  args = prepare._parser().parse_args(["--manifest", "m.jsonl", "--out", "o"])
+  assert args.max_caption_chars == train.max_caption_chars
+  assert args.sample_rate == train.sample_rate
+  import inspect
+  defaults = inspect.signature(prepare.prepare).parameters
+  assert defaults["max_caption_chars"].default == train.max_caption_chars
+  assert defaults["sample_rate"].default == train.sample_rate
+
+
+def test_caption_training_refuses_is_refused_by_default(manifest, tmp_path):
+  """The drift this closes: prepare accepted 2,000-character captions training refused."""
+  from jaxclap import configs
+  limit = configs.base({}).input.max_caption_chars
+  bad = tmp_path / "long.jsonl"
+  bad.write_text(json.dumps({"audio": "audio/a.wav", "captions": ["y" * (limit + 1)]}))
+  with pytest.raises(records.BadRecord, match=f"more than max_chars={limit}"):
+    prepare.prepare({"train": str(bad)}, str(tmp_path / "o"), "long", on_error="raise")

@@ -184,23 +184,25 @@ def test_full_size_slap_builds():
 
 def test_sigmoid_loss_option_trains(data_dir, tmp_path):
   c = recipe("speech_clap", "runlocal")
-  c.loss.contrastive = "sigmoid"
+  configs.set_terms(c, sigmoid=1.0)
   c.model.logit_scale_init = float(np.log(10.0))   # SigLIP: t' = log 10, b = -10
   c.model.logit_bias_init = -10.0
-  c.eval = None
+  c.evals = {}
   _, _, rows = _train(c, data_dir, tmp_path / "sigmoid")
   _falls(rows)
   assert "logit_bias" in rows[-1] and rows[-1]["logit_bias"] != -10.0
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(contrastive="sigmoid"), "logit_bias_init"),
-    (dict(contrastive="multi_positive"), "captions_per_clip"),
-    (dict(contrastive="softmax"), "loss.contrastive"),
+    (dict(info_nce=0.0, sigmoid=1.0), "logit_bias_init"),
+    (dict(info_nce=0.0, multi_positive=1.0), "captions_per_clip"),
+    (dict(softmax=1.0), "loss.terms"),
+    (dict(info_nce=0.0), "no term"),
+    (dict(multi_positive=1.0), "more than one contrastive"),
 ])
 def test_contradictory_loss_settings_are_refused(change, match):
   c = recipe("speech_clap", "runlocal")
-  c.loss.update(change)
+  c.loss.terms = {**c.loss.terms.to_dict(), **change}
   with pytest.raises(ValueError, match=match):
     train.Trainer(c, sharding.make_mesh(c.mesh))
 
@@ -260,3 +262,33 @@ def test_bad_recipe_settings_name_the_field(tmp_path):
   cfg.task_schedule, cfg.captions_per_clip = None, 1
   with pytest.raises(ValueError, match="input.captions_per_clip=2, not 1"):
     input_pipeline.train_dataset(cfg, None, global_batch_size=8)
+
+
+def test_bad_evaluator_settings_name_the_field():
+  """``config.evals`` is checked before anything trains: an unknown type or field, or a
+  bad value, names ``config.evals.<name>.<field>``; ``config.eval`` holds only the
+  defaults (``split``, ``batch_size``, ``templates``) an evaluator may override."""
+  from jaxclap import evaluators
+  c = recipe("clsp", "runlocal,stage=1")
+  c.evals.zero_shot.split = "validation"
+  got = {e.name: e for e in evaluators.build(c)}
+  assert got["zero_shot"].split == "validation" and got["graded"].split == "test"
+  assert got["retrieval_fine"].pool == "fine" and got["retrieval"].pool == "global"
+  assert got["graded"].templates == tuple(c.eval.templates)
+  assert got["multiclass"].batch_size == c.eval.batch_size and got["graded"].every == 0
+  for change, match in [
+      (lambda c: c.evals.update(oops=dict(type="zeroshot")),
+       r"config.evals.oops.type='zeroshot'; use one of \['zero_shot', "),
+      (lambda c: c.evals.retrieval.update(poll="fine"),
+       r"config.evals.retrieval.poll: unknown field of type 'retrieval'"),
+      (lambda c: c.evals.retrieval.update(templates=["{}"]),
+       r"config.evals.retrieval.templates: unknown field"),
+      (lambda c: c.evals.retrieval_fine.update(pool="coarse"),
+       r"config.evals.retrieval_fine.pool='coarse'"),
+      (lambda c: c.evals.graded.update(every=-5), r"config.evals.graded.every=-5"),
+      (lambda c: c.eval.update(metrics=("zero_shot",)), r"config.eval.metrics: unknown field"),
+  ]:
+    c = recipe("clsp", "runlocal,stage=1")
+    change(c)
+    with pytest.raises(ValueError, match=match):
+      evaluators.build(c)

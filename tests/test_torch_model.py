@@ -209,7 +209,7 @@ for combo in sys.argv[3:]:
   audio, text = combo.split("+")
   c = configs.load("demo", f"runlocal,steps=2,audio={audio},text={text}")
   c.corpus.data_dir = data
-  c.eval = None
+  c.evals = {}
   train.train_and_evaluate(c, f"{base}/{audio}_{text}")
 """
 
@@ -345,8 +345,8 @@ def test_towers_format_refuses_htsat_fusion():
   from jaxclap import export
   from jaxclap import configs
   c = configs.load("demo", "runlocal,audio=htsat,text=minilm")
-  export._towers_check(c)
+  export.check_towers(c)
   c.model.audio.enable_fusion = True
   with pytest.raises(export.NotExportable, match=r"model\.audio\.enable_fusion"):
-    export._towers_check(c)
+    export.check_towers(c)
   assert isinstance(c, ml_collections.ConfigDict)

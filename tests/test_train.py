@@ -83,10 +83,9 @@ def test_sigkill_and_resume_is_exact(tmp_path, data_dir):
 MESH_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    sys.path.insert(0, "configs")
-    import demo
+    from jaxclap import configs
     from jaxclap import sharding, train
-    c = demo.get_config("runlocal")
+    c = configs.load("demo", "runlocal")
     c.total_steps = 3
     c.global_batch_size = 16
     c.compute_dtype = "float32"
@@ -136,13 +135,12 @@ def test_eight_devices_match_one():
 ACCUM_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
-    sys.path.insert(0, "configs")
-    import demo
+    from jaxclap import configs
     from jaxclap import losses, sharding, train
-    c = demo.get_config("runlocal")
+    c = configs.load("demo", "runlocal")
     c.global_batch_size = 8
     c.optim.grad_accum = 2
-    c.loss.mae_weight = 0.0          # contrastive only: its value per micro-batch is exact
+    c.loss.terms.mae = 0.0           # contrastive only: its value per micro-batch is exact
     c.optim.frozen = ()              # the reference differentiates every parameter
     c.model.text.update(vocab_size=200, hidden_size=32, depth=1, num_heads=2, mlp_dim=64,
                         max_len=64, init=None)
@@ -182,11 +180,9 @@ def test_gradient_accumulation_averages_micro_batches():
 
 
 def _tiny_trainer(**optim):
-  import sys
-  sys.path.insert(0, os.path.join(ROOT, "configs"))
-  import demo
+  from jaxclap import configs
   from jaxclap import sharding, train
-  c = demo.get_config("runlocal")
+  c = configs.load("demo", "runlocal")
   c.global_batch_size = 4
   c.model.text.update(vocab_size=200, hidden_size=32, depth=2, num_heads=2, mlp_dim=64,
                       max_len=64, init=None)
@@ -273,20 +269,18 @@ def test_demo_trains_other_towers_by_one_override(tmp_path, data_dir, towers):
 def test_bad_tower_and_feature_settings_are_named():
   """An MAE term on a tower without a decoder, and an unknown front end, fail at build
   time with the config field named, not deep inside XLA."""
-  import sys
-  sys.path.insert(0, os.path.join(ROOT, "configs"))
-  import demo
+  from jaxclap import configs
   import jax
   import jax.numpy as jnp
   import ml_collections
   from jaxclap import sharding, train
   from jaxclap.models import two_towers
-  c = demo.get_config("runlocal,audio=htsat")
-  c.loss.mae_weight = 0.1
-  with pytest.raises(ValueError, match=r"loss.mae_weight > 0 needs an audio tower with an "
+  c = configs.load("demo", "runlocal,audio=htsat")
+  c.loss.terms.mae = 0.1
+  with pytest.raises(ValueError, match=r"loss.terms.mae needs an audio tower with an "
                                        r"MAE decoder \(vit\); model.audio.name='htsat'"):
     train.Trainer(c, sharding.make_mesh(c.mesh, jax.devices()[:1]))
-  feats = ml_collections.ConfigDict(dict(demo.get_config("runlocal").features, kind="mfcc"))
+  feats = ml_collections.ConfigDict(dict(configs.load("demo", "runlocal").features, kind="mfcc"))
   with pytest.raises(ValueError, match=r"config.features.kind must be 'logmel' or 'fbank', "
                                        r"got 'mfcc'"):
     two_towers.spectrogram(feats, jnp.zeros((1, 16000)), jnp.array([16000]))

@@ -16,6 +16,20 @@ and grain read any record at random without TensorFlow. Each record is one clip:
 Bad input is caught here, before anything reaches jit: ``check_waveform`` and
 ``check_captions`` either return a cleaned value or raise ``BadRecord`` with a reason;
 writers decide (``on_error``) whether that aborts or becomes a counted, logged skip.
+
+A corpus may declare its evaluation tasks in ``tasks.json`` beside its splits
+(``write_tasks`` / ``read_tasks``): which metadata key and values make each class and the
+prompts that describe them, so an evaluator needs nothing but the corpus's path.
+
+  {"format": 1,
+   "binary":     {name: {"key", "positive": [values], "negative": [values],
+                         "positive_prompt", "negative_prompt"}},
+   "multiclass": {name: {"key", "classes": [values], "prompts": [one per class]}},
+   "graded":     {name: {"key", "prompt", "negative_prompt": null, "exclude": [[key, value]]}}}
+
+A prompt is a sentence or a list of phrasings (their embeddings are averaged); a section
+may be left out. ``jaxclap.evaluate`` consumes the tasks (``task_label``,
+``multiclass_label``, ``graded``).
 """
 
 from __future__ import annotations
@@ -23,8 +37,9 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -226,16 +241,9 @@ def open_split(path: str, split: str):
   """A random-access source over one split of a dataset written by ``write_tfds`` (or any
   array_record TFDS dataset with our features). ``path`` is the version directory, or a
   folder holding exactly one ``<name>/<version>`` tree."""
-  import os
   import tensorflow_datasets as tfds
 
-  if not os.path.exists(os.path.join(path, "dataset_info.json")):
-    found = [os.path.join(r) for r, _, files in os.walk(path) if "dataset_info.json" in files]
-    if len(found) != 1:
-      raise FileNotFoundError(
-          f"{path}: expected one TFDS dataset (a folder with dataset_info.json) under it, "
-          f"found {len(found)}: {found[:5]}")
-    path = found[0]
+  path = dataset_dir(path)
   builder = tfds.builder_from_directory(path)
   if split not in builder.info.splits:
     raise KeyError(f"{path}: no split {split!r}; it has {sorted(builder.info.splits)}")
@@ -243,3 +251,197 @@ def open_split(path: str, split: str):
   if missing:
     raise KeyError(f"{path}: records lack the jaxclap features {sorted(missing)}")
   return builder.as_data_source(split)
+
+
+def dataset_dir(path: str) -> str:
+  """The version directory of a dataset: ``path`` itself, or the one ``<name>/<version>``
+  tree under it."""
+  if not os.path.exists(os.path.join(path, "dataset_info.json")):
+    found = [os.path.join(r) for r, _, files in os.walk(path) if "dataset_info.json" in files]
+    if len(found) != 1:
+      raise FileNotFoundError(
+          f"{path}: expected one TFDS dataset (a folder with dataset_info.json) under it, "
+          f"found {len(found)}: {found[:5]}")
+    path = found[0]
+  return path
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+class BinaryTask(NamedTuple):
+  """A zero-shot antonym task: clips with ``metadata[key]`` in ``positive`` / ``negative``
+  (others are excluded), scored against two prompts (SLAP: antonyms, never negations).
+  A prompt may be a tuple of phrasings: a class that is a union ("a foreign language") is
+  described by its generic phrase and by each member, and the embeddings are averaged."""
+  key: str
+  positive: tuple[str, ...]
+  negative: tuple[str, ...]
+  positive_prompt: str | tuple[str, ...]
+  negative_prompt: str | tuple[str, ...]
+
+
+class MultiClassTask(NamedTuple):
+  """``metadata[key] == classes[i]`` -> class i, described by ``prompts[i]`` (a sentence or
+  a tuple of phrasings whose embeddings are averaged)."""
+  key: str
+  classes: tuple[str, ...]
+  prompts: tuple[str | tuple[str, ...], ...]
+
+
+class GradedTask(NamedTuple):
+  """``metadata[key]`` (a number; None = not measured) against the similarity to
+  ``prompt``, minus that to ``negative_prompt`` if one is given. Clips with
+  ``metadata[k] == v`` for a pair (k, v) of ``exclude`` are left out."""
+  key: str
+  prompt: str | tuple[str, ...]
+  negative_prompt: str | tuple[str, ...] | None = None
+  exclude: tuple[tuple[str, str], ...] = ()
+
+
+TASKS_FILE = "tasks.json"
+_TASKS_FORMAT = 1
+TASK_KINDS = {"binary": BinaryTask, "multiclass": MultiClassTask, "graded": GradedTask}
+
+
+def _text(v, where):
+  if not isinstance(v, str) or not v.strip():
+    raise ValueError(f"{where}: expected a non-empty string, got {v!r}")
+  return v
+
+
+def _prompt(v, where):
+  """A sentence, or a list of phrasings -> str or tuple."""
+  if isinstance(v, list):
+    if not v:
+      raise ValueError(f"{where}: expected a sentence or a non-empty list of them, got []")
+    return tuple(_text(p, f"{where}[{i}]") for i, p in enumerate(v))
+  return _text(v, where)
+
+
+def _values(v, where):
+  """Metadata values: strings, numbers or booleans (JSON null is "no value", never a class)."""
+  if not isinstance(v, list) or not v:
+    raise ValueError(f"{where}: expected a non-empty list of metadata values, got {v!r}")
+  for i, x in enumerate(v):
+    if not isinstance(x, (str, int, float, bool)):
+      raise ValueError(f"{where}[{i}]: expected a string, number or boolean, got {x!r}")
+  return tuple(v)
+
+
+def _prompts(v, where):
+  if not isinstance(v, list) or not v:
+    raise ValueError(f"{where}: expected a list of prompts, one per class, got {v!r}")
+  return tuple(_prompt(p, f"{where}[{i}]") for i, p in enumerate(v))
+
+
+def _pairs(v, where):
+  if not isinstance(v, list):
+    raise ValueError(f"{where}: expected a list of [key, value] pairs, got {v!r}")
+  for i, pair in enumerate(v):
+    if not (isinstance(pair, list) and len(pair) == 2):
+      raise ValueError(f"{where}[{i}]: expected a [key, value] pair, got {pair!r}")
+    _text(pair[0], f"{where}[{i}][0]")
+  return tuple(tuple(pair) for pair in v)
+
+
+def _optional(check):
+  return lambda v, where: None if v is None else check(v, where)
+
+
+_FIELDS = {
+    BinaryTask: {"key": _text, "positive": _values, "negative": _values,
+                 "positive_prompt": _prompt, "negative_prompt": _prompt},
+    MultiClassTask: {"key": _text, "classes": _values, "prompts": _prompts},
+    GradedTask: {"key": _text, "prompt": _prompt, "negative_prompt": _optional(_prompt),
+                 "exclude": _pairs},
+}
+
+
+def parse_tasks(obj: Any, where: str) -> dict[str, dict[str, Any]]:
+  """A parsed tasks.json -> ``{"binary": {name: BinaryTask}, "multiclass": {...},
+  "graded": {...}}``; anything malformed raises ``ValueError`` naming ``where`` (the
+  file) and the key."""
+  if not isinstance(obj, dict):
+    raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  unknown = set(obj) - set(TASK_KINDS) - {"format"}
+  if unknown:
+    raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected 'format' and "
+                     f"task kinds {sorted(TASK_KINDS)}")
+  if obj.get("format", _TASKS_FORMAT) != _TASKS_FORMAT:
+    raise ValueError(f"{where}: format {obj['format']!r}; this jaxclap reads format {_TASKS_FORMAT}")
+  out = {}
+  for kind, cls in TASK_KINDS.items():
+    section = obj.get(kind, {})
+    if not isinstance(section, dict):
+      raise ValueError(f"{where}: {kind}: expected an object of named tasks, got "
+                       f"{type(section).__name__}")
+    out[kind] = {}
+    for name, spec in section.items():
+      at = f"{where}: {kind}.{name}"
+      if not isinstance(spec, dict):
+        raise ValueError(f"{at}: expected an object with keys {list(cls._fields)}, got {spec!r}")
+      fields = _FIELDS[cls]
+      unknown = set(spec) - set(fields)
+      missing = [f for f in fields if f not in spec and f not in cls._field_defaults]
+      if unknown or missing:
+        raise ValueError(f"{at}: " + "; ".join(
+            ([f"unknown keys {sorted(unknown)}"] if unknown else []) +
+            ([f"missing keys {missing}"] if missing else [])) + f" (a {kind} task has {list(fields)})")
+      task = cls(**{f: check(spec[f], f"{at}.{f}") for f, check in fields.items() if f in spec})
+      if cls is MultiClassTask and len(task.prompts) != len(task.classes):
+        raise ValueError(f"{at}.prompts: {len(task.prompts)} prompts for "
+                         f"{len(task.classes)} classes")
+      out[kind][name] = task
+  return out
+
+
+def tasks_json(tasks: Mapping[str, Mapping[str, Any]]) -> str:
+  """The text of a tasks.json declaring ``tasks`` (``read_tasks``' shape; kinds may be
+  left out). The same tasks always give the same text."""
+  unknown = set(tasks) - set(TASK_KINDS)
+  if unknown:
+    raise ValueError(f"tasks: unknown kinds {sorted(unknown)}; expected {sorted(TASK_KINDS)}")
+  obj = {"format": _TASKS_FORMAT}
+  for kind, cls in TASK_KINDS.items():
+    obj[kind] = {}
+    for name, task in tasks.get(kind, {}).items():
+      if not isinstance(task, cls):
+        raise ValueError(f"tasks: {kind}.{name} is a {type(task).__name__}, not a {cls.__name__}")
+      obj[kind][name] = task._asdict()
+  text = json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+  parse_tasks(json.loads(text), "tasks")  # what is written must read back
+  return text
+
+
+def write_tasks(path: str, tasks: Mapping[str, Mapping[str, Any]]) -> str:
+  """Declares ``tasks`` in ``<path>/tasks.json`` (path: a dataset's version directory);
+  returns the file. A file that already says the same is left untouched."""
+  text = tasks_json(tasks)
+  file = os.path.join(path, TASKS_FILE)
+  try:
+    with open(file, encoding="utf-8") as f:
+      if f.read() == text:
+        return file
+  except OSError:
+    pass
+  # Replaced whole: a reader never sees half a file.
+  with open(file + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(file + ".tmp", file)
+  return file
+
+
+def read_tasks(path: str) -> dict[str, dict[str, Any]]:
+  """The tasks a corpus declares: ``{"binary": {name: BinaryTask}, "multiclass": {name:
+  MultiClassTask}, "graded": {name: GradedTask}}``, each kind empty when it declares none
+  (or has no tasks.json). ``path`` as for ``open_split``."""
+  file = os.path.join(dataset_dir(path), TASKS_FILE)
+  if not os.path.exists(file):
+    return {kind: {} for kind in TASK_KINDS}
+  with open(file, encoding="utf-8") as f:
+    try:
+      obj = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{file}: not JSON ({e})") from None
+  return parse_tasks(obj, file)

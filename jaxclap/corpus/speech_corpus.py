@@ -39,8 +39,11 @@ speaker speeds up, the pitch rises, it gets quieter...). Labels are TRUE OF THE 
 Splits: test speakers never appear in train (held-out variants m2, m6, f4, held-out accents
 and languages, and new voice x variant pairs) and test sentences never appear in train
 (SLAP's out-of-distribution test); validation = train speakers, unseen sentences. Checked
-at build time. ``BINARY_TASKS`` are the zero-shot antonym tasks; ``CHANGE_TASKS`` the
-within-clip ones (narrated by fine captions).
+at build time. The evaluation tasks (``speech_tasks``: binary antonyms, multi-class,
+graded) are written beside the splits as ``tasks.json`` (``records.read_tasks``).
+
+Modules: ``voices`` (who speaks: the tables), ``render`` (one clip: synthesis, aiming,
+measuring, captions), this one (the plan, the splits, the build and its cache).
 
 Captions (``captions.py``): 4 global captions per clip in different styles, and 2 fine
 captions narrating the change, or the steady delivery of a clip without one.
@@ -50,7 +53,9 @@ the main process; espeak synthesis is a pure function of its arguments (see ``es
 so the corpus is byte-identical for any ``num_workers`` and run (and across machines with
 the same Faker, numpy, librosa and soxr). The cache lives at
 ``<data_dir>/jaxclap_speech/1.<seed>.<scale in thousandths>`` and is reused only if its
-marker holds the same plan hash (which also covers this code, captions.py and espeak.py).
+marker holds the same plan hash (which also covers the code that renders the plan: this
+file, voices.py, render.py, captions.py and espeak.py). The tasks do not change a record,
+so a cached build whose tasks.json is missing or out of date gets it rewritten, not rebuilt.
 """
 
 from __future__ import annotations
@@ -60,290 +65,31 @@ import collections
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import shutil
 import time
-from typing import NamedTuple
-
-import numpy as np
 
 from jaxclap.corpus import captions as captions_lib
 from jaxclap.corpus import records
+from jaxclap.corpus import render as render_lib
+from jaxclap.corpus import speech_tasks
+from jaxclap.corpus import voices
+# The names importers know as ``speech_corpus.X`` (the corpus's one public face).
+from jaxclap.corpus.render import (CHANGES, LOUDNESS_TARGET_DB, MAX_CAPTION_CHARS,  # noqa: F401
+                                   MAX_SECONDS, PITCH_REF_HZ, PITCH_TARGET_ST,
+                                   PITCHED_QUALITIES, RATE_WPM, SAMPLE_RATE, render)
+from jaxclap.corpus.speech_tasks import BINARY_TASKS, CHANGE_TASKS, BinaryTask, task_label  # noqa: F401
+from jaxclap.corpus.voices import EXTRA_VARIANTS, LANG_VOICES, SPEAKERS, VARIANTS, Variant  # noqa: F401
 
 NAME = "jaxclap_speech"
-SAMPLE_RATE = 16000
-MAX_SECONDS = 12.0
-MAX_CAPTION_CHARS = 400
 _MARKER = "jaxclap_plan.json"
 _FORMAT_MAJOR = 1  # bump when the record layout changes; the plan hash covers the rest
 _CHUNK = 32  # clips per task sent to a worker: only load balancing, not the result
-
-# ---------------------------------------------------------------------------- voices
-
-
-class Variant(NamedTuple):
-  gender: str | None
-  age_group: str
-  quality: str
-  f0_hz: float | None  # median F0 with pitch=50, range=50 (measured, en-us)
-
-
-VARIANTS = {
-    "m1": Variant("male", "young adult", "modal", 92.7),
-    "m2": Variant("male", "young adult", "modal", 100.6),
-    "m3": Variant("male", "young adult", "modal", 104.2),
-    "m4": Variant("male", "young adult", "modal", 94.1),
-    "m5": Variant("male", "young adult", "modal", 103.5),
-    "m6": Variant("male", "young adult", "modal", 100.2),
-    "m7": Variant("male", "young adult", "modal", 105.4),
-    "m8": Variant("male", "young adult", "modal", 85.1),
-    "f1": Variant("female", "young adult", "modal", 178.8),
-    "f2": Variant("female", "young adult", "modal", 193.5),
-    "f3": Variant("female", "young adult", "modal", 208.9),
-    "f4": Variant("female", "young adult", "modal", 178.3),
-    "f5": Variant("female", "young adult", "modal", 203.7),
-    # More of espeak's own adult voices (measured the same way): a model that has heard
-    # few timbres takes an unheard one for a child, a creaky or a whispering voice.
-    "Andy": Variant("male", "young adult", "modal", 96.4),
-    "Denis": Variant("male", "young adult", "modal", 99.7),
-    "gustave": Variant("male", "young adult", "modal", 107.5),
-    "robert": Variant("male", "young adult", "modal", 98.2),
-    "travis": Variant("male", "young adult", "modal", 103.1),
-    "victor": Variant("male", "young adult", "modal", 95.8),
-    "steph": Variant("female", "young adult", "modal", 185.3),
-    "belinda": Variant("female", "young adult", "modal", 230.2),
-    "Alicia": Variant("female", "young adult", "modal", 253.6),
-    "Andrea": Variant("female", "young adult", "modal", 246.6),
-    "croak": Variant("male", "young adult", "creaky", 107.4),
-    "grandpa": Variant("male", "elderly", "shaky", 106.9),
-    "grandma": Variant("female", "elderly", "shaky", 196.9),
-    "whisper": Variant("male", "young adult", "whispered", None),
-    "whisperf": Variant("female", "young adult", "whispered", None),
-    "child": Variant(None, "child", "modal", 297.9),
-    # Composed (EXTRA_VARIANTS): each rare class is heard in several timbres, so that a
-    # model learns the creak, the tremor or the child's voice rather than who has it.
-    "croakf": Variant("female", "young adult", "creaky", 172.2),
-    "croakm": Variant("male", "young adult", "creaky", 94.6),
-    "grandpa2": Variant("male", "elderly", "shaky", 97.3),
-    "grandma2": Variant("female", "elderly", "shaky", 201.4),
-    "child2": Variant(None, "child", "modal", 313.4),
-    "child3": Variant(None, "child", "modal", 293.1),
-}
-
-# Variant files written into a private copy of espeak's data folder (espeak.Synthesizer).
-EXTRA_VARIANTS = {
-# A child: F0 ~300 Hz and formants scaled up ~30% (shorter vocal tract than the f* voices).
-"child": """language variant
-name child
-pitch 230 330
-flutter 8
-roughness 2
-formant 0 115 80 150
-formant 1 135 80 160
-formant 2 140 70 150
-formant 3 135 70 150
-formant 4 130 80 150
-formant 5 125 80 150
-formant 6 120 70 150
-formant 7 115 70 150
-formant 8 115 70 150
-stressAdd 0 0 -10 -10 0 0 10 40
-""",
-# croak's recipe (flutter 20, a damped lowest formant) on f2's formants, pitched lower.
-"croakf": """language variant
-name croakf
-gender female
-pitch 130 190
-flutter 20
-roughness 3
-formant 0 100 80 110
-formant 1 110 80 160
-formant 2 110 70 150
-formant 3 110 70 150
-formant 4 115 80 150
-formant 5 115 80 150
-formant 6 110 70 150
-formant 7 110 70 150
-formant 8 110 70 150
-""",
-# croak's recipe on m7's formants and voicing.
-"croakm": """language variant
-name croakm
-gender male
-pitch 70 110
-flutter 20
-formant 0 100 80 110
-formant 1 100 90 80
-formant 2 100 70 90
-formant 3 100 60 90
-formant 4 100 60 90
-formant 5 75 50 90
-formant 6 90 50 100
-formant 7 100 50 100
-formant 8 100 50 100
-voicing 155
-""",
-# Children with other vocal tracts: f3's formants x ~1.12, and f5's x ~1.25.
-"child2": """language variant
-name child2
-pitch 240 340
-formant 0 118 80 150
-formant 1 135 75 150
-formant 2 150 70 150
-formant 3 140 80 150
-formant 4 140 80 150
-formant 5 140 80 150
-formant 6 135 70 150
-formant 7 125 70 150
-formant 8 125 70 150
-stressAmp 18 18 20 20 20 20 20 20
-""",
-"child3": """language variant
-name child3
-pitch 220 320
-flutter 4
-formant 0 130 80 150
-formant 1 138 80 160
-formant 2 138 70 150
-formant 3 138 70 150
-formant 4 144 80 200
-formant 5 144 80 100
-formant 6 138 70 150
-formant 7 138 70 100
-formant 8 138 70 150
-stressAdd 0 0 -10 -10 0 0 10 40
-""",
-# grandpa's recipe (flutter 20, no formants above the 6th, flat intonation) on m3.
-"grandpa2": """language variant
-name grandpa2
-gender male
-pitch 75 115
-flutter 20
-formant 0 100 100 100
-formant 1  96  97 100
-formant 2  96  97 100
-formant 3  96 103 100
-formant 4  95 103 100
-formant 5  95 103 100
-formant 6 10 10 10
-formant 7 10 10 10
-formant 8 10 10 10
-intonation 1
-""",
-# grandma's recipe (flutter 20, compressed upper formants, weak voicing) on f3.
-"grandma2": """language variant
-name grandma2
-gender female
-pitch 125 225
-flutter 20
-formant 0 105  80 150
-formant 1 120  75 150
-formant 2 125  90 130
-formant 3 80 80 80
-formant 4 60 60 60
-formant 5 90 90 90
-formant 6 10 10 10
-formant 7 10 10 10
-formant 8 20 20 20
-voicing 50
-"""}
-
-# espeak language voice -> (language, accent when reading English, Faker locale or None).
-LANG_VOICES = {
-    "en-us": ("English", "American", "en_US"),
-    "en": ("English", "British", "en_US"),
-    "en-gb-scotland": ("English", "Scottish", "en_US"),
-    "en-gb-x-rp": ("English", "Received Pronunciation", "en_US"),
-    "en-us-nyc": ("English", "New York", "en_US"),
-    "en-029": ("English", "Caribbean", "en_US"),
-    "en-gb-x-gbclan": ("English", "Lancashire", "en_US"),
-    "en-gb-x-gbcwmd": ("English", "West Midlands", "en_US"),
-    "de": ("German", "German", "de_DE"),
-    "fr": ("French", "French", "fr_FR"),
-    "es": ("Spanish", "Spanish", "es_ES"),
-    "it": ("Italian", "Italian", "it_IT"),
-    "nl": ("Dutch", "Dutch", "nl_NL"),
-    "pl": ("Polish", "Polish", "pl_PL"),
-    "pt": ("Portuguese", "Portuguese", None),  # Faker has no Portuguese lorem: English only
-    "cs": ("Czech", "Czech", "cs_CZ"),
-    "da": ("Danish", "Danish", "da_DK"),
-    "ru": ("Russian", "Russian", "ru_RU"),
-    "el": ("Greek", "Greek", "el_GR"),
-    "uk": ("Ukrainian", "Ukrainian", "uk_UA"),
-}
-_LOCALES = {lang: loc for lang, _, loc in LANG_VOICES.values() if loc}
-_LOCALES["English"] = "en_US"
-# Seconds per word relative to 60/wpm (measured): sizes sentences to ~2.5-5 s.
-_WORD_LENGTH = {"English": 1.1, "German": 0.95, "French": 0.95, "Spanish": 1.15,
-                "Italian": 1.4, "Dutch": 1.1, "Polish": 1.4, "Czech": 1.4, "Danish": 1.1,
-                "Russian": 1.25, "Greek": 1.25, "Ukrainian": 1.8}
-
-# (split, language voice, variant, text: "en" = English, "own" = the voice's language).
-# Each language and each foreign accent is spoken by several variants (3-4 per language,
-# 2-3 per accent), and every variant speaks several of them: with one or two voices per
-# language a model tells languages apart by who is speaking, which does not carry over to
-# new voices. Test speakers use held-out variants (m2, m6, f4), held-out native accents
-# (Lancashire, West Midlands), a held-out foreign accent (Portuguese) and languages
-# (Danish, Ukrainian), and new voice x variant pairs for the special variants (each
-# creaky, shaky and child variant is spoken by 2 train and 1 test voice).
-SPEAKERS = [
-    ("train", "en-us", "m1", "en"), ("train", "en-us", "f1", "en"),
-    ("train", "en-us", "f5", "en"), ("train", "en-us", "grandpa", "en"),
-    ("train", "en-us", "whisperf", "en"), ("train", "en-us", "child", "en"),
-    ("train", "en", "m4", "en"), ("train", "en", "f2", "en"),
-    ("train", "en", "grandma", "en"), ("train", "en", "croak", "en"),
-    ("train", "en-gb-scotland", "m7", "en"), ("train", "en-gb-scotland", "f3", "en"),
-    ("train", "en-gb-scotland", "whisper", "en"),
-    ("train", "en-gb-x-rp", "m3", "en"), ("train", "en-gb-x-rp", "f5", "en"),
-    ("train", "en-us-nyc", "m5", "en"), ("train", "en-us-nyc", "f1", "en"),
-    ("train", "en-029", "m8", "en"), ("train", "en-029", "f2", "en"),
-    ("train", "en-029", "child", "en"),
-    ("train", "de", "m1", "en"), ("train", "de", "f3", "en"), ("train", "de", "croak", "en"),
-    ("train", "fr", "m4", "en"), ("train", "fr", "f5", "en"), ("train", "fr", "whisper", "en"),
-    ("train", "es", "m7", "en"), ("train", "es", "f1", "en"), ("train", "es", "m3", "en"),
-    ("train", "it", "m3", "en"), ("train", "it", "f2", "en"), ("train", "it", "m8", "en"),
-    ("train", "nl", "m5", "en"), ("train", "pl", "f5", "en"), ("train", "ru", "m4", "en"),
-    ("train", "de", "m8", "own"), ("train", "de", "f1", "own"), ("train", "de", "m4", "own"),
-    ("train", "fr", "m3", "own"), ("train", "fr", "f2", "own"), ("train", "fr", "m7", "own"),
-    ("train", "es", "m5", "own"), ("train", "es", "f3", "own"), ("train", "es", "m1", "own"),
-    ("train", "it", "f5", "own"), ("train", "it", "grandpa", "own"), ("train", "it", "m8", "own"),
-    ("train", "nl", "m4", "own"), ("train", "nl", "f3", "own"), ("train", "nl", "m1", "own"),
-    ("train", "pl", "m1", "own"), ("train", "pl", "grandma", "own"), ("train", "pl", "f2", "own"),
-    ("train", "ru", "m7", "own"), ("train", "ru", "f1", "own"), ("train", "ru", "whisperf", "own"),
-    ("train", "cs", "f2", "own"), ("train", "cs", "m5", "own"),
-    ("train", "el", "m5", "own"), ("train", "el", "f3", "own"),
-    ("train", "en-gb-x-rp", "croakf", "en"), ("train", "es", "croakf", "own"),
-    ("train", "en-us-nyc", "croakm", "en"), ("train", "it", "croakm", "en"),
-    ("train", "en", "child2", "en"), ("train", "de", "child2", "own"),
-    ("train", "en-us-nyc", "child3", "en"), ("train", "fr", "child3", "en"),
-    ("train", "en-029", "grandpa2", "en"), ("train", "cs", "grandpa2", "own"),
-    ("train", "en-gb-x-rp", "grandma2", "en"), ("train", "ru", "grandma2", "en"),
-    ("train", "nl", "whisper", "own"), ("train", "en-gb-x-rp", "whisperf", "en"),
-    ("train", "en-us", "Andy", "en"), ("train", "fr", "Andy", "own"),
-    ("train", "en-gb-scotland", "Denis", "en"), ("train", "pl", "Denis", "en"),
-    ("train", "en-029", "gustave", "en"), ("train", "cs", "gustave", "own"),
-    ("train", "en", "robert", "en"), ("train", "el", "robert", "own"),
-    ("train", "en-us-nyc", "travis", "en"), ("train", "it", "victor", "own"),
-    ("train", "en-gb-x-rp", "steph", "en"), ("train", "nl", "steph", "own"),
-    ("train", "en", "belinda", "en"), ("train", "ru", "belinda", "own"),
-    ("train", "en-us", "Alicia", "en"), ("train", "de", "Alicia", "en"),
-    ("train", "en-gb-scotland", "Andrea", "en"), ("train", "es", "Andrea", "own"),
-    ("test", "en-gb-x-gbclan", "m6", "en"), ("test", "en-gb-x-gbclan", "f4", "en"),
-    ("test", "en-gb-x-gbclan", "grandpa", "en"),
-    ("test", "en-gb-x-gbcwmd", "m2", "en"), ("test", "en-gb-x-gbcwmd", "f4", "en"),
-    ("test", "en-gb-x-gbcwmd", "croak", "en"),
-    ("test", "en-us", "m6", "en"), ("test", "en-us-nyc", "f4", "en"),
-    ("test", "en-us-nyc", "grandma", "en"), ("test", "en-029", "whisper", "en"),
-    ("test", "en-gb-scotland", "child", "en"),
-    ("test", "de", "m2", "en"), ("test", "es", "m6", "en"), ("test", "pt", "f4", "en"),
-    ("test", "fr", "f4", "own"), ("test", "de", "m6", "own"), ("test", "es", "whisperf", "own"),
-    ("test", "da", "f4", "own"), ("test", "uk", "m2", "own"),
-    ("test", "en-gb-x-gbclan", "croakf", "en"), ("test", "de", "croakm", "own"),
-    ("test", "en-us", "child3", "en"), ("test", "uk", "child2", "own"),
-    ("test", "en-gb-x-gbcwmd", "grandma2", "en"), ("test", "es", "grandpa2", "own"),
-]
+# What the plan hash reads besides the plan: the code that turns a plan into records.
+# speech_tasks.py is not among them: tasks are rewritten into a cached build (tasks.json).
+_RENDER_SOURCES = (__file__, voices.__file__, render_lib.__file__, captions_lib.__file__,
+                   os.path.join(os.path.dirname(__file__), "espeak.py"))
 
 SPLIT_CLIPS = {"train": 4500, "validation": 400, "test": 700}
 # Whispered, creaky, shaky-elderly and child voices are over a quarter of the train
@@ -351,101 +97,11 @@ SPLIT_CLIPS = {"train": 4500, "validation": 400, "test": 700}
 # takes one turn per round, as in the test split. (With 1-2 voices per class, even
 # spoken twice as often, a model learns those voices instead of the class.)
 
-# ---------------------------------------------------------------------------- levels
-
-PITCH_REF_HZ = {"male": 100.0, "female": 195.0, "child": 300.0}
-F0_SEARCH_HZ = {"male": (50, 250), "female": (90, 450), "child": (120, 650)}
-# Pitch is labelled on modal voices only: whispers have no F0, and the creaky and shaky
-# variants' strong flutter leaves it ill-defined (pYIN calls most of their frames unvoiced).
-PITCHED_QUALITIES = ("modal",)
-PITCH_TARGET_ST = {"low": (-5.5, -3.5), "mid": (-1.0, 1.0), "high": (3.5, 5.5)}
-PITCH_BOUNDS_ST = (-2.0, 2.0)
-_PITCH_ACCEPT_ST = {"low": (-7.0, -3.0), "mid": (-1.2, 1.2), "high": (3.0, 7.0)}
-_PITCH_ATTEMPTS = 4
-RATE_WPM = {"slow": (115, 140), "normal": (165, 190), "fast": (235, 275)}
-LOUDNESS_TARGET_DB = {"quiet": (-38.0, -34.0), "normal": (-28.0, -25.0), "loud": (-20.0, -17.0)}
-LOUDNESS_BOUNDS_DB = (-31.0, -22.5)
-_LEVEL_WEIGHTS = (0.4, 0.2, 0.4)  # extremes feed the binary tasks; mid keeps the scale
-CHANGE_FRACTION = 0.3
-CHANGES = {  # change -> (dimension, first level, second level)
-    "speeds_up": ("rate", "slow", "fast"), "slows_down": ("rate", "fast", "slow"),
-    "pitch_rises": ("pitch", "low", "high"), "pitch_falls": ("pitch", "high", "low"),
-    "gets_louder": ("loudness", "quiet", "loud"), "gets_quieter": ("loudness", "loud", "quiet"),
-}
-
-# Measured: semitones of median F0 against pitch=50, at espeak pitch 0, 5, ..., 100
-# (mean over m3, f3, m8, child, grandma; the variants agree within ~1 st). pitch_range
-# also moves the median, by ~0.045 st per unit.
-_PITCH_CURVE_ST = [-6.53, -6.0, -5.53, -4.87, -4.43, -3.51, -2.94, -2.3, -1.57, -0.81, -0.06,
-                   0.81, 1.57, 2.41, 3.27, 4.09, 4.94, 5.87, 6.78, 7.73, 8.43]
-_RANGE_ST_PER_UNIT = 0.045
-
-
-class BinaryTask(NamedTuple):
-  """A zero-shot antonym task: clips with ``metadata[key]`` in ``positive`` / ``negative``
-  (others are excluded), scored against two prompts (SLAP: antonyms, never negations).
-  A prompt may be a tuple of phrasings: a class that is a union ("a foreign language") is
-  described by its generic phrase and by each member, and the embeddings are averaged."""
-  key: str
-  positive: tuple[str, ...]
-  negative: tuple[str, ...]
-  positive_prompt: str | tuple[str, ...]
-  negative_prompt: str | tuple[str, ...]
-
-
-_OTHER_LANGUAGES = tuple(sorted({v[0] for v in LANG_VOICES.values()} - {"English"}))
-_NATIVE_ACCENTS = tuple(sorted(v[1] for v in LANG_VOICES.values() if v[0] == "English"))
-_FOREIGN_ACCENTS = tuple(sorted(v[1] for v in LANG_VOICES.values() if v[0] != "English"))
-
-BINARY_TASKS = collections.OrderedDict([
-    ("gender", BinaryTask("gender", ("male",), ("female",),
-                          "A man speaking.", "A woman speaking.")),
-    ("pitch", BinaryTask("pitch_level", ("high",), ("low",),
-                         "A high-pitched voice.", "A low-pitched voice.")),
-    ("rate", BinaryTask("rate_level", ("fast",), ("slow",),
-                        "Someone speaking quickly.", "Someone speaking slowly.")),
-    ("loudness", BinaryTask("loudness_level", ("loud",), ("quiet",),
-                            "Someone speaking loudly.", "Someone speaking quietly.")),
-    ("whisper", BinaryTask("quality", ("whispered",), ("modal",),
-                           "Someone speaking in a whisper.", "Someone speaking in a clear voice.")),
-    ("creaky", BinaryTask("quality", ("creaky",), ("modal",),
-                          "Someone speaking in a creaky voice.", "Someone speaking with a smooth voice.")),
-    ("elderly", BinaryTask("age_group", ("elderly",), ("young adult",),
-                           "An elderly person speaking.", "A young adult speaking.")),
-    ("child", BinaryTask("age_group", ("child",), ("young adult", "elderly"),
-                         "A child speaking.", "An adult speaking.")),
-    ("accent", BinaryTask("english_accent", ("native",), ("foreign",),
-                          ("A native English speaker.",) + tuple(
-                              f"A native English speaker with {captions_lib._a(a)} accent." for a in _NATIVE_ACCENTS),
-                          ("English spoken with a foreign accent.",) + tuple(
-                              f"English spoken with {captions_lib._a(a)} accent." for a in _FOREIGN_ACCENTS))),
-    ("language", BinaryTask("language", ("English",), _OTHER_LANGUAGES,
-                            "Someone speaking English.",
-                            ("Someone speaking a foreign language.",) + tuple(
-                                f"Someone speaking {lang}." for lang in _OTHER_LANGUAGES))),
-])
-
-# Within-clip changes: harder (the order matters), scored on fine captions' wording.
-CHANGE_TASKS = collections.OrderedDict([
-    ("speed_change", BinaryTask("change", ("speeds_up",), ("slows_down",),
-                                "The speaker starts slowly and then speeds up.",
-                                "The speaker starts fast and then slows down.")),
-    ("pitch_change", BinaryTask("change", ("pitch_rises",), ("pitch_falls",),
-                                "The voice starts low-pitched and then rises to a high pitch.",
-                                "The voice starts high-pitched and then drops to a low pitch.")),
-    ("volume_change", BinaryTask("change", ("gets_louder",), ("gets_quieter",),
-                                 "The speaker starts quietly and then gets loud.",
-                                 "The speaker starts loudly and then gets quiet.")),
-])
-
-
-def task_label(metadata: dict, task: BinaryTask) -> int | None:
-  """1 (positive), 0 (negative) or None (the clip is not part of the task)."""
-  value = metadata.get(task.key)
-  return 1 if value in task.positive else 0 if value in task.negative else None
-
 
 # ---------------------------------------------------------------------------- the plan
+
+_LEVEL_WEIGHTS = (0.4, 0.2, 0.4)  # extremes feed the binary tasks; mid keeps the scale
+CHANGE_FRACTION = 0.3
 
 
 def speakers(seed: int = 0) -> list[dict]:
@@ -470,23 +126,6 @@ def speakers(seed: int = 0) -> list[dict]:
   return out
 
 
-def _pitch_param(variant: str, target_st: float, pitch_range: int) -> int:
-  """The espeak pitch setting (0-100) whose median F0 is ``target_st`` from the reference."""
-  v = VARIANTS[variant]
-  ref = PITCH_REF_HZ["child" if v.age_group == "child" else v.gender]
-  rel = target_st - 12 * math.log2(v.f0_hz / ref) - _RANGE_ST_PER_UNIT * (pitch_range - 50)
-  return int(round(float(np.interp(rel, _PITCH_CURVE_ST, np.arange(0, 101, 5)))))
-
-
-def _reaim_pitch(pitch: int, pitch_range: int, by_st: float) -> tuple[int, int]:
-  """(pitch, pitch_range) settings that move the median F0 by ``by_st`` semitones; what
-  the pitch setting cannot reach (it stops at 0 and 100) is asked of the range."""
-  grid = np.arange(0, 101, 5)
-  want = float(np.interp(pitch, grid, _PITCH_CURVE_ST)) + by_st
-  edge = min(max(want, _PITCH_CURVE_ST[0]), _PITCH_CURVE_ST[-1])
-  pitch_range = int(min(100, max(0, round(pitch_range + (want - edge) / _RANGE_ST_PER_UNIT))))
-  return int(round(float(np.interp(edge, _PITCH_CURVE_ST, grid)))), pitch_range
-
 
 class _Sentences:
   """Unique Faker sentences per (split, language); never repeated anywhere in the corpus."""
@@ -497,7 +136,7 @@ class _Sentences:
   def __call__(self, split: str, language: str, n_words: int) -> str:
     from faker import Faker
 
-    locale = _LOCALES[language]
+    locale = voices.LOCALES[language]
     key = (split, locale)
     if key not in self.fakers:
       fake = Faker(locale)
@@ -533,7 +172,7 @@ def _segments(spk: dict, levels: dict, change: str | None, rng: random.Random) -
     else:
       target = lv["pitch"]
       target_st = round(rng.uniform(*PITCH_TARGET_ST[target]), 2)
-      pitch = _pitch_param(spk["espeak_variant"], target_st, spk["pitch_range"])
+      pitch = render_lib.pitch_param(spk["espeak_variant"], target_st, spk["pitch_range"])
     segments.append({
         "rate_level": lv["rate"], "rate_wpm": wpm,
         "pitch_target": target, "pitch_target_st": target_st, "pitch": pitch,
@@ -589,7 +228,7 @@ def make_plan(seed: int = 0, scale: float = 1.0) -> list[dict]:
         change = rng.choice([c for c, (dim, _, _) in CHANGES.items() if pitched or dim != "pitch"])
       segments = _segments(spk, levels, change, rng)
       wpm = sum(s["rate_wpm"] for s in segments) / len(segments)
-      words = round(rng.uniform(2.5, 5.0) * wpm / 60 / _WORD_LENGTH[spk["language"]])
+      words = round(rng.uniform(2.5, 5.0) * wpm / 60 / voices.WORD_LENGTH[spk["language"]])
       text = sentences(split, spk["language"], min(16, max(6 if change else 4, words)))
       plan.append(_clip(f"{split}-{i:05d}", split, spk, text, segments, change, rng))
   check_plan(plan)
@@ -614,191 +253,15 @@ def check_plan(plan: list[dict]):
   assert len({c["id"] for c in plan}) == len(plan), "clip ids are not unique"
 
 
+
 def plan_hash(plan: list[dict]) -> str:
   """Covers the plan and the code that renders it, so a stale cache is never reused."""
   h = hashlib.sha256(json.dumps(plan, sort_keys=True).encode())
-  for module in (__file__, captions_lib.__file__, os.path.join(os.path.dirname(__file__), "espeak.py")):
+  for module in _RENDER_SOURCES:
     with open(module, "rb") as f:
       h.update(f.read())
   h.update(f"{SAMPLE_RATE}".encode())
   return h.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------- rendering
-
-
-def _frame_rms(x: np.ndarray, frame: int = 1024, hop: int = 160) -> np.ndarray:
-  import librosa
-  return librosa.feature.rms(y=x, frame_length=frame, hop_length=hop)[0]
-
-
-def active_level_db(x: np.ndarray) -> float:
-  """RMS level (dBFS) over frames within 25 dB of the loudest: speech, not the pauses."""
-  rms = _frame_rms(x)
-  active = rms[rms > rms.max() * 10 ** (-25 / 20)]
-  return float(10 * np.log10(np.mean(active.astype(np.float64) ** 2) + 1e-20))
-
-
-def voiced_f0(x: np.ndarray, group: str, sr: int = SAMPLE_RATE) -> np.ndarray:
-  """YIN F0 (Hz) of frames within 20 dB of the loudest (the vowels, which carry pitch).
-
-  The search range is the speaker group's (``F0_SEARCH_HZ``), which rules out YIN's
-  octave and formant errors; on modal voices the median agrees with pYIN to ~0.5 st.
-  """
-  import librosa
-  fmin, fmax = F0_SEARCH_HZ[group]
-  f0 = librosa.yin(x, fmin=fmin, fmax=fmax, sr=sr, frame_length=1024, hop_length=160)
-  rms = _frame_rms(x)
-  n = min(len(f0), len(rms))
-  return f0[:n][rms[:n] > rms[:n].max() * 0.1]
-
-
-def _semitones(f0_hz: float, group: str) -> float:
-  return 12 * math.log2(f0_hz / PITCH_REF_HZ[group])
-
-
-def _pitch_level(st: float) -> str:
-  return "low" if st < PITCH_BOUNDS_ST[0] else "high" if st > PITCH_BOUNDS_ST[1] else "mid"
-
-
-def _loudness_level(db: float) -> str:
-  return "quiet" if db < LOUDNESS_BOUNDS_DB[0] else "loud" if db > LOUDNESS_BOUNDS_DB[1] else "normal"
-
-
-def _trim(x: np.ndarray, margin_s: float = 0.03) -> np.ndarray:
-  """Cuts espeak's leading/trailing near-silence (below -45 dB re the peak)."""
-  idx = np.nonzero(np.abs(x) > np.abs(x).max() * 10 ** (-45 / 20))[0]
-  m = int(margin_s * SAMPLE_RATE)
-  return x[max(0, idx[0] - m): idx[-1] + m + 1]
-
-
-def _limit(x: np.ndarray, knee: float = 0.8) -> np.ndarray:
-  """Soft peak limiter: samples above ``knee`` bend smoothly towards 1.0 instead of
-  clipping. Scaling the whole clip down instead would move loud clips out of their band;
-  the few limited peaks change the RMS by < 0.1 dB."""
-  mag = np.abs(x)
-  over = mag > knee
-  out = x.copy()
-  out[over] = np.sign(x[over]) * (knee + (1 - knee) * np.tanh((mag[over] - knee) / (1 - knee)))
-  return out
-
-
-_SYNTH = None
-
-
-def _synthesizer():
-  global _SYNTH
-  if _SYNTH is None:
-    from jaxclap.corpus import espeak
-    _SYNTH = espeak.Synthesizer(EXTRA_VARIANTS)
-  return _SYNTH
-
-
-def _segment(spk: dict, seg: dict, seed: int):
-  """Synthesises one segment at 16 kHz -> (wave, voiced F0 track or None, pitch, range).
-
-  For pitched voices this is a closed loop: the calibration is off by up to ~1.5 st for
-  some voice x text pairs, so the settings are re-aimed until the realised median F0
-  sits well inside the planned band (one synthesis for ~97% of segments).
-  """
-  import librosa
-  from jaxclap.corpus import espeak
-
-  voice = f"{spk['espeak_voice']}+{spk['espeak_variant']}"
-  group = "child" if spk["age_group"] == "child" else spk["gender"]
-  pitch, pitch_range = seg["pitch"], spk["pitch_range"]
-  for _ in range(_PITCH_ATTEMPTS):
-    w = _synthesizer().synth(seg["text"], voice, rate=seg["rate_wpm"], pitch=pitch,
-                             pitch_range=pitch_range, seed=seed)
-    w = _trim(librosa.resample(w, orig_sr=espeak.SAMPLE_RATE, target_sr=SAMPLE_RATE,
-                               res_type="soxr_hq"))
-    if spk["quality"] not in PITCHED_QUALITIES:
-      return w, None, pitch, pitch_range
-    f0 = voiced_f0(w, group)  # gain and the limiter below leave F0 as it is
-    st = _semitones(float(np.median(f0)), group)
-    lo, hi = _PITCH_ACCEPT_ST[seg["pitch_target"]]
-    if lo <= st <= hi:
-      break
-    pitch, pitch_range = _reaim_pitch(pitch, pitch_range, seg["pitch_target_st"] - st)
-  return w, f0, pitch, pitch_range
-
-
-def render(clip: dict) -> tuple[str, dict]:
-  """One planned clip -> (key, record): synthesise, gain, join, measure, caption."""
-  from jaxclap.corpus import espeak
-
-  spk = clip["speaker"]
-  group = "child" if spk["age_group"] == "child" else spk["gender"]
-  silence = np.zeros(int(0.2 * SAMPLE_RATE), np.float32)
-  parts, bounds, segs, f0s = [silence], [], [], []
-  for i, plan_seg in enumerate(clip["segments"]):
-    w, f0, pitch, pitch_range = _segment(spk, plan_seg, clip["seed"] + i)
-    if i:
-      parts.append(np.zeros(int(clip["pause_s"] * SAMPLE_RATE), np.float32))
-    start = sum(len(p) for p in parts)
-    parts.append(w * np.float32(10 ** ((plan_seg["loudness_target_db"] - active_level_db(w)) / 20)))
-    bounds.append((start, start + len(w)))
-    seg = {k: plan_seg[k] for k in ("text", "rate_wpm", "rate_level")}
-    seg.update(pitch=pitch, pitch_range=pitch_range)
-    if f0 is not None:
-      f0s.append(f0)
-      seg["f0_hz"] = round(float(np.median(f0)), 1)
-      seg["pitch_st"] = round(_semitones(seg["f0_hz"], group), 2)
-      seg["pitch_level"] = _pitch_level(seg["pitch_st"])
-    segs.append(seg)
-  parts.append(silence)
-  wave = records.from_pcm16(records.to_pcm16(_limit(np.concatenate(parts))))  # as stored
-  for seg, (a, b) in zip(segs, bounds):
-    seg["loudness_dbfs"] = round(active_level_db(wave[a:b]), 2)
-    seg["loudness_level"] = _loudness_level(seg["loudness_dbfs"])
-  speech = np.concatenate([wave[a:b] for a, b in bounds])
-
-  meta = {k: spk[k] for k in ("voice_id", "espeak_voice", "espeak_variant", "gender",
-                              "age_group", "quality", "language", "accent", "english_accent",
-                              "pitch_range")}
-  meta.update({
-      "engine": espeak.ENGINE, "voice": f"{spk['espeak_voice']}+{spk['espeak_variant']}",
-      "split": clip["split"], "text": clip["text"], "n_words": clip["n_words"],
-      "seed": clip["seed"], "change": clip["change"],
-      "duration_s": round(len(wave) / SAMPLE_RATE, 3),
-      "speech_s": round(len(speech) / SAMPLE_RATE, 3),
-      "rate_wpm": segs[0]["rate_wpm"], "rate_level": segs[0]["rate_level"],
-      "loudness_dbfs": round(active_level_db(speech), 2),
-      "f0_hz": None, "pitch_st": None, "pitch_level": None, "segments": segs,
-  })
-  meta["loudness_level"] = _loudness_level(meta["loudness_dbfs"])
-  if f0s:
-    meta["f0_hz"] = round(float(np.median(np.concatenate(f0s))), 1)
-    meta["pitch_st"] = round(_semitones(meta["f0_hz"], group), 2)
-    meta["pitch_level"] = _pitch_level(meta["pitch_st"])
-  if clip["change"]:
-    dim, first, second = CHANGES[clip["change"]]
-    key = f"{dim}_level"
-    got = (segs[0][key], segs[1][key])
-    if got != (first, second):  # a narrated change must be true of the audio
-      raise AssertionError(f"{clip['id']} ({meta['voice']}): {clip['change']} planned, "
-                           f"measured {key} {got}: {segs}")
-    meta[key] = "varies"
-    if dim == "rate":
-      meta["rate_wpm"] = None
-
-  rng = random.Random(clip["seed"])
-  wave = records.check_waveform(wave, SAMPLE_RATE, max_seconds=MAX_SECONDS)
-  caps = records.check_captions(captions_lib.global_captions(meta, rng),
-                                max_chars=MAX_CAPTION_CHARS)
-  fine = records.check_captions(captions_lib.fine_captions(meta, rng),
-                                max_chars=MAX_CAPTION_CHARS, field="fine_captions")
-  return clip["id"], records.make_record(id=clip["id"], wave=wave, sample_rate=SAMPLE_RATE,
-                                         captions=caps, fine_captions=fine, metadata=meta)
-
-
-def _init_worker(scratch: str):
-  import tempfile
-  tempfile.tempdir = scratch
-
-
-def _render_chunk(chunk: list[dict]) -> list[tuple[str, dict]]:
-  return [render(clip) for clip in chunk]
 
 
 # ---------------------------------------------------------------------------- build
@@ -839,6 +302,9 @@ def build(data_dir: str | None = None, *, seed: int = 0, scale: float = 1.0,
   digest = plan_hash(plan)
   if _is_complete(path, digest):
     logging.info("reusing %s (plan %s)", path, digest)
+    # Tasks touch no record: a build from before tasks.json, or from older tasks, is
+    # brought up to date in place (a file that already says the same is not rewritten).
+    records.write_tasks(path, speech_tasks.TASKS)
     return path
   if os.path.exists(path):  # an interrupted build, or one from other code: ours to replace
     logging.warning("replacing %s: incomplete or built from another plan", path)
@@ -851,12 +317,12 @@ def build(data_dir: str | None = None, *, seed: int = 0, scale: float = 1.0,
     import tempfile
     # Workers' espeak copies live here, removed below even if the workers are killed.
     scratch = tempfile.mkdtemp(prefix="jaxclap-corpus-")
-    pool = multiprocessing.get_context("spawn").Pool(num_workers, initializer=_init_worker,
+    pool = multiprocessing.get_context("spawn").Pool(num_workers, initializer=render_lib.init_worker,
                                                      initargs=(scratch,))
 
   def generator(clips):
     chunks = [clips[i:i + _CHUNK] for i in range(0, len(clips), _CHUNK)]
-    results = pool.imap(_render_chunk, chunks) if pool else map(_render_chunk, chunks)
+    results = pool.imap(render_lib.render_chunk, chunks) if pool else map(render_lib.render_chunk, chunks)
     for rendered in results:
       yield from rendered
 
@@ -870,7 +336,8 @@ def build(data_dir: str | None = None, *, seed: int = 0, scale: float = 1.0,
       pool.terminate()
       pool.join()
       shutil.rmtree(scratch, ignore_errors=True)
-  with open(os.path.join(out, _MARKER), "w") as f:
+  records.write_tasks(out, speech_tasks.TASKS)
+  with open(os.path.join(out, _MARKER), "w") as f:  # last: it marks the build complete
     json.dump({"plan_hash": digest, "seed": seed, "scale": scale, "clips": len(plan),
                "engine": "espeak-ng 1.52"}, f, indent=1)
   return out
@@ -935,7 +402,5 @@ def main(argv=None):
   print(f"\nbuilt or reused in {built:.1f} s")
 
 
-if __name__ == "__main__":
-  # Run the package's copy of this module so spawned workers find the same functions.
-  from jaxclap.corpus.speech_corpus import main as _main
-  _main()
+if __name__ == "__main__":  # spawned workers import render.py, never this as __main__
+  main()

@@ -56,7 +56,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import numpy as np
 
-from jaxclap.models import convert, vit
+from jaxclap.models import convert, towers, vit
 from jaxclap.models.convert import (CheckpointMismatch, Rules, ident, linear_t,
                                     merge_heads_out, split_heads_bias, split_heads_in)
 
@@ -79,17 +79,18 @@ VIT_B = dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=PATCH, pooli
 def features_config() -> dict:
   """``config.features`` for AudioMAE input, for a Kaldi fbank front end.
 
-  ``two_towers.spectrogram`` computes librosa-style log-mels only; these fields are
-  ``jaxclap.audio.fbank``'s argument names plus the normalisation and the fixed window,
-  for a ``kind="fbank"`` branch there (waveform minus its clip mean -> ``fbank`` -> pad
-  or cut to ``max_frames`` -> ``(x - norm_mean) / norm_std``; real frames from
-  ``fbank_num_frames``). ``norm_std`` is already the doubled std.
+  Every field is one ``two_towers.spectrogram``'s ``kind="fbank"`` branch reads
+  (waveform minus its clip mean -> ``fbank`` -> pad or cut to ``max_frames`` ->
+  ``(x - norm_mean) / norm_std``; real frames from ``fbank_num_frames``). ``norm_std`` is
+  already the doubled std. The bin count is ``n_mels`` alone (a second name for it would
+  be a field nothing reads), and there is no ``dither``: ``jaxclap.audio.fbank`` is
+  deterministic, which is AudioMAE's dither=0.
   """
   return dict(kind="fbank", sample_rate=SAMPLE_RATE, target_rate=SAMPLE_RATE,
               frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS,
-              num_mel_bins=NUM_MEL_BINS, n_mels=NUM_MEL_BINS, window_type=WINDOW_TYPE,
+              n_mels=NUM_MEL_BINS, window_type=WINDOW_TYPE,
               low_freq=20.0, high_freq=0.0, preemph_coeff=0.97, remove_dc_offset=True,
-              round_to_power_of_two=True, snip_edges=True, dither=0.0,
+              round_to_power_of_two=True, snip_edges=True,
               subtract_mean=True, max_frames=TARGET_FRAMES, frames_multiple=PATCH,
               norm_mean=AUDIOSET_MEAN, norm_std=2.0 * AUDIOSET_STD)
 
@@ -380,3 +381,69 @@ def import_vitmae(state_dict: Mapping[str, Any], target: Any, decoder: Mapping |
     out.update(traverse_util.unflatten_dict(
         {k: np.asarray(v, np.float32) for k, v in decoder.items()}, sep="/"))
   return out
+
+
+# ------------------------------------------------- the towers export (jaxclap.export)
+
+# The MAE decoder (training only) beside OUT/audio, so that the way back is complete.
+DECODER_FILE = "audio_mae_decoder.safetensors"
+
+
+def _export_positions(config: Any) -> np.ndarray:
+  """The run's ViT position table for one exported window (no [CLS] row)."""
+  vt = towers.module(config.model.audio)
+  _, _, frames = towers.window_frames(config)
+  p, n_mels = int(vt.patch), int(config.features.n_mels)
+  t_tiles, f_tiles = frames // p, n_mels // p
+  if vt.pos_layout == "mae":
+    return np.asarray(vit.sincos_2d(int(vt.width), t_tiles, f_tiles))
+  if vt.pos_layout == "audiomae":
+    return np.asarray(vit.sincos_2d(int(vt.width), f_tiles,
+                                    int(vt.pos_max_frames) // p))[:t_tiles * f_tiles]
+  raise towers.NotExportable(f"config.model.audio.pos_layout={vt.pos_layout!r}")
+
+
+def _export(config: Any, variables: Mapping, out: str) -> dict:
+  """OUT/audio as ``ViTMAEModel`` (+ the decoder file); the metadata entry."""
+  import os
+  import safetensors.numpy
+  import transformers
+  vt = towers.module(config.model.audio)
+  _, _, frames = towers.window_frames(config)
+  sd, dec = export_vitmae(variables["params"], _export_positions(config))
+  vcfg = transformers.ViTMAEConfig(
+      hidden_size=int(vt.width), num_hidden_layers=int(vt.depth),
+      num_attention_heads=int(vt.num_heads), intermediate_size=int(vt.mlp_dim),
+      hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+      layer_norm_eps=float(vt.layer_norm_eps), image_size=[frames, int(config.features.n_mels)],
+      patch_size=int(vt.patch), num_channels=1, qkv_bias=True, mask_ratio=0.0,
+      norm_pix_loss=False)
+  convert.save_strict(transformers.ViTMAEModel(vcfg), sd, os.path.join(out, "audio"))
+  if dec:
+    safetensors.numpy.save_file(dec, os.path.join(out, DECODER_FILE))
+  return {"class": "ViTMAEModel", "path": "audio", "patch": int(vt.patch),
+          "pooling": str(vt.pooling), "mae_decoder": DECODER_FILE}
+
+
+def _import_export(config: Any, folder: str, target: Mapping) -> dict:
+  import os
+  import safetensors.numpy
+  where = os.path.join(folder, "audio")
+  dec_path = os.path.join(folder, DECODER_FILE)
+  dec = safetensors.numpy.load_file(dec_path) if os.path.exists(dec_path) else {}
+  return {"params": import_vitmae(convert.load_state_dict(where), target["params"], dec,
+                                  positions=_export_positions(config), where=where)}
+
+
+# -------------------------------------------------------------------------- registration
+
+towers.register(towers.Tower(
+    name="vit", side="audio", module=vit.SpectrogramViT, import_torch=import_torch,
+    aliases=("audiomae",), torch_class="ViTMAEModel", export_torch=_export,
+    import_export=_import_export,
+    presets={"vit": dict(name="vit", width=192, depth=4, num_heads=3, mlp_dim=768, patch=16,
+                         pooling="mean", mask_ratio=0.75, mae_width=96, mae_depth=1,
+                         mae_heads=3),
+             "audiomae-vit-b": dict(name="vit", **VIT_B)},
+    runlocal={"vit": dict(width=32, depth=1, num_heads=2, mlp_dim=64, mae_width=32,
+                          mae_heads=2)}))

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxclap.models import convert, towers
 from jaxclap.models.transformer import ACTIVATIONS, Encoder, dense_init, layer_norm, logical
 
 
@@ -139,3 +140,73 @@ def config_from_hf(config: Mapping[str, Any] | str | os.PathLike,
       activation=_HF_ACTIVATIONS[act],
       pooling=pooling or ("pooler" if model_type == "clap_text_model" else "cls"),
   )
+
+
+# ------------------------------------------------- the towers export (jaxclap.export)
+
+
+def config_to_hf(tower: BertTower) -> tuple[str, dict, bool]:
+  """(transformers class name, its config fields, add_pooling_layer) of ``tower``'s twin,
+  dropout off: ``RobertaModel`` when it numbers positions from ``padding_idx + 1``."""
+  kw = dict(vocab_size=int(tower.vocab_size), hidden_size=int(tower.hidden_size),
+            num_hidden_layers=int(tower.depth), num_attention_heads=int(tower.num_heads),
+            intermediate_size=int(tower.mlp_dim), hidden_act=towers.HF_ACT[tower.activation],
+            max_position_embeddings=int(tower.max_len),
+            type_vocab_size=int(tower.type_vocab_size), layer_norm_eps=float(tower.layer_norm_eps),
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            position_embedding_type="absolute")
+  if tower.padding_idx is not None:
+    kw["pad_token_id"] = int(tower.padding_idx)
+    return "RobertaModel", kw, tower.pooling == "pooler"
+  return "BertModel", kw, tower.pooling == "pooler"
+
+
+def check_export(config: Any) -> None:
+  activation = towers.module(config.model.text).activation
+  if activation not in towers.HF_ACT:
+    raise towers.NotExportable(f"config.model.text.activation={activation!r} has no "
+                               "transformers equivalent")
+
+
+def _export(config: Any, variables: Mapping, out: str) -> dict:
+  """OUT/text as ``BertModel`` / ``RobertaModel`` (no pooler unless the tower pools with
+  it: load with ``add_pooling_layer=False`` then); the metadata entry."""
+  import transformers
+  tower = towers.module(config.model.text)
+  cls_name, kw, pooler = config_to_hf(tower)
+  cls = getattr(transformers, cls_name)
+  convert.save_strict(cls(cls.config_class(**kw), add_pooling_layer=pooler),
+                      convert.export_bert(variables["params"], buffers=False),
+                      os.path.join(out, "text"))
+  return {"class": cls_name, "path": "text", "add_pooling_layer": pooler,
+          "pooling": str(tower.pooling)}
+
+
+def _import_export(config: Any, folder: str, target: Mapping) -> dict:
+  where = os.path.join(folder, "text")
+  return {"params": convert.import_bert(convert.load_state_dict(where), target["params"],
+                                        where=where)}
+
+
+# -------------------------------------------------------------------------- registration
+
+_EXPORT = dict(export_torch=_export, import_export=_import_export, check_export=check_export)
+_BERT_SMALL = dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64)
+towers.register(towers.Tower(
+    name="bert", side="text", module=BertTower, import_torch=convert.import_bert,
+    aliases=("minilm",), torch_class="BertModel", **_EXPORT,
+    presets={
+        # real pretrained all-MiniLM-L6-v2 weights
+        "minilm": dict(name="bert", init="minilm", vocab_size=30522, hidden_size=384,
+                       depth=6, num_heads=12, mlp_dim=1536, max_len=512, pooling="mean"),
+        "bert": dict(name="bert", vocab_size=30522, hidden_size=256, depth=4, num_heads=4,
+                     mlp_dim=1024, max_len=512, pooling="cls")},
+    runlocal={"minilm": {}, "bert": _BERT_SMALL}))
+towers.register(towers.Tower(
+    name="roberta", side="text", module=BertTower, import_torch=convert.import_bert,
+    torch_class="RobertaModel", **_EXPORT,
+    # RoBERTa: positions from padding_idx + 1, one token type, LayerNorm eps 1e-5.
+    presets={"roberta": dict(name="roberta", vocab_size=4000, hidden_size=256, depth=4,
+                             num_heads=4, mlp_dim=1024, max_len=514, type_vocab_size=1,
+                             padding_idx=1, layer_norm_eps=1e-5, pooling="pooler")},
+    runlocal={"roberta": _BERT_SMALL}))

@@ -2,9 +2,10 @@
 
 ``import_tower(kind, source, target)`` is the one entry point: ``source`` is a safetensors
 file, a ``torch.save``'d state_dict, an HF model folder (``load_state_dict`` reads any of
-them into numpy arrays) or an already-loaded state dict; ``kind`` picks the importer from
-``IMPORTERS``, each living next to its model and imported only when asked for. The BERT
-family (BERT, MiniLM, RoBERTa, CLAP's text encoder) is mapped here by ``import_bert``.
+them into numpy arrays) or an already-loaded state dict; ``kind`` picks the importer that
+the tower registers in its model file (``jaxclap.models.towers``; ``importers()`` lists
+them). The BERT family (BERT, MiniLM, RoBERTa, CLAP's text encoder) is mapped here by
+``import_bert``.
 
 Every mapping is a table from our parameter path to the source key plus a transform
 (PyTorch ``Linear`` stores [out, in], Flax [in, out]; attention kernels are split per
@@ -20,7 +21,6 @@ dict, so that import and export share one table per model.
 from __future__ import annotations
 
 import glob
-import importlib
 import os
 from typing import Any, Callable, Mapping
 
@@ -297,33 +297,39 @@ def export_bert(params: Any, *, prefix: str = "", buffers: bool = True) -> dict[
   return out
 
 
+def save_strict(module: Any, sd: Mapping[str, np.ndarray], folder: str) -> None:
+  """Loads ``sd`` into the PyTorch ``module`` (every key used, every parameter and buffer
+  filled) and ``save_pretrained``s it to ``folder``. ``strict=False`` so that a hole comes
+  back as ``CheckpointMismatch`` naming the keys (``strict=True`` raises torch's
+  RuntimeError before any check of ours runs); a shape mismatch still raises torch's
+  RuntimeError, which names the key."""
+  import torch
+  module = module.eval()
+  result = module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
+                                  strict=False)
+  if result.missing_keys or result.unexpected_keys:
+    raise CheckpointMismatch(f"{type(module).__name__}: missing {result.missing_keys[:5]}, "
+                             f"unexpected {result.unexpected_keys[:5]}")
+  module.save_pretrained(folder)
+
+
 # --------------------------------------------------------------------------- entry point
 
-# Tower kind -> "module:function" importer, imported on first use so that loading a BERT
-# checkpoint does not import every model in the zoo. Each importer has the signature
-# ``fn(state_dict, target, *, where="checkpoint", **kw) -> params``.
-IMPORTERS: dict[str, str] = {
-    "bert": "jaxclap.models.convert:import_bert",
-    "roberta": "jaxclap.models.convert:import_bert",
-    "minilm": "jaxclap.models.convert:import_bert",
-    "htsat": "jaxclap.models.htsat:import_torch",
-    "cnn14": "jaxclap.models.cnn14:import_torch",
-    "audiomae": "jaxclap.models.audiomae:import_torch",
-    "vit": "jaxclap.models.audiomae:import_torch",
-    "qwen3": "jaxclap.models.decoder_lm:import_torch",
-    "gemma3": "jaxclap.models.decoder_lm:import_torch",
-}
-# Kinds served by one shared importer, which learns the family from ``family=``.
-_FAMILY_KINDS = frozenset({"qwen3", "gemma3"})
+def importers() -> dict[str, Callable[..., Any]]:
+  """Checkpoint kind -> import function, from the tower registry (each tower's importer
+  lives in its model file). Each has the signature ``fn(state_dict, target, *,
+  where="checkpoint", **kw) -> params``."""
+  from jaxclap.models import towers
+  return {kind: t.import_torch for kind, t in towers.checkpoint_kinds().items()}
 
 
 def importer(name: str) -> Callable[..., Any]:
   """The import function registered for tower kind ``name``."""
+  known = importers()
   key = str(name).lower()
-  if key not in IMPORTERS:
-    raise ValueError(f"unknown tower kind {name!r}; known: {sorted(IMPORTERS)}")
-  module, fn = IMPORTERS[key].split(":")
-  return getattr(importlib.import_module(module), fn)
+  if key not in known:
+    raise ValueError(f"unknown tower kind {name!r}; known: {sorted(known)}")
+  return known[key]
 
 
 def import_tower(name: str, source: str | os.PathLike | Mapping[str, Any], target: Any, *,
@@ -342,6 +348,4 @@ def import_tower(name: str, source: str | os.PathLike | Mapping[str, Any], targe
   else:
     path = os.fspath(source)
     state_dict, where = load_state_dict(path), where or path
-  if str(name).lower() in _FAMILY_KINDS:
-    kw.setdefault("family", str(name).lower())
   return fn(state_dict, target, where=where, **kw)

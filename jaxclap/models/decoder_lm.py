@@ -36,6 +36,7 @@ Gemma3TextModel weights onto a tower's parameters (see its docstring).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Mapping, Sequence
 
@@ -44,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxclap.models import convert, towers
 from jaxclap.models.convert import (CheckpointMismatch, Rules, apply_rules, ident, linear_t,
                                     merge_heads_out, split_heads_bias, split_heads_in)
 from jaxclap.models.transformer import TransformerBlock, dense_init, logical, make_norm
@@ -433,3 +435,56 @@ def export_torch(params: Mapping, family: str) -> dict[str, np.ndarray]:
   rules = {p: r for p, r in decoder_rules(depth, family).items()
            if p in flat or p[-1] != "bias"}
   return convert.export_rules(rules, params, where="DecoderTower")
+
+
+# ------------------------------------------------- the towers export (jaxclap.export)
+
+
+def check_export(config: Any) -> tuple[str, str, dict]:
+  """``config_to_hf`` of the run's tower, its refusals as ``NotExportable``."""
+  tower = towers.module(config.model.text)
+  try:
+    return config_to_hf(tower)
+  except ValueError as e:
+    raise towers.NotExportable(f"config.model.text ({tower.family}): {e}") from None
+
+
+def _export(config: Any, variables: Mapping, out: str) -> dict:
+  import os
+  import transformers
+  tower = towers.module(config.model.text)
+  cls_name, cfg_name, kw = check_export(config)
+  model = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**kw))
+  convert.save_strict(model, export_torch(variables["params"], tower.family),
+                      os.path.join(out, "text"))
+  return {"class": cls_name, "path": "text", "add_pooling_layer": False,
+          "pooling": str(tower.pooling)}
+
+
+def _import_export(config: Any, folder: str, target: Mapping) -> dict:
+  import os
+  where = os.path.join(folder, "text")
+  return {"params": import_torch(convert.load_state_dict(where), target["params"],
+                                 family=towers.module(config.model.text).family, where=where)}
+
+
+# -------------------------------------------------------------------------- registration
+
+_SMALL = dict(hidden_size=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64)
+_DEMO = {
+    "qwen3": (dict(name="qwen3", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
+                   num_kv_heads=2, head_dim=64, mlp_dim=768, pooling="last"), _SMALL),
+    "gemma3": (dict(name="gemma3", vocab_size=4000, hidden_size=256, depth=4, num_heads=4,
+                    num_kv_heads=2, head_dim=64, mlp_dim=768, sliding_window=16,
+                    sliding_window_pattern=2, query_pre_attn_scalar=64.0, pooling="mean"),
+               {**_SMALL, "query_pre_attn_scalar": 16.0}),
+}
+for _family in FAMILIES:
+  towers.register(towers.Tower(
+      name=_family, side="text", module=DecoderTower, fixed={"family": _family},
+      import_torch=functools.partial(import_torch, family=_family),
+      torch_class=HF_CLASSES[_family][0], export_torch=_export,
+      import_export=_import_export, check_export=check_export,
+      presets={_family: _DEMO[_family][0],
+               **{k: v for k, v in PRESETS.items() if v["family"] == _family}},
+      runlocal={_family: _DEMO[_family][1]}))

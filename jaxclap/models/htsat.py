@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxclap.models import convert
+from jaxclap.models import convert, towers
 from jaxclap.models.batch_norm import BatchNorm
 from jaxclap.models.convert import (CheckpointMismatch, Rules, ident, linear_t,
                                     merge_heads_out, split_heads_bias, split_heads_in)
@@ -641,3 +641,74 @@ def export_torch(variables: Mapping, *, prefix: str = "audio_encoder.") -> dict[
     out[prefix + key] = np.asarray(_INVERSE[id(fn)](np.asarray(flat[path], np.float32)))
   out.update({prefix + k: v for k, v in _buffers(variables, depths, fusion).items()})
   return out
+
+
+# ------------------------------------- the exports (jaxclap.export: towers and ClapModel)
+
+TORCH_PREFIX = "audio_encoder."      # ClapAudioModel's state-dict prefix
+
+
+def check_export(config: Any) -> None:
+  """``NotExportable`` unless ``ClapAudioModel`` (alone or in ``ClapModel``) holds the
+  run's HTS-AT exactly."""
+  a = config.model.audio
+  if bool(a.get("enable_fusion", False)):
+    raise towers.NotExportable("config.model.audio.enable_fusion=True: the fusion front end "
+                               "is not exported (jaxclap trains single-window towers)")
+  tower = towers.module(a)
+  if int(config.features.n_mels) != int(tower.num_mel_bins):
+    raise towers.NotExportable(f"config.features.n_mels={config.features.n_mels} != "
+                               f"config.model.audio.num_mel_bins={tower.num_mel_bins}: "
+                               "ClapAudioModel's bn0 normalises num_mel_bins channels")
+
+
+def config_to_hf(tower: HTSAT) -> dict:
+  """``transformers.ClapAudioConfig`` fields of ``tower`` (no fusion)."""
+  width, depths, heads = tower.arch()
+  ps = tower.patch_size if np.isscalar(tower.patch_size) else list(tower.patch_size)
+  st = tower.patch_stride
+  st = [int(st), int(st)] if np.isscalar(st) else [int(s) for s in st]
+  return dict(
+      spec_size=int(tower.spec_size), num_mel_bins=int(tower.num_mel_bins),
+      window_size=int(tower.window_size), patch_size=ps, patch_stride=st,
+      patch_embeds_hidden_size=width, hidden_size=tower.num_features(),
+      depths=list(depths), num_attention_heads=list(heads), mlp_ratio=float(tower.mlp_ratio),
+      layer_norm_eps=float(tower.layer_norm_eps), enable_patch_layer_norm=bool(tower.patch_norm),
+      enable_fusion=False, fusion_type=None, hidden_act="gelu", qkv_bias=True,
+      flatten_patch_embeds=True, patch_embed_input_channels=1,
+      hidden_dropout_prob=float(tower.dropout_rate),
+      attention_probs_dropout_prob=float(tower.attention_dropout_rate),
+      drop_path_rate=float(tower.drop_path_rate))
+
+
+def _export(config: Any, variables: Mapping, out: str) -> dict:
+  """OUT/audio as ``ClapAudioModel`` (dropout off: inference); the metadata entry: fed
+  ``input_features`` [b, 1, T, F], its ``pooler_output`` (no frame mask)."""
+  import os
+  import transformers
+  kw = config_to_hf(towers.module(config.model.audio))
+  kw.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
+  convert.save_strict(transformers.ClapAudioModel(transformers.ClapAudioConfig(**kw)),
+                      export_torch(variables, prefix=TORCH_PREFIX), os.path.join(out, "audio"))
+  return {"class": "ClapAudioModel", "path": "audio", "pooling": "pooler_output"}
+
+
+def _import_export(config: Any, folder: str, target: Mapping) -> dict:
+  import os
+  where = os.path.join(folder, "audio")
+  return import_torch(convert.load_state_dict(where), target, prefix=TORCH_PREFIX,
+                      where=where)
+
+
+# -------------------------------------------------------------------------- registration
+
+towers.register(towers.Tower(
+    name="htsat", side="audio", module=HTSAT, import_torch=import_torch,
+    torch_class="ClapAudioModel", export_torch=_export, import_export=_import_export,
+    check_export=check_export,
+    # The mel image is spec_size x spec_size: 64 bins x 1024 frames folded 4 ways (clips
+    # are stretched to 1024 frames, as LAION-CLAP's 10 s input).
+    presets={"htsat": dict(name="htsat", size="tiny", spec_size=256, num_mel_bins=64)},
+    # 32 bins folded 4 ways: 512 frames >= a 3 s clip's 288
+    runlocal={"htsat": dict(spec_size=128, num_mel_bins=32, embed_dim=16, depths=(2, 2),
+                            num_heads=(2, 2))}))

@@ -21,40 +21,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclap import audio as audio_features
-from jaxclap.models import bert, cnn14, decoder_lm, htsat, vit
+from jaxclap.models import towers
 from jaxclap.models.transformer import ACTIVATIONS, dense_init, logical
-
-# ``model.<tower>.name`` -> (module, fixed fields). The name is also the checkpoint kind
-# ``convert.import_tower`` reads for ``model.<tower>.init``.
-AUDIO_TOWERS = {"vit": (vit.SpectrogramViT, {}), "htsat": (htsat.HTSAT, {}),
-                "cnn14": (cnn14.Cnn14, {})}
-TEXT_TOWERS = {
-    "bert": (bert.BertTower, {}),
-    "roberta": (bert.BertTower, {}),       # padding_idx=1, type_vocab_size=1 in the config
-    "qwen3": (decoder_lm.DecoderTower, {"family": "qwen3"}),
-    "gemma3": (decoder_lm.DecoderTower, {"family": "gemma3"}),
-}
-
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _tower(registry: dict, field: str, name: str, kwargs: dict, dtype):
-  if name not in registry:
-    raise ValueError(f"model.{field}.name={name!r}; known: {sorted(registry)}")
-  cls, fixed = registry[name]
+def _tower(side: str, name: str, kwargs: dict, dtype):
+  """``model.<side>`` (``name`` and fields) -> the registered tower's module."""
+  towers.get(name, side)
   kwargs = dict(kwargs)
   own_dtype = kwargs.pop("dtype", None)  # the tower's compute dtype, if not the model's
   if own_dtype is not None:
     if str(own_dtype) not in _DTYPES:
-      raise ValueError(f"model.{field}.dtype={own_dtype!r}; use one of {sorted(_DTYPES)}")
+      raise ValueError(f"model.{side}.dtype={own_dtype!r}; use one of {sorted(_DTYPES)}")
     dtype = _DTYPES[str(own_dtype)]
-  preset = kwargs.pop("preset", None)  # decoder towers: a published size by name
-  if preset is not None:
-    if preset not in decoder_lm.PRESETS:
-      raise ValueError(f"model.{field}.preset={preset!r}; known: {sorted(decoder_lm.PRESETS)}")
-    kwargs = {**decoder_lm.PRESETS[preset], **kwargs}
-  return cls(**{**kwargs, **fixed}, dtype=dtype)
+  return towers.module({"name": name, **kwargs}, dtype=dtype)
 
 
 def spectrogram(cfg: Any, wave, lengths):
@@ -166,8 +148,8 @@ class TwoTowers(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.audio = _tower(AUDIO_TOWERS, "audio", self.audio_name, self.audio_kwargs, self.dtype)
-    self.text = _tower(TEXT_TOWERS, "text", self.text_name, self.text_kwargs, self.dtype)
+    self.audio = _tower("audio", self.audio_name, self.audio_kwargs, self.dtype)
+    self.text = _tower("text", self.text_name, self.text_kwargs, self.dtype)
 
     def head(field, overrides):
       kw = dict(kind=self.head, hidden_dim=self.head_hidden,
@@ -196,7 +178,7 @@ class TwoTowers(nn.Module):
 
   def reconstruct(self, spec, frames, rng):
     if not hasattr(self.audio, "reconstruct"):
-      raise ValueError(f"loss.mae_weight > 0 needs an audio tower with an MAE decoder "
+      raise ValueError(f"loss.terms.mae needs an audio tower with an MAE decoder "
                        f"(vit); model.audio.name={self.audio_name!r} has none")
     return self.audio.reconstruct(spec, frames, rng)
 
