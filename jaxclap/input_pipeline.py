@@ -363,10 +363,6 @@ def _stack(rows: Sequence[dict]) -> dict:
 # ----------------------------------------------------------------------------- public
 
 
-def _config_get(cfg, key, default):
-  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-
-
 def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int = 0,
                   process_count: int = 1, seed: int = 0) -> grain.MapDataset:
   """The infinite training stream of this process's batches (a grain ``MapDataset``).
@@ -379,14 +375,14 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
   """
   specs = source_specs(cfg.sources)
   # Caption settings first: a contradiction is reported before any corpus is opened.
-  k = int(_config_get(cfg, "captions_per_clip", 1))
-  pool = str(_config_get(cfg, "caption_pool", "global"))
+  k = int(cfg.captions_per_clip)
+  pool = str(cfg.caption_pool)
   schedule = None
   if pool == "task_pairs":
     if k != 2:
       raise ValueError(f"input.caption_pool='task_pairs' pairs two captions per clip; set "
                        f"input.captions_per_clip=2, not {k}")
-    sched = dict(_config_get(cfg, "task_schedule", None) or {})
+    sched = dict(cfg.task_schedule or {})
     unknown = set(sched) - {"p0", "p_min", "steps"}
     if unknown:
       raise ValueError(f"input.task_schedule: unknown key(s) {sorted(unknown)}; "
@@ -396,7 +392,7 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
   clip_samples = int(round(float(cfg.clip_seconds) * sr))
   if clip_samples <= 0:
     raise ValueError(f"input.clip_seconds={cfg.clip_seconds} gives no samples")
-  max_chars = int(_config_get(cfg, "max_caption_chars", 2000))
+  max_chars = int(cfg.max_caption_chars)
   total_w = sum(s.weight for s in specs)
   streams = []
   for i, spec in enumerate(specs):
@@ -410,10 +406,10 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
       streams.append(recs.shuffle(seed=seed * 1000 + i).repeat())
   ds = streams[0] if len(streams) == 1 else WeightedMix(streams, [s.weight for s in specs])
   example = _Example(
-      clip_samples=clip_samples, pad=str(_config_get(cfg, "pad", "zero")), random_crop=True,
+      clip_samples=clip_samples, pad=str(cfg.pad), random_crop=True,
       captions_per_clip=k, caption_pool=pool, tokenizer=tokenizer,
       max_text_len=int(cfg.max_text_len), schedule=schedule,
-      truncate_chars=_config_get(cfg, "truncate_chars", None))
+      truncate_chars=cfg.truncate_chars)
   ds = _WithIndex(ds, seed, example)
   ds = _ProcessSlice(ds, global_batch_size, process_index, process_count)
   return ds.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=_stack)
@@ -438,9 +434,9 @@ def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
   spec = source_specs([spec])[0]
   sr = int(cfg.sample_rate)
   recs = _Records(spec, 0, sample_rate=sr,
-                  max_caption_chars=int(_config_get(cfg, "max_caption_chars", 2000)))
+                  max_caption_chars=int(cfg.max_caption_chars))
   window = int(round(float(cfg.clip_seconds) * sr))
-  pad, hop = str(_config_get(cfg, "pad", "zero")), windows_lib.hop(window)
+  pad, hop = str(cfg.pad), windows_lib.hop(window)
   cut = lambda record: windows_lib.windows(record["audio"], window, hop, pad)
   n = len(recs)
   # (clip, window) of every window: one read of each clip to count its windows.
@@ -449,7 +445,7 @@ def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
   examples = {pool: _Example(
       clip_samples=window, pad=pad, random_crop=False, captions_per_clip=1,
       caption_pool=pool, tokenizer=tokenizer, max_text_len=int(cfg.max_text_len),
-      truncate_chars=_config_get(cfg, "truncate_chars", None))
+      truncate_chars=cfg.truncate_chars)
       for pool in ("global",) + tuple(extra_pools)}
   no_text = np.zeros(int(cfg.max_text_len), np.int32)
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import grain
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -51,9 +50,11 @@ def corpora(tmp_path_factory):
 
 
 def _cfg(sources, **kw):
-  c = ml_collections.ConfigDict(dict(
-      sources=sources, sample_rate=8000, clip_seconds=0.25, pad="zero", captions_per_clip=1,
-      caption_pool="global", max_text_len=24, max_caption_chars=200))
+  """The base config's input section (every field, its defaults) at test sizes."""
+  from jaxclap import configs
+  c = configs.base({}).input
+  c.update(dict(sources=sources, sample_rate=8000, clip_seconds=0.25, max_text_len=24,
+                max_caption_chars=200))
   c.update(kw)
   return c
 
