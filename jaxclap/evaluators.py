@@ -24,7 +24,6 @@ others ``N`` alone (see ``jaxclap.evaluate``); ``clips`` counts each embedded sp
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -179,9 +178,6 @@ class Evaluators:
     self.path = config.input.sources[0]["path"]
     self._tasks = None
     self._datasets, self._metadata, self._api = {}, {}, None
-    model = trainer.model
-    self._text = jax.jit(lambda v, ids, mask: model.apply(v, ids, mask,
-                                                          method=model.embed_text))
 
   def __bool__(self):
     return bool(self.evaluators)
@@ -232,10 +228,7 @@ class Evaluators:
     from jaxclap.inference import Model
     if self._api is None:
       self._api = Model(self.config, variables, self.tokenizer, self.trainer.model)
-    api = copy.copy(self._api)
-    api.variables = dict(variables)
-    api.params = api.variables["params"]
-    return api
+    return self._api.with_variables(variables)
 
   def _dataset(self, split: str, pools: tuple[str, ...], batch_size: int):
     from jaxclap import input_pipeline
@@ -273,7 +266,7 @@ class Evaluators:
         owner.append(_all_rows(local["owner"]))
         if pools and i < text_batches:
           for p, (ids, mask) in text_keys.items():
-            text[p].append(_all_rows(self._text(api.variables, batch[ids], batch[mask])))
+            text[p].append(_all_rows(api.embed_text_ids(batch[ids], batch[mask])))
           clips.append(np.where(_all_rows(local["valid"]).astype(bool),
                                 _all_rows(local["record"]), -1))
     owner = np.concatenate(owner)

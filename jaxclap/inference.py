@@ -13,6 +13,7 @@ and re-normalised. Shorter clips are zero-padded with their true length masked.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Sequence
 
@@ -30,9 +31,8 @@ class Model:
   def __init__(self, config, variables, tokenizer, model):
     """``variables``: {"params": ..., and "batch_stats" for batch-norm towers};
     ``model``: the ``two_towers.TwoTowers`` module they belong to."""
-    self.config, self.variables, self.tokenizer, self.model = (config, dict(variables),
-                                                               tokenizer, model)
-    self.params = self.variables["params"]
+    self.config, self.tokenizer, self.model = config, tokenizer, model
+    self._set_variables(variables)
     self.sample_rate = int(config.input.sample_rate)
     self.window = int(round(float(config.input.clip_seconds) * self.sample_rate))
     self.hop = windows_lib.hop(self.window)
@@ -41,9 +41,24 @@ class Model:
         p, *two_towers.spectrogram(config.features, wave, n), method=m.embed_audio))
     self._text_fn = jax.jit(lambda p, ids, mask: m.apply(p, ids, mask,
                                                          method=m.embed_text))
+
+  def _set_variables(self, variables) -> None:
+    self.variables = dict(variables)
+    self.params = self.variables["params"]
     # Clamped as in the loss (losses.clamp_logit_scale): exp of [0, ln 100].
     self.logit_scale = float(np.exp(np.clip(np.asarray(self.params["logit_scale"]), 0.0,
                                             np.log(100.0))))
+
+  def with_variables(self, variables) -> "Model":
+    """The same model with other weights of the same shapes (e.g. each evaluation round
+    of a training run), reusing the compiled functions instead of recompiling them."""
+    other = copy.copy(self)
+    other._set_variables(variables)
+    return other
+
+  def embed_text_ids(self, ids, mask) -> jax.Array:
+    """Embeddings of already-tokenised captions [b, L] (an input batch's)."""
+    return self._text_fn(self.variables, ids, mask)
 
   # -- audio
 

@@ -110,13 +110,13 @@ class Trainer:
   def init_state(self, seed: int) -> TrainState:
     """The initial state, created sharded; pretrained towers loaded per ``model.*.init``,
     or the whole model from another run per ``init_from``."""
+    missing = [k for k in self.config.required if self.config[k] in (None, "")]
+    if missing:   # e.g. CLSP stage 2 continues a stage 1 run; refused before any work
+      raise ValueError(f"this config needs {', '.join('config.' + k for k in missing)}: "
+                       f"set --config.{missing[0]}=... (see the config file's docstring)")
     with nn.logical_axis_rules(self.rules):
       init = jax.jit(lambda r: nn.meta.unbox(self._init(r)), out_shardings=self.state_shardings)
       state = init(jax.random.PRNGKey(seed))
-    missing = [k for k in self.config.required if self.config[k] in (None, "")]
-    if missing:   # e.g. CLSP stage 2 continues a stage 1 run
-      raise ValueError(f"this config needs {', '.join('config.' + k for k in missing)}: "
-                       f"set --config.{missing[0]}=... (see the config file's docstring)")
     params, model_state = dict(state.params), dict(state.model_state)
     loaded = False
     for tower in ("audio", "text"):
@@ -206,7 +206,7 @@ class Trainer:
                            train=True, rngs={"dropout": drop_rng}, mutable=mutable)
     (a, t, scale), new_state = out if mutable else (out, model_state)
     recon = None
-    if any(terms.TERMS[n].uses_decoder for n in self.terms):
+    if terms.uses_decoder(self.config):
       recon = self.model.apply(variables, spec, frames, mae_rng,
                                method=self.model.reconstruct)
     outputs = terms.Outputs(audio=a, text=t.reshape(a.shape[0], per_clip, -1),
