@@ -25,8 +25,9 @@ Field reference (``--config.<path>=value`` overrides any of them):
   input.clip_seconds   training window (random crop / pad)
   input.pad            "zero" or "repeat" (LAION's repeatpad) for short clips
   input.captions_per_clip  1, or 2 for CLSP's multi-positive loss
-  input.caption_pool   "global", "fine", "any", or "task_pairs" (CLSP stage 2's Task 1 / 2
-                       pairs, drawn per step with input.task_schedule = dict(p0, p_min, steps))
+  input.caption_pool   the caption sampler (jaxclap.caption_samplers): "global", "fine",
+                       "any", or "task_pairs" (CLSP stage 2's Task 1 / 2 pairs, drawn per
+                       step with input.task_schedule = dict(p0, p_min, steps); None else)
   input.max_text_len   tokens per caption, special tokens included
   input.max_caption_chars  a longer caption is a bad record (raises, naming it)
   input.truncate_chars  cut drawn captions to this many characters (CLAP: 100), or None

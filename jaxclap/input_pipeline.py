@@ -23,13 +23,16 @@ this file owns the first arrow. Design, from the pod-scale end:
 Batches are dicts of numpy arrays:
   audio       float32 [b, clip_samples]   cropped or padded waveform
   audio_len   int32   [b]                 samples of real audio in ``audio`` (for masks)
-  text_ids    int32   [b, L] ([b, K, L] when captions_per_clip = K > 1)
+  text_ids    int32   [b, K, L]           K = input.captions_per_clip captions per clip
   text_mask   int32   like text_ids
+  caption_pool int32  [b, K]              the pool of each caption (caption_samplers:
+                                          0 global, 1 fine-grained)
   source      int32   [b]                 which corpus of ``input.sources``
   record      int64   [b]                 record index inside that corpus split
   index       int64   [b]                 global stream index (proves nothing is skipped)
-  task        int32   [b]                 CLSP task of the step (1 or 2), caption pool
-                                          "task_pairs" only
+
+The captions come from the sampler ``input.caption_pool`` names (``caption_samplers``);
+every recipe's batch has these fields and shapes.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from jaxclap import caption_samplers
 from jaxclap.corpus import records
 from jaxclap.windows import crop_or_pad
 
@@ -246,59 +250,6 @@ class _ProcessSlice(grain.MapDataset):
 
 
 
-def draw_captions(example: dict, rng: np.random.Generator, k: int, pool: str) -> list[str]:
-  """``k`` captions of one clip, drawn at random (distinct while the pool allows).
-
-  pool: "global" (``captions``), "fine" (``fine_captions``, falling back to global for a
-  clip that has none) or "any" (both pools together). (The training stream's pool
-  "task_pairs" pairs them per step through ``TaskSchedule``.)
-  """
-  if pool == "global":
-    cands = example["captions"]
-  elif pool == "fine":
-    cands = example["fine_captions"] or example["captions"]
-  elif pool == "any":
-    cands = example["captions"] + example["fine_captions"]
-  else:
-    raise ValueError(f"input.caption_pool must be 'global', 'fine' or 'any', got {pool!r}")
-  if len(cands) >= k:
-    return [cands[i] for i in rng.choice(len(cands), size=k, replace=False)]
-  return [cands[i] for i in rng.integers(0, len(cands), size=k)]
-
-
-def task_probability(step: int, p0: float = 0.95, p_min: float = 0.5,
-                     steps: int = 10_000) -> float:
-  """CLSP stage 2's scheduler: the probability p_t of Task 1 (global + fine-grained
-  caption) at step t, falling linearly from p0 to p_min over ``steps`` steps, then held
-  (p_min = p0 is the static scheduler)."""
-  return max(p_min, p0 - (p0 - p_min) * step / max(steps, 1))
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSchedule:
-  """Caption pool "task_pairs" (CLSP stage 2): each STEP (all clips of one global batch)
-  is Task 1 with probability ``task_probability(step, ...)``, else Task 2 (two different
-  fine-grained captions). The draw is a pure function of (seed, step), so every process and a resumed
-  run agree on it."""
-  global_batch_size: int
-  seed: int
-  p0: float = 0.95
-  p_min: float = 0.5
-  steps: int = 10_000
-
-  def task(self, index: int) -> int:
-    step = index // self.global_batch_size
-    u = np.random.default_rng([self.seed, step, 0x7A5C]).random()
-    return 1 if u < task_probability(step, self.p0, self.p_min, self.steps) else 2
-
-  def captions(self, example: dict, rng: np.random.Generator, task: int) -> list[str]:
-    # Task 1: (global, fine) -- caption 1 takes CLSP's lambda in the audio->text target.
-    if task == 1:
-      return (draw_captions(example, rng, 1, "global")
-              + draw_captions(example, rng, 1, "fine"))
-    return draw_captions(example, rng, 2, "fine")
-
-
 @dataclasses.dataclass(frozen=True)
 class _Example:
   """The per-example transform, a picklable callable for grain workers."""
@@ -306,34 +257,24 @@ class _Example:
   pad: str
   random_crop: bool
   captions_per_clip: int
-  caption_pool: str
+  sampler: Any                          # jaxclap.caption_samplers
   tokenizer: Any
   max_text_len: int
-  schedule: TaskSchedule | None = None  # caption_pool "task_pairs" only
   truncate_chars: int | None = None     # CLAP cuts its text at 100 characters
 
   def __call__(self, index: int, example: dict, rng: np.random.Generator | None):
     wave, n = crop_or_pad(example["audio"], self.clip_samples,
                           rng if self.random_crop else None, self.pad)
     caption_rng = rng if rng is not None else np.random.default_rng(index)
-    task = 0
-    if self.schedule is not None:
-      task = self.schedule.task(index)
-      caps = self.schedule.captions(example, caption_rng, task)
-    else:
-      caps = draw_captions(example, caption_rng, self.captions_per_clip, self.caption_pool)
+    caps, pools = caption_samplers.draw(self.sampler, example, caption_rng,
+                                        self.captions_per_clip, index)
     if self.truncate_chars:
       caps = [c[:self.truncate_chars] for c in caps]
     ids, mask = self.tokenizer.encode(caps, self.max_text_len)
-    if self.captions_per_clip == 1:
-      ids, mask = ids[0], mask[0]
-    row = {"audio": wave.astype(np.float32), "audio_len": np.int32(n),
-           "text_ids": ids.astype(np.int32), "text_mask": mask.astype(np.int32),
-           "source": np.int32(example["source"]), "record": np.int64(example["record"]),
-           "index": np.int64(index)}
-    if self.schedule is not None:   # only a sampler that draws tasks adds the field
-      row["task"] = np.int32(task)
-    return row
+    return {"audio": wave.astype(np.float32), "audio_len": np.int32(n),
+            "text_ids": ids.astype(np.int32), "text_mask": mask.astype(np.int32),
+            "caption_pool": pools, "source": np.int32(example["source"]),
+            "record": np.int64(example["record"]), "index": np.int64(index)}
 
 
 class _WithIndex(grain.MapDataset):
@@ -376,18 +317,8 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
   specs = source_specs(cfg.sources)
   # Caption settings first: a contradiction is reported before any corpus is opened.
   k = int(cfg.captions_per_clip)
-  pool = str(cfg.caption_pool)
-  schedule = None
-  if pool == "task_pairs":
-    if k != 2:
-      raise ValueError(f"input.caption_pool='task_pairs' pairs two captions per clip; set "
-                       f"input.captions_per_clip=2, not {k}")
-    sched = dict(cfg.task_schedule or {})
-    unknown = set(sched) - {"p0", "p_min", "steps"}
-    if unknown:
-      raise ValueError(f"input.task_schedule: unknown key(s) {sorted(unknown)}; "
-                       "use p0, p_min, steps")
-    schedule = TaskSchedule(global_batch_size, seed, **sched)
+  sampler = caption_samplers.from_config(cfg, global_batch_size=global_batch_size,
+                                         seed=seed)
   sr = int(cfg.sample_rate)
   clip_samples = int(round(float(cfg.clip_seconds) * sr))
   if clip_samples <= 0:
@@ -407,9 +338,8 @@ def train_dataset(cfg, tokenizer, *, global_batch_size: int, process_index: int 
   ds = streams[0] if len(streams) == 1 else WeightedMix(streams, [s.weight for s in specs])
   example = _Example(
       clip_samples=clip_samples, pad=str(cfg.pad), random_crop=True,
-      captions_per_clip=k, caption_pool=pool, tokenizer=tokenizer,
-      max_text_len=int(cfg.max_text_len), schedule=schedule,
-      truncate_chars=cfg.truncate_chars)
+      captions_per_clip=k, sampler=sampler, tokenizer=tokenizer,
+      max_text_len=int(cfg.max_text_len), truncate_chars=cfg.truncate_chars)
   ds = _WithIndex(ds, seed, example)
   ds = _ProcessSlice(ds, global_batch_size, process_index, process_count)
   return ds.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=_stack)
@@ -444,7 +374,8 @@ def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
   padded = -(-len(owners) // batch_size) * batch_size
   examples = {pool: _Example(
       clip_samples=window, pad=pad, random_crop=False, captions_per_clip=1,
-      caption_pool=pool, tokenizer=tokenizer, max_text_len=int(cfg.max_text_len),
+      sampler=caption_samplers.SAMPLERS[pool], tokenizer=tokenizer,
+      max_text_len=int(cfg.max_text_len),
       truncate_chars=cfg.truncate_chars)
       for pool in ("global",) + tuple(extra_pools)}
   no_text = np.zeros(int(cfg.max_text_len), np.int32)
@@ -466,7 +397,7 @@ def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
         row[keys[0]], row[keys[1]] = no_text, no_text
       else:
         text = examples[pool](index, record, rng)
-        row[keys[0]], row[keys[1]] = text["text_ids"], text["text_mask"]
+        row[keys[0]], row[keys[1]] = text["text_ids"][0], text["text_mask"][0]
     row["record"] = np.int64(index if index < n else -1)
     row["valid"] = np.int32(index < n)
     return row

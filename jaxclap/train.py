@@ -197,7 +197,7 @@ class Trainer:
     spec, frames = two_towers.spectrogram(self.config.features, wave, batch["audio_len"])
     ids, mask = batch["text_ids"], batch["text_mask"]
     per_clip = ids.shape[1] if ids.ndim == 3 else 1
-    if per_clip > 1:  # [b, k, L] -> [b * k, L]: rows stay on their device
+    if ids.ndim == 3:  # [b, k, L] -> [b * k, L]: rows stay on their device
       ids, mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
     variables = {"params": params, **model_state}
     # Batch-norm towers update their running statistics as a side output.
@@ -214,8 +214,8 @@ class Trainer:
                             logit_bias=params.get("logit_bias"), reconstruction=recon)
     total, metrics = terms.total(self.terms, outputs, self.config.loss, self.mesh)
     metrics = {"logit_scale": jnp.exp(outputs.logit_scale), **metrics, "loss": total}
-    if "task" in batch:   # which CLSP task the step drew (its caption sampler's choice)
-      metrics["task"] = batch["task"].astype(jnp.float32).mean()
+    if "caption_pool" in batch:   # the share of fine-grained captions the sampler drew
+      metrics["fine_captions"] = (batch["caption_pool"] == 1).astype(jnp.float32).mean()
     return total, (metrics, dict(new_state))
 
   def _step(self, state: TrainState, batch):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import grain
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -75,7 +76,9 @@ def test_batch_contents(corpora):
   clip_of = [records.decode(src[r])["metadata"]["i"] for r in range(len(src))]
   b = ds[0]
   assert b["audio"].shape == (8, 2000) and b["audio"].dtype == np.float32
-  assert b["text_ids"].shape == (8, 24) and b["text_mask"].sum() > 0
+  # One batch shape whatever the sampler: [b, K, L] captions, [b, K] their pools.
+  assert b["text_ids"].shape == (8, 1, 24) and b["text_mask"].sum() > 0
+  assert b["caption_pool"].shape == (8, 1) and not b["caption_pool"].any()
   for row in range(8):
     i = clip_of[int(b["record"][row])]
     length = 800 + 97 * i
@@ -86,7 +89,7 @@ def test_batch_contents(corpora):
     assert np.all(np.diff(pcm[:n]) % 32000 == 1)
     assert (pcm[0] - i * 1000) % 32000 <= max(0, length - 2000)
     assert not pcm[n:].any()
-    text = bytes(int(t) - 1 for t in b["text_ids"][row] if t).decode()
+    text = bytes(int(t) - 1 for t in b["text_ids"][row, 0] if t).decode()
     assert text.startswith(f"big {i} caption ")
   # One epoch of the shuffled source holds every record once.
   recs = np.concatenate([ds[s]["record"] for s in range(5)])
@@ -150,6 +153,36 @@ def test_two_captions_and_repeat_pad(corpora):
   assert n == 6 and wave.tolist() == [1, 2, 3, 1, 2, 3, 0, 0]   # LAION's "repeatpad"
   with pytest.raises(ValueError, match="input.pad"):
     ip.crop_or_pad(np.ones(2, np.float32), 8, None, "mirror")
+
+
+def test_caption_samplers():
+  """Each sampler draws from its pool and says which pool each caption came from."""
+  from jaxclap import caption_samplers as cs
+  ex = {"captions": ["g1", "g2", "g3"], "fine_captions": ["f1", "f2"]}
+  bare = {"captions": ["g1", "g2"], "fine_captions": []}
+  rng = np.random.default_rng(0)
+  for name, pools in [("global", {"g"}), ("fine", {"f"}), ("any", {"g", "f"})]:
+    seen = set()
+    for _ in range(30):
+      caps, pool = cs.draw(cs.SAMPLERS[name], ex, rng, 2, 0)
+      assert len(set(caps)) == 2 and pool.dtype == np.int32 and pool.shape == (2,)
+      assert [c[0] for c in caps] == ["f" if p == cs.FINE else "g" for p in pool]
+      seen |= {c[0] for c in caps}
+    assert seen == pools, name
+  caps, pool = cs.draw(cs.SAMPLERS["fine"], bare, rng, 1, 0)   # no fine captions: global
+  assert caps[0] in bare["captions"] and pool.tolist() == [cs.GLOBAL]
+  cfg = lambda **kw: ml_collections.ConfigDict(
+      {"caption_pool": "global", "captions_per_clip": 1, "task_schedule": None, **kw})
+  with pytest.raises(ValueError, match="input.caption_pool must be one of"):
+    cs.from_config(cfg(caption_pool="clsp"), global_batch_size=4, seed=0)
+  with pytest.raises(ValueError, match="input.captions_per_clip=2, not 1"):
+    cs.from_config(cfg(caption_pool="task_pairs"), global_batch_size=4, seed=0)
+  with pytest.raises(ValueError, match="input.task_schedule.*not 'fine'"):
+    cs.from_config(cfg(caption_pool="fine", task_schedule=dict(p0=0.9)),
+                   global_batch_size=4, seed=0)
+  with pytest.raises(ValueError, match=r"unknown key\(s\) \['q'\]"):
+    cs.from_config(cfg(caption_pool="task_pairs", captions_per_clip=2,
+                       task_schedule=dict(q=1)), global_batch_size=4, seed=0)
 
 
 def test_eval_dataset_covers_every_clip_once(corpora):

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxclap import configs, input_pipeline, sharding, train
+from jaxclap import caption_samplers, configs, input_pipeline, sharding, train
 
 
 def recipe(name: str, arg: str = ""):
@@ -82,7 +82,7 @@ def test_clsp_stage_two_starts_from_stage_one(data_dir, tmp_path):
   s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
   _, results1, rows1 = _train(recipe("clsp", "runlocal,stage=1"), data_dir, s1)
   _falls(rows1)
-  assert "task" not in rows1[-1]
+  assert all(r["fine_captions"] == 1.0 for r in rows1)   # stage 1: fine captions only
   assert {"multiclass", "graded", "retrieval", "retrieval_fine"} <= set(results1)
   # Fine-grained captions are other texts than the global ones: another ranking.
   assert results1["retrieval_fine"] != results1["retrieval"]
@@ -106,34 +106,38 @@ def test_clsp_stage_two_starts_from_stage_one(data_dir, tmp_path):
 
   _, results2, rows2 = _train(c2, data_dir, s2)
   _falls(rows2)
-  # Every step is one task for the whole batch; p_t falls from 0.95, so both occur.
-  tasks = [r["task"] for r in rows2]
-  assert set(tasks) == {1.0, 2.0}, tasks
+  # Every step is one task for the whole batch (Task 1: a global and a fine caption per
+  # clip, Task 2: two fine ones); p_t falls from 0.95, so both occur.
+  tasks = [r["fine_captions"] for r in rows2]
+  assert set(tasks) == {0.5, 1.0}, tasks
   assert "retrieval" in results2
 
 
 def test_clsp_task_scheduler():
   """p_t falls linearly from p0 to p_min over T steps; each step's draw is one task for
   the whole global batch, a pure function of (seed, step)."""
-  p = input_pipeline.task_probability
+  p = caption_samplers.task_probability
   assert p(0) == pytest.approx(0.95) and p(5000) == pytest.approx(0.725)
   assert p(10_000) == pytest.approx(0.5) and p(50_000) == pytest.approx(0.5)
   assert p(123, p0=0.8, p_min=0.8) == pytest.approx(0.8)   # static
-  sched = input_pipeline.TaskSchedule(global_batch_size=4, seed=3, p0=0.95, p_min=0.5,
+  sched = caption_samplers.TaskPairs(global_batch_size=4, seed=3, p0=0.95, p_min=0.5,
                                       steps=1000)
   tasks = np.array([[sched.task(s * 4 + i) for i in range(4)] for s in range(4000)])
   assert (tasks == tasks[:, :1]).all()   # one task per step
   early, late = (tasks[:500, 0] == 1).mean(), (tasks[2000:, 0] == 1).mean()
   expected_early = np.mean([p(s, 0.95, 0.5, 1000) for s in range(500)])   # 0.8375
   assert abs(early - expected_early) < 0.05 and abs(late - 0.5) < 0.04, (early, late)
-  again = input_pipeline.TaskSchedule(global_batch_size=4, seed=3, p0=0.95, p_min=0.5,
+  again = caption_samplers.TaskPairs(global_batch_size=4, seed=3, p0=0.95, p_min=0.5,
                                       steps=1000)
   assert [again.task(i) for i in range(400)] == list(tasks[:100].reshape(-1))
   example = {"captions": ["g1", "g2", "g3"], "fine_captions": ["f1", "f2"]}
   rng = np.random.default_rng(0)
-  c1 = sched.captions(example, rng, 1)
+  task1 = next(i for i in range(400) if sched.task(i) == 1)
+  task2 = next(i for i in range(400) if sched.task(i) == 2)
+  c1, pools = sched(example, rng, 2, task1)
   assert c1[0] in example["captions"] and c1[1] in example["fine_captions"]
-  assert sorted(sched.captions(example, rng, 2)) == ["f1", "f2"]
+  assert pools == [caption_samplers.GLOBAL, caption_samplers.FINE]
+  assert sorted(sched(example, rng, 2, task2)[0]) == ["f1", "f2"]
 
 
 # -------------------------------------------------------------------- full sizes
