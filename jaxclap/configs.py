@@ -219,6 +219,7 @@ def base(args: dict) -> ml_collections.ConfigDict:
 
   # 16 kHz, 25 ms window, 10 ms hop as SLAP/AudioMAE, 64 mel bins to keep the demo light.
   c.features = ml_collections.ConfigDict()
+  c.features.kind = "logmel"
   c.features.sample_rate = 16000
   c.features.target_rate = 16000
   c.features.res_type = "polyphase"

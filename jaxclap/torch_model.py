@@ -3,7 +3,7 @@ r"""A jaxclap towers export in PyTorch: ``ClapModelTorch.from_pretrained(OUT)``.
 ``python -m jaxclap.export --workdir=RUN --out=OUT`` writes a spectrogram-ViT, CNN14 or
 HTS-AT run (one ClapModel cannot hold) tower by tower (``jaxclap.export.export_towers``):
 ``OUT/audio`` a transformers ``ViTMAEModel``, a transformers ``ClapAudioModel`` (HTS-AT)
-or this module's ``Cnn14Torch`` (PANNs' key names),
+or ``jaxclap.models.cnn14_torch.Cnn14Torch`` (PANNs' key names),
 ``OUT/text`` a ``BertModel`` / ``RobertaModel`` (or ``Qwen3Model`` /
 ``Gemma3TextModel`` for decoder text towers) with its tokenizer, ``heads.safetensors``,
 ``frontend.safetensors`` (STFT window, Slaney mel matrix) and ``jaxclap_export.json``.
@@ -53,7 +53,68 @@ from torch import nn
 
 from jaxclap import windows as windows_lib
 
-DECODER_CLASSES = ("Qwen3Model", "Gemma3TextModel")
+# How a class of an export is called. The towers' ``export_torch`` (in each tower's model
+# file) write the convention beside the class in ``jaxclap_export.json``, so this module
+# serves any tower without naming one.
+
+
+def _tiles(model, entry: dict, spec, frames):
+  """A ViT over patch tiles (transformers' ``ViTMAEModel``): ``noise=arange(tiles)`` keeps
+  the tiles in order (argsort of an increasing noise is the identity; ``mask_ratio=0``
+  keeps them all) and ``attention_mask`` [b, 1 + tiles] masks the padding tiles, so a
+  padded clip embeds as in jaxclap. Pooling ``cls`` or the mean over real tiles."""
+  b, t, m = spec.shape
+  p = int(entry["patch"])
+  valid = (torch.arange(t // p) * p)[None, :] < frames[:, None]          # [b, t/p]
+  valid = valid.repeat_interleave(m // p, dim=1)                        # time-major tiles
+  mask = torch.cat([torch.ones(b, 1, dtype=torch.long), valid.long()], dim=1)
+  noise = torch.arange(valid.shape[1], dtype=torch.float32)[None].expand(b, -1)
+  h = model(pixel_values=spec[:, None], noise=noise, attention_mask=mask).last_hidden_state
+  if entry["pooling"] == "cls":
+    return h[:, 0]
+  w = valid[..., None].to(h.dtype)
+  return (h[:, 1:] * w).sum(1) / torch.clamp(w.sum(1), min=1.0)
+
+
+def _input_features(model, entry: dict, spec, frames):
+  """``input_features`` [b, 1, T, F] -> ``pooler_output`` (transformers'
+  ``ClapAudioModel``); no mask: the tower sees the padded image, in jaxclap too."""
+  return model(input_features=spec[:, None]).pooler_output
+
+
+def _spec_frames(model, entry: dict, spec, frames):
+  """``model(spec, frames)``: a module that masks the padding frames itself."""
+  return model(spec, frames)
+
+
+AUDIO_INPUTS = {"tiles": _tiles, "input_features": _input_features,
+                "spec_frames": _spec_frames}
+# Text: an encoder takes token type ids (all 0); a decoder builds its causal + padding
+# mask from the attention mask and positions 0..t-1, as jaxclap's DecoderTower.
+TEXT_INPUTS = {
+    "encoder": lambda model, ids, mask: model(input_ids=ids, attention_mask=mask,
+                                              token_type_ids=torch.zeros_like(ids)),
+    "decoder": lambda model, ids, mask: model(input_ids=ids, attention_mask=mask)}
+
+
+def _pool_text(o, mask, pooling: str):
+  h = o.last_hidden_state
+  if pooling == "last":   # the last real token (right or left padding)
+    last = torch.where(mask.bool(), torch.arange(mask.shape[1])[None], 0).max(1).values
+    return h[torch.arange(h.shape[0]), last]
+  if pooling == "pooler":
+    return o.pooler_output
+  if pooling == "cls":
+    return h[:, 0]
+  m = mask[..., None].to(h.dtype)
+  return (h * m).sum(1) / torch.clamp(m.sum(1), min=1.0)
+
+
+def _tower_class(entry: dict):
+  """The class an export entry names: ``module`` (default transformers) . ``class``."""
+  import importlib
+  return getattr(importlib.import_module(entry.get("module", "transformers")), entry["class"])
+
 _ACTS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu,
          "gelu_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),
          "silu": nn.functional.silu}
@@ -77,97 +138,6 @@ class Head(nn.Module):
     if self.kind == "linear":
       return self.proj(x)
     return self.fc_out(self.act(self.fc_in(x)))
-
-
-class _Cnn14Block(nn.Module):
-  """PANNs' ConvBlock: (3x3 conv without bias -> BatchNorm2d -> ReLU) x 2, then a pool."""
-
-  def __init__(self, cin: int, cout: int, eps: float):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, cout, (3, 3), padding=(1, 1), bias=False)
-    self.conv2 = nn.Conv2d(cout, cout, (3, 3), padding=(1, 1), bias=False)
-    self.bn1 = nn.BatchNorm2d(cout, eps=eps)
-    self.bn2 = nn.BatchNorm2d(cout, eps=eps)
-
-  def forward(self, x, valid, pool: int):
-    for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
-      if valid is not None:
-        x = x * valid[:, None, :, None]
-      x = nn.functional.relu(bn(conv(x)))
-    return nn.functional.avg_pool2d(x, pool) if pool > 1 else x
-
-
-class Cnn14Torch(nn.Module):
-  """jaxclap's CNN14 audio tower (``jaxclap.models.cnn14.Cnn14``) in PyTorch, inference
-  only (eval-mode batch norm with the running statistics, no dropout).
-
-  PANNs' / msclap's module layout and state-dict key names (``bn0.*``,
-  ``conv_block{i}.conv{j}.weight``, ``conv_block{i}.bn{j}.*``, ``fc1.*``), without the
-  torchlibrosa front end and the AudioSet classifier: it takes the log-mel [b, T, n_mels]
-  that ``ClapModelTorch.features`` computes. ``bn0`` normalises per mel bin; six blocks
-  (2x2 average pool after all but the last); mean over mel; max + mean over time; ``fc1``
-  + ReLU -> [b, embed_dim].
-
-  ``frames`` (int [b], real frames per clip; None = all real) has the Flax tower's
-  meaning: before every conv of block k (0-based) the time steps at or past
-  ``frames // 2**k`` are zeroed, and the time max / mean read the steps before
-  ``frames // 2**(blocks - 1)`` only (always at least the first). So a zero-padded clip
-  embeds as the clip alone.
-
-  ``Cnn14Torch.from_pretrained(folder)`` reads ``config.json`` (``channels``,
-  ``embed_dim``, ``mel_bins``, ``bn_eps``) and ``model.safetensors``; ``save_pretrained``
-  writes them.
-  """
-
-  def __init__(self, channels: Sequence[int], embed_dim: int, mel_bins: int,
-               bn_eps: float = 1e-5):
-    super().__init__()
-    self.config = dict(channels=[int(c) for c in channels], embed_dim=int(embed_dim),
-                       mel_bins=int(mel_bins), bn_eps=float(bn_eps))
-    self.bn0 = nn.BatchNorm2d(mel_bins, eps=bn_eps)
-    self.blocks = len(channels)
-    for i, (cin, cout) in enumerate(zip((1,) + tuple(channels[:-1]), channels)):
-      setattr(self, f"conv_block{i + 1}", _Cnn14Block(cin, cout, bn_eps))
-    self.fc1 = nn.Linear(channels[-1], embed_dim)
-    self.eval()
-
-  @classmethod
-  def from_pretrained(cls, folder: str) -> "Cnn14Torch":
-    from safetensors.torch import load_file
-    with open(os.path.join(folder, "config.json")) as f:
-      cfg = json.load(f)
-    model = cls(cfg["channels"], cfg["embed_dim"], cfg["mel_bins"], cfg.get("bn_eps", 1e-5))
-    model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")), strict=True)
-    return model.eval()
-
-  def save_pretrained(self, folder: str) -> None:
-    from safetensors.torch import save_file
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-      json.dump({"class": "Cnn14Torch", **self.config}, f, indent=2)
-    save_file({k: v.contiguous() for k, v in self.state_dict().items()},
-              os.path.join(folder, "model.safetensors"))
-
-  def forward(self, spec: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-    """spec: [b, T, n_mels] log-mel; frames: int [b] real frames -> [b, embed_dim]."""
-    mask = lambda length, level: None if frames is None else (
-        torch.arange(length)[None, :] < (frames // 2 ** level)[:, None]).to(spec.dtype)
-    x = self.bn0(spec.transpose(1, 2)[..., None])[..., 0].transpose(1, 2)   # per mel bin
-    x = x[:, None]                                                          # [b, 1, T, F]
-    for i in range(self.blocks):
-      x = getattr(self, f"conv_block{i + 1}")(x, mask(x.shape[2], i),
-                                              2 if i < self.blocks - 1 else 1)
-    seq = x.mean(dim=3).transpose(1, 2)                                     # [b, t', c]
-    valid = mask(seq.shape[1], self.blocks - 1)
-    if valid is None:
-      pooled = seq.max(dim=1).values + seq.mean(dim=1)
-    else:
-      valid = valid.clone()
-      valid[:, 0] = 1.0
-      valid = valid[..., None]
-      peak = torch.where(valid > 0, seq, torch.finfo(seq.dtype).min).max(dim=1).values
-      pooled = peak + (seq * valid).sum(1) / valid.sum(1)
-    return nn.functional.relu(self.fc1(pooled))
 
 
 def _l2norm(x):
@@ -198,18 +168,17 @@ class ClapModelTorch(nn.Module):
     self.register_buffer("mel_filters", fe["mel_filters"])
 
     a, t, h = meta["audio"], meta["text"], meta["heads"]
-    self.audio_class, self.audio_pooling = a["class"], a["pooling"]
-    self.patch = int(a.get("patch", 0))
-    if a["class"] == "Cnn14Torch":
-      self.audio = Cnn14Torch.from_pretrained(os.path.join(folder, a["path"]))
-    else:
-      self.audio = getattr(transformers, a["class"]).from_pretrained(
-          os.path.join(folder, a["path"])).eval()
-    self.text_pooling = t["pooling"]
-    self.decoder_text = t["class"] in DECODER_CLASSES
-    extra = {} if self.decoder_text else {"add_pooling_layer": bool(t["add_pooling_layer"])}
-    self.text = getattr(transformers, t["class"]).from_pretrained(
-        os.path.join(folder, t["path"]), **extra).eval()
+    for side, entry, known in (("audio", a, AUDIO_INPUTS), ("text", t, TEXT_INPUTS)):
+      if entry.get("inputs") not in known:
+        raise ValueError(f"{folder}/jaxclap_export.json: {side}.inputs="
+                         f"{entry.get('inputs')!r}, known: {sorted(known)} (an export "
+                         "written by an older jaxclap: export the run again)")
+    self.audio_entry, self.text_entry = a, t
+    self.audio = _tower_class(a).from_pretrained(os.path.join(folder, a["path"])).eval()
+    extra = ({"add_pooling_layer": bool(t["add_pooling_layer"])}
+             if "add_pooling_layer" in t else {})
+    self.text = _tower_class(t).from_pretrained(os.path.join(folder, t["path"]),
+                                                **extra).eval()
     self.tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(folder, t["path"]))
     hsd = load_file(os.path.join(folder, h["file"]))
     self.audio_head = Head(hsd, "audio_head", h["kind"], h["activation"])
@@ -242,25 +211,9 @@ class ClapModelTorch(nn.Module):
     return x, frames
 
   def audio_tower(self, spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """The audio tower's pooled output for [b, frames, n_mels] features: ViTMAEModel in
-    tile order with padding tiles masked; ClapAudioModel's ``pooler_output`` for
-    ``input_features`` [b, 1, T, F] (HTS-AT has no mask: it sees the padded image, as
-    jaxclap's); Cnn14Torch with the real ``frames``."""
-    if self.audio_class == "ClapAudioModel":
-      return self.audio(input_features=spec[:, None]).pooler_output
-    if self.audio_class == "Cnn14Torch":
-      return self.audio(spec, frames)
-    b, t, m = spec.shape
-    p = self.patch
-    valid = (torch.arange(t // p) * p)[None, :] < frames[:, None]          # [b, t/p]
-    valid = valid.repeat_interleave(m // p, dim=1)                        # time-major tiles
-    mask = torch.cat([torch.ones(b, 1, dtype=torch.long), valid.long()], dim=1)
-    noise = torch.arange(valid.shape[1], dtype=torch.float32)[None].expand(b, -1)
-    h = self.audio(pixel_values=spec[:, None], noise=noise, attention_mask=mask).last_hidden_state
-    if self.audio_pooling == "cls":
-      return h[:, 0]
-    w = valid[..., None].to(h.dtype)
-    return (h[:, 1:] * w).sum(1) / torch.clamp(w.sum(1), min=1.0)
+    """The audio tower's pooled output for [b, frames, n_mels] features, fed as the
+    export's ``audio.inputs`` convention says (``AUDIO_INPUTS``)."""
+    return AUDIO_INPUTS[self.audio_entry["inputs"]](self.audio, self.audio_entry, spec, frames)
 
   # -- audio
 
@@ -310,21 +263,8 @@ class ClapModelTorch(nn.Module):
       enc = self.tokenizer(list(texts[s:s + batch_size]), padding="max_length",
                            truncation=True, max_length=self.max_text_len, return_tensors="pt")
       ids, mask = enc["input_ids"], enc["attention_mask"]
-      if self.decoder_text:   # positions 0..t-1, causal + padding mask, as DecoderTower
-        o = self.text(input_ids=ids, attention_mask=mask)
-      else:
-        o = self.text(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-      h = o.last_hidden_state
-      if self.text_pooling == "last":   # the last real token (right or left padding)
-        last = torch.where(mask.bool(), torch.arange(ids.shape[1])[None], 0).max(1).values
-        pooled = h[torch.arange(h.shape[0]), last]
-      elif self.text_pooling == "pooler":
-        pooled = o.pooler_output
-      elif self.text_pooling == "cls":
-        pooled = h[:, 0]
-      else:
-        m = mask[..., None].to(h.dtype)
-        pooled = (h * m).sum(1) / torch.clamp(m.sum(1), min=1.0)
+      o = TEXT_INPUTS[self.text_entry["inputs"]](self.text, ids, mask)
+      pooled = _pool_text(o, mask, self.text_entry["pooling"])
       out.append(_l2norm(self.text_head(pooled)).numpy())
     return np.concatenate(out)
 

@@ -291,7 +291,7 @@ def test_other_audio_towers_match_jaxclap_and_read_back(combo, other_runs):
 
 def test_other_audio_towers_load_strictly(other_runs):
   import transformers
-  from jaxclap import torch_model
+  from jaxclap.models import cnn14_torch
   empty = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
   _, out = other_runs["htsat+minilm"]
   audio, info = transformers.ClapAudioModel.from_pretrained(os.path.join(out, "audio"),
@@ -304,7 +304,7 @@ def test_other_audio_towers_load_strictly(other_runs):
   sd = load_file(os.path.join(out, "audio", "model.safetensors"))
   assert {"bn0.running_mean", "conv_block1.conv1.weight", "conv_block6.bn2.running_var",
           "fc1.weight"} <= set(sd)
-  tower = torch_model.Cnn14Torch.from_pretrained(os.path.join(out, "audio"))
+  tower = cnn14_torch.Cnn14Torch.from_pretrained(os.path.join(out, "audio"))
   assert sorted(tower.state_dict()) == sorted(sd)
 
 
@@ -316,7 +316,7 @@ def test_cnn14_torch_matches_the_flax_tower_with_frame_masks():
   import jax.numpy as jnp
   import torch
   from jaxclap.models import cnn14
-  from jaxclap.torch_model import Cnn14Torch
+  from jaxclap.models.cnn14_torch import Cnn14Torch
   tower = cnn14.Cnn14(channels=(8, 16, 16, 16, 16, 32), embed_dim=24)
   spec = jnp.asarray(np.random.RandomState(0).randn(4, 64, 32).astype(np.float32))
   frames = jnp.asarray([64, 45, 20, 3])

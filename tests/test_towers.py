@@ -69,6 +69,31 @@ def test_no_module_outside_a_towers_own_files_names_it():
   assert not hits, "\n".join(hits)
 
 
+def test_no_module_dispatches_on_a_towers_pytorch_class():
+  """``jaxclap.torch_model`` serves an export by the calling convention its metadata
+  names (``inputs``), never by the class: no string literal of a tower's ``torch_class``
+  is compared with or keyed by outside the tower's own files (and the file defining a
+  class of jaxclap's own, ``models/cnn14_torch.py``)."""
+  sources = [os.path.join(d, f) for d, _, fs in os.walk(PACKAGE) for f in fs
+             if f.endswith(".py")]
+  hits = []
+  for t in towers.all_towers().values():
+    q = rf"""["']{re.escape(t.torch_class)}["']"""
+    pattern = re.compile(rf"(==|!=)\s*{q}|{q}\s*(==|!=)|\bin\s*[(\[{{][^)\]}}]*{q}"
+                         rf"|^\s*{q}\s*:|{{\s*{q}\s*:")
+    own = _own_files(t)
+    for path in sources:
+      text = open(path).read()
+      if os.path.abspath(path) in own or re.search(rf"^class {t.torch_class}\b", text, re.M):
+        continue
+      for i, line in enumerate(text.splitlines(), 1):
+        if pattern.search(line.split("#")[0]):
+          hits.append(f"{os.path.relpath(path, PACKAGE)}:{i}: {line.strip()}")
+  assert not hits, "\n".join(hits)
+  from jaxclap import torch_model
+  assert set(torch_model.AUDIO_INPUTS) >= {"tiles", "input_features", "spec_frames"}
+
+
 def test_the_pattern_catches_the_dispatch_it_forbids():
   p = _dispatch("htsat")
   for line in ('if a.name == "htsat":', 'if "htsat" != config.model.audio.name:',
@@ -76,6 +101,19 @@ def test_the_pattern_catches_the_dispatch_it_forbids():
                'X = {"htsat": "ClapAudioModel"}'):
     assert p.search(line), line
   assert not p.search('raise ValueError("an HTS-AT tower (\'htsat\') only")')
+
+
+def test_the_registry_finds_the_tower_files_itself():
+  """No hand-kept list: every module of jaxclap.models that calls towers.register is
+  imported, and only those (adding a tower touches its own file only)."""
+  folder = os.path.dirname(towers.__file__)
+  registering = sorted(f"jaxclap.models.{f[:-3]}" for f in os.listdir(folder)
+                       if f.endswith(".py") and re.search(r"^\s*towers\.register\(",
+                                                          open(os.path.join(folder, f)).read(), re.M))
+  assert list(towers.tower_modules()) == registering and len(registering) == 5
+  homes = {t.export_torch.__module__ for t in towers.all_towers().values()}
+  assert homes == set(registering)
+  assert not hasattr(towers, "MODULES")
 
 
 def test_lookups_name_the_field_and_the_known_towers():
@@ -89,7 +127,8 @@ def test_lookups_name_the_field_and_the_known_towers():
 
 def test_config_tables_and_presets_come_from_the_registry():
   from jaxclap import configs
-  assert list(configs.AUDIO) == ["vit", "htsat", "cnn14"]
+  # The order of the tower files' names (audiomae, ..., cnn14, ..., htsat): deterministic.
+  assert list(configs.AUDIO) == ["vit", "cnn14", "htsat"]
   assert list(configs.TEXT) == ["minilm", "bert", "roberta", "qwen3", "gemma3"]
   c = configs.preset_tower("gemma3", "medgemma-4b")
   assert towers.fields(c)["depth"] == 34 and towers.fields(c)["family"] == "gemma3"

@@ -27,7 +27,7 @@ r"""Export a trained run to PyTorch, in one of two formats picked by the audio t
                jaxclap's own normalised log-mel as ``input_features`` [b, 1, T, F], its
                ``pooler_output`` is our pooled output (bn0 is not folded: the front end
                is ours; no fusion: ``enable_fusion=True`` is refused)
-               or, for CNN14, ``jaxclap.torch_model.Cnn14Torch`` (no transformers class
+               or, for CNN14, ``jaxclap.models.cnn14_torch.Cnn14Torch`` (no transformers class
                exists): ``config.json`` (channels, embed_dim, mel_bins, bn_eps) and
                ``model.safetensors`` in PANNs' / msclap's key names
                (``cnn14.export_torch``, the inverse of ``cnn14.import_torch``), called

@@ -83,22 +83,22 @@ TEXT_PREFIX = "text_model."
 
 def _feature_rate(config: Any) -> int:
   f = config.features
-  return int(f.get("target_rate") or f.sample_rate)
+  return int(f.target_rate or f.sample_rate)
 
 
 def feature_extractor_kwargs(config: Any) -> dict:
   """``ClapFeatureExtractor`` arguments computing ``config.features``' log-mel, or
   ``NotExportable`` naming the field that transformers' front end cannot reproduce."""
   f, inp = config.features, config.input
-  kind = f.get("kind", "logmel")
+  kind = f.kind
   if kind != "logmel":
     raise NotExportable(f"config.features.kind={kind!r}: ClapFeatureExtractor computes a "
                         "log-mel ('logmel') only")
-  n_fft, win = int(f.n_fft), int(f.get("win_length") or f.n_fft)
+  n_fft, win = int(f.n_fft), int(f.win_length or f.n_fft)
   if win != n_fft:
     raise NotExportable(f"config.features.win_length={win} != n_fft={n_fft}: "
                         "ClapFeatureExtractor's window is always fft_window_size long")
-  pad_mode = f.get("pad_mode", "constant")
+  pad_mode = f.pad_mode
   if pad_mode != "reflect":
     raise NotExportable(f"config.features.pad_mode={pad_mode!r}: ClapFeatureExtractor pads "
                         "the STFT with 'reflect' only")
@@ -109,15 +109,15 @@ def feature_extractor_kwargs(config: Any) -> dict:
     # and slicing in the extractor reject.
     raise NotExportable(f"config.input.clip_seconds={seconds}: ClapFeatureExtractor's "
                         "max_length_s must be a whole number of seconds")
-  multiple = int(f.get("frames_multiple", 1) or 1)
+  multiple = int(f.frames_multiple or 1)
   frames = int(seconds) * rate // hop + 1
   if frames % multiple:
     raise NotExportable(f"config.features.frames_multiple={multiple} crops a window's "
                         f"{frames} frames; ClapFeatureExtractor keeps them all")
-  pad = inp.get("pad", "zero")
+  pad = inp.pad
   if pad not in ("repeat", "zero"):
     raise NotExportable(f"config.input.pad={pad!r}: expected 'repeat' or 'zero'")
-  fmax = f.get("fmax")
+  fmax = f.fmax
   return dict(
       feature_size=int(f.n_mels), sampling_rate=rate, hop_length=hop,
       max_length_s=int(seconds), fft_window_size=n_fft, padding_value=0.0,
@@ -173,11 +173,11 @@ def _head_activation(config: Any) -> str:
   if m.head != "mlp":
     raise NotExportable(f"config.model.head={m.head!r}: ClapProjectionLayer is "
                         "Linear -> activation -> Linear ('mlp')")
-  hidden = m.get("head_hidden")
+  hidden = m.head_hidden
   if hidden is not None and int(hidden) != int(m.embed_dim):
     raise NotExportable(f"config.model.head_hidden={hidden} != model.embed_dim={m.embed_dim}: "
                         "ClapProjectionLayer's hidden width is projection_dim")
-  act = str(m.get("head_activation", "gelu"))
+  act = str(m.head_activation)
   if act not in HF_ACT:
     raise NotExportable(f"config.model.head_activation={act!r} has no transformers "
                         "equivalent")

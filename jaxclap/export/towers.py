@@ -53,22 +53,22 @@ def check(config: Any) -> None:
   f = config.features
   for side in registry.SIDES:
     _exporting(config, side).check_export(config)
-  kind = f.get("kind", "logmel")
+  kind = f.kind
   if kind != "logmel":
     raise NotExportable(f"config.features.kind={kind!r}: the PyTorch front end computes the "
                         "log-mel ('logmel') only")
-  target = f.get("target_rate")
+  target = f.target_rate
   if target and int(target) != int(f.sample_rate):
     raise NotExportable(f"config.features.target_rate={target} != sample_rate="
                         f"{f.sample_rate}: jaxclap's on-device resampler is not exported")
   if int(f.sample_rate) != int(config.input.sample_rate):
     raise NotExportable(f"config.features.sample_rate={f.sample_rate} != "
                         f"config.input.sample_rate={config.input.sample_rate}")
-  if config.input.get("pad", "zero") not in ("zero", "repeat"):
+  if config.input.pad not in ("zero", "repeat"):
     raise NotExportable(f"config.input.pad={config.input.pad!r}")
-  if config.model.get("head") not in ("linear", "mlp"):
+  if config.model.head not in ("linear", "mlp"):
     raise NotExportable(f"config.model.head={config.model.head!r}")
-  if str(config.model.get("head_activation", "gelu")) not in HF_ACT:
+  if str(config.model.head_activation) not in HF_ACT:
     raise NotExportable(f"config.model.head_activation={config.model.head_activation!r}")
 
 
@@ -87,24 +87,24 @@ def metadata(config: Any, step: int, workdir: str, audio: dict, text: dict) -> d
   f = config.features
   window, _, usable = registry.window_frames(config)
   n_fft = int(f.n_fft)
-  fmax = f.get("fmax")
+  fmax = f.fmax
   return {
       "format": TOWERS_FORMAT, "version": 1, "workdir": os.path.abspath(workdir),
       "step": int(step),
       "input": {"sample_rate": int(config.input.sample_rate), "window": window,
-                "hop": max(1, window // 2), "pad": str(config.input.get("pad", "zero")),
+                "hop": max(1, window // 2), "pad": str(config.input.pad),
                 "max_text_len": int(config.input.max_text_len)},
       "features": {"kind": "logmel", "n_fft": n_fft,
-                   "win_length": int(f.get("win_length") or n_fft),
+                   "win_length": int(f.win_length or n_fft),
                    "hop_length": int(f.hop_length), "n_mels": int(f.n_mels),
                    "fmin": float(f.fmin), "fmax": None if fmax is None else float(fmax),
-                   "pad_mode": str(f.get("pad_mode", "constant")), "power": 2.0,
+                   "pad_mode": str(f.pad_mode), "power": 2.0,
                    "amin": 1e-10, "norm_mean": float(f.norm_mean), "norm_std": float(f.norm_std),
-                   "frames_multiple": int(f.get("frames_multiple", 1) or 1),
+                   "frames_multiple": int(f.frames_multiple or 1),
                    "frames": usable, "file": FRONTEND_FILE},
       "audio": audio, "text": text,
       "heads": {"file": HEADS_FILE, "kind": str(config.model.head),
-                "activation": str(config.model.get("head_activation", "gelu")),
+                "activation": str(config.model.head_activation),
                 "logit_scale_max": LOG_100},
       "config": json.loads(config.to_json_best_effort()),
   }
@@ -166,7 +166,7 @@ def export_towers(workdir: str, out: str, step: int | None = None, model: Any = 
   f = config.features
   n_fft = int(f.n_fft)
   win = int(f.get("win_length") or n_fft)
-  fmax = f.get("fmax")
+  fmax = f.fmax
   sr = int(f.sample_rate)
   safetensors.numpy.save_file({
       "window": np.asarray(audio_lib._stft_window("hann", win), np.float32),

@@ -421,7 +421,7 @@ def _export(config: Any, variables: Mapping, out: str) -> dict:
   convert.save_strict(transformers.ViTMAEModel(vcfg), sd, os.path.join(out, "audio"))
   if dec:
     safetensors.numpy.save_file(dec, os.path.join(out, DECODER_FILE))
-  return {"class": "ViTMAEModel", "path": "audio", "patch": int(vt.patch),
+  return {"class": "ViTMAEModel", "path": "audio", "inputs": "tiles", "patch": int(vt.patch),
           "pooling": str(vt.pooling), "mae_decoder": DECODER_FILE}
 
 

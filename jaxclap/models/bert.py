@@ -178,7 +178,7 @@ def _export(config: Any, variables: Mapping, out: str) -> dict:
   convert.save_strict(cls(cls.config_class(**kw), add_pooling_layer=pooler),
                       convert.export_bert(variables["params"], buffers=False),
                       os.path.join(out, "text"))
-  return {"class": cls_name, "path": "text", "add_pooling_layer": pooler,
+  return {"class": cls_name, "path": "text", "inputs": "encoder", "add_pooling_layer": pooler,
           "pooling": str(tower.pooling)}
 
 

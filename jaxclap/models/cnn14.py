@@ -68,8 +68,8 @@ def features_config(sample_rate: int = MSCLAP_SAMPLE_RATE) -> dict:
   (``pad_mode="reflect"``), ``two_towers.spectrogram`` zero-pads, so the first and last
   frame or two differ slightly from msclap's.
   """
-  return dict(sample_rate=int(sample_rate), target_rate=MSCLAP_SAMPLE_RATE,
-              n_fft=MSCLAP_WINDOW, win_length=MSCLAP_WINDOW, hop_length=MSCLAP_HOP,
+  return dict(kind="logmel", sample_rate=int(sample_rate), target_rate=MSCLAP_SAMPLE_RATE,
+              res_type="polyphase", pad_mode="constant", n_fft=MSCLAP_WINDOW, win_length=MSCLAP_WINDOW, hop_length=MSCLAP_HOP,
               n_mels=MSCLAP_MELS, fmin=MSCLAP_FMIN, fmax=MSCLAP_FMAX,
               norm_mean=0.0, norm_std=1.0,   # raw dB: bn0 normalises
               frames_multiple=1)
@@ -241,14 +241,15 @@ def export_torch(variables: Mapping, *, prefix: str = "",
 
 
 def _export(config: Any, variables: Mapping, out: str) -> dict:
-  """OUT/audio as ``jaxclap.torch_model.Cnn14Torch`` in PANNs' key names; called with
-  the real frames (padding masked as ``Cnn14`` does)."""
+  """OUT/audio as ``jaxclap.models.cnn14_torch.Cnn14Torch`` in PANNs' key names; called
+  with the real frames (padding masked as ``Cnn14`` does)."""
   import os
-  from jaxclap.torch_model import Cnn14Torch
+  from jaxclap.models.cnn14_torch import Cnn14Torch
   tower = towers.module(config.model.audio)
   convert.save_strict(Cnn14Torch(tower.channels, tower.embed_dim, int(config.features.n_mels),
                                  BN_EPS), export_torch(variables), os.path.join(out, "audio"))
-  return {"class": "Cnn14Torch", "path": "audio", "pooling": "max+mean over real frames"}
+  return {"class": "Cnn14Torch", "module": "jaxclap.models.cnn14_torch", "path": "audio",
+          "inputs": "spec_frames", "pooling": "max+mean over real frames"}
 
 
 def _import_export(config: Any, folder: str, target: Mapping) -> dict:
@@ -261,7 +262,7 @@ def _import_export(config: Any, folder: str, target: Mapping) -> dict:
 
 towers.register(towers.Tower(
     name="cnn14", side="audio", module=Cnn14, import_torch=import_torch,
-    torch_class="Cnn14Torch",   # jaxclap.torch_model's: transformers has no CNN14
+    torch_class="Cnn14Torch",   # jaxclap.models.cnn14_torch's: transformers has no CNN14
     export_torch=_export, import_export=_import_export,
     presets={"cnn14": dict(name="cnn14")},
     # The miniature drops PANNs' dropout (0.2 per block, 0.5 before fc1): on 8-32

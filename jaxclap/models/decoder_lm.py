@@ -457,7 +457,7 @@ def _export(config: Any, variables: Mapping, out: str) -> dict:
   model = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**kw))
   convert.save_strict(model, export_torch(variables["params"], tower.family),
                       os.path.join(out, "text"))
-  return {"class": cls_name, "path": "text", "add_pooling_layer": False,
+  return {"class": cls_name, "path": "text", "inputs": "decoder",
           "pooling": str(tower.pooling)}
 
 

@@ -652,10 +652,10 @@ def check_export(config: Any) -> None:
   """``NotExportable`` unless ``ClapAudioModel`` (alone or in ``ClapModel``) holds the
   run's HTS-AT exactly."""
   a = config.model.audio
-  if bool(a.get("enable_fusion", False)):
+  tower = towers.module(a)   # the module's fields: its defaults, the preset, the config
+  if tower.enable_fusion:
     raise towers.NotExportable("config.model.audio.enable_fusion=True: the fusion front end "
                                "is not exported (jaxclap trains single-window towers)")
-  tower = towers.module(a)
   if int(config.features.n_mels) != int(tower.num_mel_bins):
     raise towers.NotExportable(f"config.features.n_mels={config.features.n_mels} != "
                                f"config.model.audio.num_mel_bins={tower.num_mel_bins}: "
@@ -690,7 +690,8 @@ def _export(config: Any, variables: Mapping, out: str) -> dict:
   kw.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
   convert.save_strict(transformers.ClapAudioModel(transformers.ClapAudioConfig(**kw)),
                       export_torch(variables, prefix=TORCH_PREFIX), os.path.join(out, "audio"))
-  return {"class": "ClapAudioModel", "path": "audio", "pooling": "pooler_output"}
+  return {"class": "ClapAudioModel", "path": "audio", "inputs": "input_features",
+          "pooling": "pooler_output"}
 
 
 def _import_export(config: Any, folder: str, target: Mapping) -> dict:

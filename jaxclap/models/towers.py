@@ -5,8 +5,9 @@ the Flax module built from ``model.<side>`` fields, its presets (plain field dic
 PyTorch import mapping (what ``convert.import_tower`` runs for ``init_kind``), its way out
 to PyTorch (what ``jaxclap.export`` runs for the towers format) and the PyTorch class it
 exports to. ``two_towers``, ``convert``, ``jaxclap.export`` and ``jaxclap.configs`` look
-towers up here and name none of them, so adding a tower touches its own file and
-``MODULES`` below.
+towers up here and name none of them, so adding a tower touches its own file only: the
+registry imports every module of ``jaxclap.models`` that registers a tower
+(``tower_modules``).
 
 Presets: ``presets[name]`` is a complete set of ``model.<side>`` fields; ``runlocal[name]``
 (where present) is the laptop miniature's overrides of that preset. The presets with a
@@ -17,14 +18,29 @@ are published sizes, picked with ``model.<side>.preset``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import os
+import pkgutil
+import re
 from typing import Any, Callable, Mapping
 
-# The model files that register towers, imported on the first lookup (a model file
-# imports this module, so this one cannot import them at the top).
-MODULES = ("jaxclap.models.audiomae", "jaxclap.models.htsat", "jaxclap.models.cnn14",
-           "jaxclap.models.bert", "jaxclap.models.decoder_lm")
 SIDES = ("audio", "text")
+
+
+@functools.cache
+def tower_modules() -> tuple[str, ...]:
+  """The modules of ``jaxclap.models`` whose source registers a tower, in name order;
+  imported on the first lookup (a model file imports this module, so this one cannot
+  import them at the top). Read as text first: a module that registers nothing (and
+  the PyTorch-only twins) is not imported."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  found = []
+  for info in sorted(pkgutil.iter_modules([here]), key=lambda m: m.name):
+    with open(os.path.join(here, info.name + ".py")) as f:
+      if re.search(r"^\s*towers\.register\(", f.read(), re.M):
+        found.append(f"{__package__}.{info.name}")
+  return tuple(found)
 
 
 # Our activation names -> transformers' ACT2FN names computing the same function.
@@ -41,7 +57,7 @@ def window_frames(config: Any) -> tuple[int, int, int]:
   f = config.features
   window = int(round(float(config.input.clip_seconds) * int(config.input.sample_rate)))
   frames = window // int(f.hop_length) + 1
-  multiple = int(f.get("frames_multiple", 1) or 1)
+  multiple = int(f.frames_multiple or 1)
   return window, frames, frames // multiple * multiple
 
 
@@ -88,11 +104,12 @@ def register(tower: Tower) -> Tower:
 
 
 def all_towers() -> dict[str, Tower]:
-  """Every tower, in ``MODULES`` order (then registration order): whichever model file
-  was imported first, the config tables list the towers the same way."""
-  for module in MODULES:
+  """Every tower, in ``tower_modules`` order (then registration order): whichever model
+  file was imported first, the config tables list the towers the same way."""
+  modules = tower_modules()
+  for module in modules:
     importlib.import_module(module)
-  home = lambda t: MODULES.index(t.export_torch.__module__)
+  home = lambda t: modules.index(t.export_torch.__module__)
   return {t.name: t for t in sorted(_TOWERS.values(), key=home)}
 
 

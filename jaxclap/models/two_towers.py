@@ -58,17 +58,17 @@ def spectrogram(cfg: Any, wave, lengths):
   frame axis to a multiple of the ViT patch.
   """
   sr = int(cfg.sample_rate)
-  target = int(cfg.get("target_rate", sr) or sr)
+  target = int(cfg.target_rate or sr)
   if target != sr:
-    wave = audio_features.resample(wave, sr, target, res_type=cfg.get("res_type", "polyphase"))
+    wave = audio_features.resample(wave, sr, target, res_type=str(cfg.res_type))
     lengths = (lengths.astype(jnp.int64) * target + sr - 1) // sr
-  kind = cfg.get("kind", "logmel")
+  kind = cfg.kind
   if kind == "logmel":
     mel = audio_features.melspectrogram(
         wave, sr=target, n_fft=int(cfg.n_fft), hop_length=int(cfg.hop_length),
         win_length=int(cfg.win_length), window="hann", center=True,
-        pad_mode=cfg.get("pad_mode", "constant"),
-        power=2.0, n_mels=int(cfg.n_mels), fmin=float(cfg.fmin), fmax=cfg.get("fmax"),
+        pad_mode=str(cfg.pad_mode),
+        power=2.0, n_mels=int(cfg.n_mels), fmin=float(cfg.fmin), fmax=cfg.fmax,
         htk=False, norm="slaney")
     feats = jnp.swapaxes(audio_features.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None),
                          -1, -2)
@@ -76,7 +76,7 @@ def spectrogram(cfg: Any, wave, lengths):
   elif kind == "fbank":
     kw = dict(sample_frequency=float(target), frame_length_ms=float(cfg.frame_length_ms),
               frame_shift_ms=float(cfg.frame_shift_ms), snip_edges=bool(cfg.snip_edges))
-    if cfg.get("subtract_mean", False):
+    if cfg.subtract_mean:
       real = (jnp.arange(wave.shape[-1])[None] < lengths[:, None]).astype(wave.dtype)
       mean = (wave * real).sum(-1, keepdims=True) / jnp.maximum(lengths[:, None], 1)
       wave = (wave - mean) * real
@@ -88,14 +88,14 @@ def spectrogram(cfg: Any, wave, lengths):
     frames = audio_features.fbank_num_frames(lengths, **kw)
     # Padded frames are zeros in AudioMAE's fbank, not the log floor of silence.
     feats = feats * (jnp.arange(feats.shape[1])[None, :, None] < frames[:, None, None])
-    max_frames = cfg.get("max_frames")
+    max_frames = cfg.max_frames
     if max_frames:
       feats = feats[:, :int(max_frames)]
       feats = jnp.pad(feats, ((0, 0), (0, int(max_frames) - feats.shape[1]), (0, 0)))
   else:
     raise ValueError(f"config.features.kind must be 'logmel' or 'fbank', got {kind!r}")
   spec = (feats - cfg.norm_mean) / cfg.norm_std
-  multiple = int(cfg.get("frames_multiple", 1))
+  multiple = int(cfg.frames_multiple)
   usable = spec.shape[1] // multiple * multiple
   spec = spec[:, :usable]
   frames = jnp.minimum(frames, usable).astype(jnp.int32)
@@ -203,13 +203,13 @@ def from_config(cfg: Any, dtype=jnp.float32) -> TwoTowers:
     d.pop("init_kind", None)
   return TwoTowers(audio_name=a.pop("name"), audio_kwargs=a, text_name=t.pop("name"),
                    text_kwargs=t, embed_dim=int(cfg.embed_dim), head=str(cfg.head),
-                   head_hidden=cfg.get("head_hidden"),
-                   head_activation=str(cfg.get("head_activation", "gelu")),
-                   logit_scale_init=float(cfg.get("logit_scale_init", np.log(1 / 0.07))),
-                   logit_bias_init=cfg.get("logit_bias_init"),
-                   audio_head_kwargs=_plain(cfg.get("audio_head")),
-                   text_head_kwargs=_plain(cfg.get("text_head")),
-                   head_dropout=float(cfg.get("head_dropout", 0.0)), dtype=dtype)
+                   head_hidden=cfg.head_hidden,
+                   head_activation=str(cfg.head_activation),
+                   logit_scale_init=float(cfg.logit_scale_init),
+                   logit_bias_init=cfg.logit_bias_init,
+                   audio_head_kwargs=_plain(cfg.audio_head),
+                   text_head_kwargs=_plain(cfg.text_head),
+                   head_dropout=float(cfg.head_dropout), dtype=dtype)
 
 
 def _plain(d):
