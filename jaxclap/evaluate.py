@@ -10,7 +10,9 @@
   weighted accuracy (WA, plain accuracy) and unweighted accuracy (UA, mean per-class
   recall: chance is 1/classes however skewed the split).
 * Retrieval: each clip's first caption as the query / target; text->audio and
-  audio->text R@1/5/10 and mAP@10 (one relevant item per query, so AP = 1/rank).
+  audio->text R@1/5/10 and mAP@10 (one relevant item per query, so AP = 1/rank). Tied
+  similarities count as in expectation over a random order of the tied items, so a
+  constant model scores chance (R@1 = 1/n), neither 100% nor 0%.
 * Linear probe (SLAP's, AcuLa's): logistic regression on frozen, standardised audio
   embeddings of another split; accuracy, balanced accuracy, F1, AUROC.
 * Graded (Speech-CLAP's / CLSP's correlation with human ratings): a clip's cosine
@@ -24,6 +26,12 @@ are sections keyed by each evaluator's name: ``{"zero_shot": {task: balanced acc
 "retrieval": {metric: value}, "multiclass": {task: {"WA", "UA", "macro_f1", "clips",
 "classes"}}, "graded": {task: correlations()}, "linear_probe": {task: linear_probe()}}``
 for the evaluators of those names; ``format_table`` prints what is present.
+
+No number is computed from NaN/Inf: every metric checks its embeddings and scores and
+raises ``NonFiniteError`` (``windows.NonFiniteError``) naming the evaluation, the split
+(``split=``, when the caller gives it) and how many rows are non-finite. A NaN compares
+false with everything: unchecked, a NaN model's retrieval ranks all come out 0 (R@1 =
+100%, mAP@10 = inf) and its zero-shot predictions all one class.
 """
 
 from __future__ import annotations
@@ -32,7 +40,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxclap import windows
 from jaxclap.corpus import records
+
+NonFiniteError = windows.NonFiniteError
 
 # Prompts are whole sentences ("A man speaking."); templates wrap them.
 DEFAULT_TEMPLATES = (
@@ -41,6 +52,16 @@ DEFAULT_TEMPLATES = (
     "A speech clip. {}",
     "Audio of speech. {}",
 )
+
+
+def _where(evaluation: str, split: str | None) -> str:
+  """What errors name: "<evaluation> on split '<split>'" (the split when known)."""
+  return evaluation + (f" on split {split!r}" if split is not None else "")
+
+
+def _check(x, evaluation: str, what: str, split: str | None, rows: str = "rows") -> None:
+  """``windows.check_finite`` of ``x``, named "<evaluation> on split '<split>': <what>"."""
+  windows.check_finite(x, f"{_where(evaluation, split)}: {what}", rows)
 
 
 def task_label(task: Any, metadata: dict) -> int | None:
@@ -52,19 +73,32 @@ def task_label(task: Any, metadata: dict) -> int | None:
 
 
 def prototypes(embed_text: Callable[[list[str]], np.ndarray], phrase: str | Sequence[str],
-               templates: Sequence[str]) -> np.ndarray:
-  """One class's prototype: the mean embedding of every template x phrasing, re-normalised."""
+               templates: Sequence[str], where: str = "prototypes") -> np.ndarray:
+  """One class's prototype: the mean embedding of every template x phrasing, re-normalised.
+  Non-finite text embeddings (or a zero mean) raise ``NonFiniteError`` naming ``where``
+  and the phrase."""
   phrases = (phrase,) if isinstance(phrase, str) else tuple(phrase)
-  e = embed_text([t.format(p) for p in phrases for t in templates]).mean(0)
-  return e / np.linalg.norm(e)
+  texts = [t.format(p) for p in phrases for t in templates]
+  emb = np.asarray(embed_text(texts))
+  windows.check_finite(emb, f"{where}: text embeddings of {phrases[0]!r}", "prompts")
+  e = emb.mean(0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    e = e / np.linalg.norm(e)
+  windows.check_finite(e[None], f"{where}: the prototype of {phrases[0]!r} (a zero mean)",
+                       "prototypes")
+  return e
 
 
 def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any],
-              embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict[str, Any]:
+              embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES, *,
+              split: str | None = None) -> dict[str, Any]:
   """Balanced accuracy (mean of the two classes' recalls: chance is 50% however skewed
   the split), plain accuracy, F1 of the positive side (SLAP's metric) and macro-F1 per
-  task; tasks with no labelled clip are left out."""
+  task; tasks with no labelled clip are left out. A clip equally near both prototypes
+  is called negative (a constant model calls every clip one class: 50% balanced).
+  ``split`` names the split in errors (``NonFiniteError``)."""
   from sklearn.metrics import balanced_accuracy_score, f1_score
+  _check(audio_emb, "zero_shot", "audio embeddings", split, "clips")
   acc, bal, f1, macro_f1, counts = {}, {}, {}, {}, {}
   for name, task in tasks.items():
     labels = [task_label(task, m) for m in metadata]
@@ -72,9 +106,12 @@ def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, A
     if idx.size == 0:
       continue
     y = np.array([labels[i] for i in idx])
-    pos = prototypes(embed_text, task.positive_prompt, templates)
-    neg = prototypes(embed_text, task.negative_prompt, templates)
-    pred = (audio_emb[idx] @ pos > audio_emb[idx] @ neg).astype(int)
+    where = _where(f"zero_shot task {name!r}", split)
+    pos = prototypes(embed_text, task.positive_prompt, templates, where)
+    neg = prototypes(embed_text, task.negative_prompt, templates, where)
+    s_pos, s_neg = audio_emb[idx] @ pos, audio_emb[idx] @ neg
+    windows.check_finite(np.stack([s_pos, s_neg], 1), f"{where}: similarities", "clips")
+    pred = (s_pos > s_neg).astype(int)
     acc[name] = float(np.mean(pred == y))
     bal[name] = float(balanced_accuracy_score(y, pred)) if 0 < y.sum() < y.size else acc[name]
     # zero_division=0: no positive clip and none predicted scores 0, not a warning.
@@ -94,12 +131,15 @@ def multiclass_label(task: Any, metadata: dict) -> int | None:
 
 
 def zero_shot_multiclass(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any],
-                         embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES
-                         ) -> dict[str, dict]:
+                         embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES, *,
+                         split: str | None = None) -> dict[str, dict]:
   """Per task: each clip takes the class whose prototype is nearest (argmax of the dot
-  product); WA = plain accuracy, UA = mean recall over the classes present in the split,
-  macro-F1 over the same classes. Tasks with no labelled clip are left out."""
+  product; a tie goes to the first class, so a constant model predicts one class for
+  every clip: UA = 1 / classes); WA = plain accuracy, UA = mean recall over the classes
+  present in the split, macro-F1 over the same classes. Tasks with no labelled clip are
+  left out. ``split`` names the split in errors (``NonFiniteError``)."""
   from sklearn.metrics import accuracy_score, f1_score, recall_score
+  _check(audio_emb, "multiclass", "audio embeddings", split, "clips")
   out = {}
   for name, task in tasks.items():
     labels = [multiclass_label(task, m) for m in metadata]
@@ -107,8 +147,11 @@ def zero_shot_multiclass(audio_emb: np.ndarray, metadata: list[dict], tasks: Map
     if idx.size == 0:
       continue
     y = np.array([labels[i] for i in idx])
-    protos = np.stack([prototypes(embed_text, p, templates) for p in task.prompts])
-    pred = np.argmax(audio_emb[idx] @ protos.T, axis=1)
+    where = _where(f"multiclass task {name!r}", split)
+    protos = np.stack([prototypes(embed_text, p, templates, where) for p in task.prompts])
+    sim = audio_emb[idx] @ protos.T
+    windows.check_finite(sim, f"{where}: similarities", "clips")
+    pred = np.argmax(sim, axis=1)
     # A class absent from the split has no recall to average (it can still be predicted,
     # and then costs the true class its recall).
     present = np.unique(y)
@@ -123,7 +166,8 @@ def zero_shot_multiclass(audio_emb: np.ndarray, metadata: list[dict], tasks: Map
 
 
 def linear_probe(train_emb: np.ndarray, train_labels: Sequence, test_emb: np.ndarray,
-                 test_labels: Sequence, *, C: float = 1.0, max_iter: int = 2000
+                 test_labels: Sequence, *, C: float = 1.0, max_iter: int = 2000,
+                 split: str | None = None, train_split: str | None = None
                  ) -> dict[str, Any] | None:
   """Logistic regression on frozen embeddings (features standardised on the train rows;
   lbfgs, so the result is deterministic). Returns accuracy, balanced accuracy, F1 (of the
@@ -131,11 +175,16 @@ def linear_probe(train_emb: np.ndarray, train_labels: Sequence, test_emb: np.nda
   classes the test rows have) and AUROC (binary, or one-vs-rest macro). Test rows whose
   class the train rows lack are dropped (counted in ``test_dropped``); None when the
   train rows have fewer than two classes.
-  AUROC is NaN when the kept test rows have one class only."""
+  AUROC is NaN when the kept test rows have one class only. Constant embeddings
+  standardise to zeros: the probe predicts the train rows' majority class for every
+  row (balanced accuracy and AUROC 0.5). ``split`` / ``train_split`` name the test /
+  train split in errors (``NonFiniteError``)."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
   from sklearn.pipeline import make_pipeline
   from sklearn.preprocessing import StandardScaler
+  _check(train_emb, "linear_probe", "train embeddings", train_split, "clips")
+  _check(test_emb, "linear_probe", "test embeddings", split, "clips")
   train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
   if np.unique(train_labels).size < 2:
     return None
@@ -174,11 +223,16 @@ def linear_probe(train_emb: np.ndarray, train_labels: Sequence, test_emb: np.nda
   return out
 
 
-def correlations(scores: Sequence[float], ratings: Sequence[float]) -> dict[str, float]:
+def correlations(scores: Sequence[float], ratings: Sequence[float], where: str = "correlations"
+                 ) -> dict[str, float]:
   """Pearson, Spearman and Kendall's tau (tau-b) of paired values, each with its
-  two-sided p-value, and n. NaN where undefined (n < 3, or a constant side)."""
+  two-sided p-value, and n. NaN where undefined (n < 3, or a constant side: a constant
+  model has no correlation to report). Non-finite scores or ratings raise
+  ``NonFiniteError`` naming ``where``."""
   from scipy import stats
   x, y = np.asarray(scores, np.float64), np.asarray(ratings, np.float64)
+  windows.check_finite(x, f"{where}: scores", "values")
+  windows.check_finite(y, f"{where}: ratings", "values")
   out: dict[str, float] = {"n": int(x.size)}
   defined = x.size >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
   for name, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr),
@@ -197,11 +251,14 @@ def _number(v) -> float | None:
 
 
 def graded(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any], embed_text,
-           templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict[str, dict]:
+           templates: Sequence[str] = DEFAULT_TEMPLATES, *,
+           split: str | None = None) -> dict[str, dict]:
   """Per graded task (``key``, ``prompt``, optional ``negative_prompt`` and ``exclude``,
   e.g. ``jaxclap.corpus.speech_tasks.GRADED_TASKS``): the cosine similarity of each clip to
   the prompt's prototype (minus that to the negative one, if given) correlated with
-  ``metadata[key]`` over the clips that have a value. Tasks with no such clip are left out."""
+  ``metadata[key]`` over the clips that have a value. Tasks with no such clip are left out.
+  ``split`` names the split in errors (``NonFiniteError``)."""
+  _check(audio_emb, "graded", "audio embeddings", split, "clips")
   a = np.asarray(audio_emb, np.float64)
   a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)   # cosine, not dot
   out = {}
@@ -212,23 +269,44 @@ def graded(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any]
     idx = np.array([i for i, v in enumerate(values) if v is not None])
     if idx.size == 0:
       continue
-    score = a[idx] @ prototypes(embed_text, task.prompt, templates)
+    where = _where(f"graded task {name!r}", split)
+    score = a[idx] @ prototypes(embed_text, task.prompt, templates, where)
     if getattr(task, "negative_prompt", None):
-      score = score - a[idx] @ prototypes(embed_text, task.negative_prompt, templates)
-    out[name] = correlations(score, [values[i] for i in idx])
+      score = score - a[idx] @ prototypes(embed_text, task.negative_prompt, templates, where)
+    out[name] = correlations(score, [values[i] for i in idx], where)
   return out
 
 
-def retrieval(audio_emb: np.ndarray, text_emb: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
-  """Paired rows (clip i <-> caption i); ties count against the model."""
-  sim = audio_emb @ text_emb.T
+def retrieval(audio_emb: np.ndarray, text_emb: np.ndarray, ks=(1, 5, 10), *,
+              split: str | None = None) -> dict[str, float]:
+  """Paired rows (clip i <-> caption i): R@k and mAP@10 each way, and chance's R@1.
+
+  Ties are counted in expectation over a random order of the tied items: with g items
+  strictly above the correct one and t tied with it (itself included), its rank is
+  uniform on g+1 .. g+t. Sorting code breaks ties by index, i.e. arbitrarily, so this
+  is what such code reports on average, without its dependence on the row order. The
+  other two conventions lie about a collapsed model: counting ties for the model gives a
+  constant model R@1 = 100%, counting them against it gives 0%, below chance; the
+  expectation gives it exactly chance (R@k = k/n) and leaves untied ranks as they are.
+  Non-finite embeddings or similarities raise ``NonFiniteError`` naming ``split``."""
+  _check(audio_emb, "retrieval", "audio embeddings", split, "clips")
+  _check(text_emb, "retrieval", "text embeddings", split, "captions")
+  sim = np.asarray(audio_emb, np.float64) @ np.asarray(text_emb, np.float64).T
+  _check(sim, "retrieval", "similarities", split, "clips")
+  harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 11))])   # H(0), .., H(10)
+  # Equal up to rounding is a tie: a matrix product need not give identical rows
+  # bit-identical dot products (BLAS kernels sum edge blocks in another order).
+  tol = 1e-6 * max(1.0, float(np.abs(sim).max()))
   out = {}
   for name, s in (("text_to_audio", sim.T), ("audio_to_text", sim)):
     correct = np.diag(s)[:, None]
-    rank = np.sum(s > correct, axis=1) + np.sum(s == correct, axis=1)   # 1-based, pessimistic
-    for k in ks:
-      out[f"{name}/R@{k}"] = float(np.mean(rank <= k))
-    out[f"{name}/mAP@10"] = float(np.mean(np.where(rank <= 10, 1.0 / rank, 0.0)))
+    above = np.sum(s > correct + tol, axis=1)                 # g
+    tied = np.sum(np.abs(s - correct) <= tol, axis=1)         # t >= 1: the correct item itself
+    for k in ks:   # P(rank <= k) = (how many of g+1 .. g+t are <= k) / t
+      out[f"{name}/R@{k}"] = float(np.mean(np.clip(k - above, 0, tied) / tied))
+    # E[1/rank if rank <= 10 else 0] = (H(min(g+t, 10)) - H(min(g, 10))) / t
+    ap = (harmonic[np.minimum(above + tied, 10)] - harmonic[np.minimum(above, 10)]) / tied
+    out[f"{name}/mAP@10"] = float(np.mean(ap))
   out["chance/R@1"] = 1.0 / len(sim)
   return out
 

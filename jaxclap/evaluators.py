@@ -76,7 +76,8 @@ class ZeroShot(Evaluator):
 
   def run(self, emb, ctx):
     zs = evaluate.zero_shot(emb[self.split]["audio"], ctx.metadata(self.split),
-                            ctx.tasks["binary"], ctx.embed_text, self.templates)
+                            ctx.tasks["binary"], ctx.embed_text, self.templates,
+                            split=self.split)
     bal = zs["balanced_accuracy"]
     return {"": bal, "_accuracy": zs["accuracy"], "_f1": zs["f1"],
             "_macro_f1": zs["macro_f1"],
@@ -98,7 +99,7 @@ class Retrieval(Evaluator):
 
   def run(self, emb, ctx):
     e = emb[self.split]
-    return {"": evaluate.retrieval(e["audio"], e[f"text_{self.pool}"])}
+    return {"": evaluate.retrieval(e["audio"], e[f"text_{self.pool}"], split=self.split)}
 
 
 class Multiclass(Evaluator):
@@ -107,7 +108,7 @@ class Multiclass(Evaluator):
   def run(self, emb, ctx):
     return {"": evaluate.zero_shot_multiclass(emb[self.split]["audio"], ctx.metadata(self.split),
                                               ctx.tasks["multiclass"], ctx.embed_text,
-                                              self.templates)}
+                                              self.templates, split=self.split)}
 
 
 class Graded(Evaluator):
@@ -115,7 +116,8 @@ class Graded(Evaluator):
 
   def run(self, emb, ctx):
     return {"": evaluate.graded(emb[self.split]["audio"], ctx.metadata(self.split),
-                                ctx.tasks["graded"], ctx.embed_text, self.templates)}
+                                ctx.tasks["graded"], ctx.embed_text, self.templates,
+                                split=self.split)}
 
 
 class LinearProbe(Evaluator):
@@ -128,7 +130,8 @@ class LinearProbe(Evaluator):
   def run(self, emb, ctx):
     return {"": _linear_probes(emb[self.train_split]["audio"], ctx.metadata(self.train_split),
                                emb[self.split]["audio"], ctx.metadata(self.split),
-                               ctx.tasks["binary"], ctx.tasks["multiclass"]),
+                               ctx.tasks["binary"], ctx.tasks["multiclass"],
+                               split=self.split, train_split=self.train_split),
             "_train_split": self.train_split}
 
 
@@ -271,7 +274,8 @@ class Evaluators:
                                 _all_rows(local["record"]), -1))
     owner = np.concatenate(owner)
     keep = owner >= 0
-    out = {"audio": windows_lib.pool(np.concatenate(audio)[keep], owner[keep], n)}
+    out = {"audio": windows_lib.pool(np.concatenate(audio)[keep], owner[keep], n,
+                                     f"evaluation of split {split!r}")}
     if pools:
       clips = np.concatenate(clips)
       order = np.argsort(np.where(clips >= 0, clips, np.iinfo(np.int64).max))[:n]
@@ -314,7 +318,8 @@ def _all_rows(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _linear_probes(train_emb, train_meta, test_emb, test_meta, tasks, multiclass_tasks) -> dict:
+def _linear_probes(train_emb, train_meta, test_emb, test_meta, tasks, multiclass_tasks, *,
+                   split: str, train_split: str) -> dict:
   """``evaluate.linear_probe`` of each binary task's 0/1 label and each multi-class task's
   class, on the clips of each split that have one; tasks the train split cannot probe
   (fewer than two classes) are left out."""
@@ -328,7 +333,8 @@ def _linear_probes(train_emb, train_meta, test_emb, test_meta, tasks, multiclass
       if not tr or not te:
         continue
       (tr_i, tr_y), (te_i, te_y) = zip(*tr), zip(*te)
-      r = evaluate.linear_probe(train_emb[list(tr_i)], tr_y, test_emb[list(te_i)], te_y)
+      r = evaluate.linear_probe(train_emb[list(tr_i)], tr_y, test_emb[list(te_i)], te_y,
+                                split=split, train_split=train_split)
       if r is not None:
         out[name] = r
   return out

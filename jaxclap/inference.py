@@ -4,16 +4,37 @@
   model.embed_text(["a fast, high-pitched female voice"]) -> [m, d]
   model.zero_shot(clips, prompts, sample_rate=None)      -> [n, m] probabilities
 
-``clips``: a list of file paths and/or 1-D float waveforms, or one [n, samples] array.
-Waveforms at another ``sample_rate`` are resampled on the device. A clip longer than the
-training window is cut into windows of that length with a half-window hop (SLAP: 10 s
-windows, 5 s hop, for its 10 s training window); the windows' embeddings are averaged
-and re-normalised. Shorter clips are zero-padded with their true length masked.
+``clips``: a list of file paths and/or waveforms, or one [n, samples] array
+(``windows.clip_list``). A waveform is 1-D [samples]; a 2-D one is a clip with channels,
+[samples, channels] (soundfile's ``sf.read``) or, as an element of a list,
+[channels, samples] (librosa's, torchaudio's): the axis of at most 8 is the channels,
+mixed down to mono (their mean, as for files) with a logged warning.
+
+Sample rates: a file is read at the rate its header gives (``sample_rate`` does not
+apply to it); waveforms are taken to be at ``sample_rate``, or at the model's own
+``input.sample_rate`` (``model.sample_rate``) when it is None, so a 44.1 kHz waveform
+needs ``sample_rate=44100`` (nothing in the samples says their rate). Either is
+resampled to ``model.sample_rate`` on the device.
+
+Lengths: a clip longer than the training window is cut into windows of that length with
+a half-window hop (SLAP: 10 s windows, 5 s hop, for its 10 s training window); the
+windows' embeddings are averaged and re-normalised, so a 10-minute clip is ~400 windows
+of a 3 s model. Shorter clips, down to one sample, are zero-padded (or repeated,
+``input.pad``) with their true length masked.
+
+Text: each prompt is cut to ``input.max_text_len`` tokens (special tokens included), as
+the text tower was trained; a cut prompt is logged as a warning with its token count.
+
+Refused, with an error naming the input: an empty clip or prompt list, a missing or
+unreadable file, an empty waveform or one with NaN/Inf samples, an array of more than two
+dimensions. A model whose embeddings come out non-finite raises
+``windows.NonFiniteError``; ``load`` refuses a checkpoint with non-finite parameters.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import Any, Sequence
 
@@ -62,28 +83,45 @@ class Model:
 
   # -- audio
 
-  def _load(self, clip, sample_rate) -> np.ndarray:
+  def _load(self, clip, sample_rate, i: int) -> np.ndarray:
+    """Clip ``i`` of a call (a path or a mono waveform) -> a waveform at ``sample_rate``."""
     if isinstance(clip, (str, os.PathLike)):
       import soundfile as sf
-      wave, sr = sf.read(str(clip), dtype="float32", always_2d=True)
+      where = f"clip {i} ({os.fspath(clip)!r})"
+      if not os.path.isfile(clip):
+        raise FileNotFoundError(f"{where}: no such file" if not os.path.exists(clip)
+                                else f"{where}: not a file")
+      try:
+        wave, sr = sf.read(os.fspath(clip), dtype="float32", always_2d=True)
+      except (sf.LibsndfileError, RuntimeError) as e:
+        raise ValueError(f"{where}: not readable as audio: {e}") from e
       wave = wave.mean(axis=1)
     else:
+      where = f"clip {i}"
       wave, sr = np.asarray(clip, np.float32), sample_rate or self.sample_rate
       if wave.ndim != 1:
-        raise ValueError(f"a waveform must be 1-D [samples], got shape {wave.shape}")
-    if wave.size == 0 or not np.all(np.isfinite(wave)):
-      raise ValueError(f"clip {clip if isinstance(clip, str) else ''} is empty or has NaN/Inf")
+        raise ValueError(f"{where}: a waveform must be 1-D [samples] (or 2-D with a "
+                         f"channel axis of at most {windows_lib.MAX_CHANNELS}), got shape "
+                         f"{wave.shape}")
+    if wave.size == 0:
+      raise ValueError(f"{where} is empty (0 samples)")
+    bad = int(np.sum(~np.isfinite(wave)))
+    if bad:
+      raise ValueError(f"{where} has {bad} NaN/Inf samples of {wave.size}")
     if sr != self.sample_rate:
       wave = np.asarray(audio_lib.resample(jnp.asarray(wave), int(sr), self.sample_rate))
     return wave
 
   def embed_audio(self, clips: Any, sample_rate: int | None = None,
                   batch_size: int = 32) -> np.ndarray:
+    """[n, d] L2-normalised embeddings of ``clips`` (see the module docstring for what a
+    clip may be, its sample rate and length)."""
     clips = windows_lib.clip_list(clips)
     pad_kind = self.config.input.pad
     waves, lens, owner = [], [], []
     for i, clip in enumerate(clips):
-      w, l = windows_lib.windows(self._load(clip, sample_rate), self.window, self.hop, pad_kind)
+      w, l = windows_lib.windows(self._load(clip, sample_rate, i), self.window, self.hop,
+                                 pad_kind)
       waves += w
       lens += l
       owner += [i] * len(w)
@@ -94,7 +132,7 @@ class Model:
       wb = np.concatenate([wb, np.zeros((pad,) + wb.shape[1:], np.float32)])
       lb = np.concatenate([lb, np.full(pad, self.window, np.int32)])
       embs.append(np.asarray(self.embed_windows(wb, lb))[:batch_size - pad])
-    return windows_lib.pool(np.concatenate(embs), np.asarray(owner), len(clips))
+    return windows_lib.pool(np.concatenate(embs), np.asarray(owner), len(clips), "embed_audio")
 
   def embed_windows(self, wave, lengths) -> jax.Array:
     """[b, window] training-length windows with their real sample counts -> [b, d]
@@ -105,27 +143,81 @@ class Model:
   # -- text
 
   def embed_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """[m, d] L2-normalised embeddings of ``texts`` (one string or a non-empty list), each
+    cut to ``input.max_text_len`` tokens; a cut text is logged with its token count."""
     if isinstance(texts, str):
       texts = [texts]
-    out = []
+    texts = list(texts)
+    if not texts:
+      raise ValueError("embed_text: texts is empty; pass at least one text")
+    out, cut = [], []
     max_len = int(self.config.input.max_text_len)
     for s in range(0, len(texts), batch_size):
-      chunk = list(texts[s:s + batch_size])
+      chunk = texts[s:s + batch_size]
       ids, mask = self.tokenizer.encode(chunk + [""] * (batch_size - len(chunk)), max_len)
+      cut += [(s + r, self._num_tokens(chunk[r]))
+              for r in np.flatnonzero(mask[:len(chunk)].sum(1) >= max_len)]
       out.append(np.asarray(self._text_fn(self.variables, ids, mask))[:len(chunk)])
-    return np.concatenate(out)
+    cut = [(r, n) for r, n in cut if n > max_len]   # full rows that fit exactly were not cut
+    if cut:
+      logging.warning(
+          "embed_text: %d of %d texts are longer than the text tower's %d tokens "
+          "(input.max_text_len, special tokens included) and were cut to their first %d: "
+          "%s", len(cut), len(texts), max_len, max_len,
+          ", ".join(f"text {r} ({len(texts[r]):,} characters, {n:,} tokens)"
+                    for r, n in cut[:5]) + (", ..." if len(cut) > 5 else ""))
+    out = np.concatenate(out)
+    windows_lib.check_finite(out, "embed_text: text embeddings", "texts")
+    return out
+
+  def _num_tokens(self, text: str) -> int:
+    """Tokens of ``text`` uncut, special tokens included: one encode with room to spare
+    (a character is at most 4 UTF-8 bytes, hence 4 byte-level tokens)."""
+    _, mask = self.tokenizer.encode([text], 4 * len(text) + 16)
+    return int(mask.sum())
 
   def zero_shot(self, clips: Any, prompts: Sequence[str],
                 sample_rate: int | None = None) -> np.ndarray:
     """Softmax over ``prompts`` of the scaled similarities, per clip: [n_clips, n_prompts]."""
+    if isinstance(prompts, str):
+      raise TypeError("zero_shot: prompts is one string; pass a list of at least two "
+                      "(a softmax over one prompt is always 1)")
+    prompts = list(prompts)
+    if not prompts:
+      raise ValueError("zero_shot: prompts is empty; pass a list of candidate descriptions")
+    clips = windows_lib.clip_list(clips)   # an empty list refused before any embedding
     logits = self.logit_scale * self.embed_audio(clips, sample_rate) @ self.embed_text(prompts).T
+    windows_lib.check_finite(logits, "zero_shot: similarities", "clips")
     return scipy.special.softmax(logits, axis=1)
 
 
 def load(workdir: str, step: int | None = None) -> Model:
   """The model of a run folder written by ``python -m jaxclap.main`` (latest checkpoint,
-  or ``step``), on this process's first device. Builds no optimiser or trainer."""
+  or ``step``), on this process's first device. Builds no optimiser or trainer. A
+  checkpoint with NaN/Inf parameters (a diverged run) raises ``windows.NonFiniteError``
+  naming them: every embedding it gave would be NaN."""
   from jaxclap import checkpoints, tokenizers
   config, variables = checkpoints.open_run(workdir, step)
+  try:
+    check_variables(variables, f"{workdir} ("
+                    + (f"step {step}" if step is not None else "its latest checkpoint") + ")")
+  except windows_lib.NonFiniteError as e:
+    steps = checkpoints.manager(workdir).all_steps()
+    raise windows_lib.NonFiniteError(f"{e}; its checkpoints are of steps {sorted(steps)}"
+                                     ) from None
   model = two_towers.from_config(config.model, checkpoints.compute_dtype(config))
   return Model(config, variables, tokenizers.from_config(config.tokenizer), model)
+
+
+def check_variables(variables: dict, where: str) -> None:
+  """Raises ``windows.NonFiniteError`` naming the parameters of ``variables`` that hold
+  NaN/Inf (how many arrays, the first few by path)."""
+  leaves = jax.tree_util.tree_leaves_with_path(variables)
+  bad = [jax.tree_util.keystr(p, simple=True, separator="/") for p, x in leaves
+         if not np.all(np.isfinite(np.asarray(x, np.float32)))]
+  if bad:
+    raise windows_lib.NonFiniteError(
+        f"{where}: {len(bad)} of {len(leaves)} parameter arrays hold NaN/Inf ("
+        + ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "") + "): the run diverged "
+        "before this checkpoint; load an earlier step (jaxclap.load(workdir, step=N)) or "
+        "retrain with a lower optim.lr")

@@ -5,19 +5,51 @@ Numpy only: ``jaxclap.torch_model`` imports it without JAX.
 
   crop_or_pad   one waveform -> exactly the training window (random or start crop; zero
                 or LAION's "repeatpad" padding) and how many samples are real
-  clip_list     one clip or a batch of clips (paths, 1-D or 2-D arrays / tensors) -> a list
+  clip_list     one clip or a batch of clips (paths, 1-D or 2-D arrays / tensors) -> a list,
+                multi-channel arrays mixed down to mono (logged)
   hop           the half-window hop ``windows`` is called with
   windows       a clip -> windows of the training length with a half-window hop (the
                 tail covered too; SLAP's 10 s / 5 s for a 10 s window), short clips padded
-  pool          window embeddings -> each clip's mean, re-normalised
+  pool          window embeddings -> each clip's mean, re-normalised; NaN/Inf refused
+  check_finite  embeddings or scores -> NonFiniteError naming what and how many rows
+
+``NonFiniteError`` is the one error for non-finite embeddings or scores, raised by the
+inference API, the PyTorch export's and the metrics (``jaxclap.evaluate``): a NaN
+compares false with everything, so a metric computed from it is a wrong number (every
+retrieval rank 0: R@1 = 100%), never an honest one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import numpy as np
+
+# The most channels a clip may have (prepare mixes 8-channel files too): a 2-D array with
+# an axis this short holds channels, never clips or samples (8 samples are 0.5 ms at
+# 16 kHz: no clip is that short).
+MAX_CHANNELS = 8
+
+
+class NonFiniteError(ValueError):
+  """Embeddings or scores hold NaN/Inf (a diverged model, usually): what was being
+  computed and how many rows, instead of a number computed from them."""
+
+
+def check_finite(x: Any, what: str, rows: str = "rows") -> None:
+  """Raises ``NonFiniteError`` when ``x`` ([n, ...]) has a NaN/Inf, naming ``what`` and
+  how many of its ``rows`` do."""
+  x = np.asarray(x)
+  ok = np.isfinite(x)
+  if ok.all():
+    return
+  bad = int(np.sum(~ok.reshape(len(x), -1).all(1))) if x.ndim else 1
+  raise NonFiniteError(f"{what}: {bad} of {len(x) if x.ndim else 1} {rows} are non-finite "
+                       "(NaN/Inf); no number is computed from them. A model that gives "
+                       "NaN has non-finite parameters (a run that diverged: train it "
+                       "with a lower optim.lr, or use an earlier checkpoint)")
 
 
 def crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None = None,
@@ -48,11 +80,56 @@ def crop_or_pad(wave: np.ndarray, length: int, rng: np.random.Generator | None =
 
 def clip_list(clips: Any) -> list:
   """A path, a 1-D waveform, a 2-D [clips, samples] array / tensor, or a sequence of
-  those -> a list of clips."""
-  ndim = getattr(clips, "ndim", None)
-  if isinstance(clips, (str, os.PathLike)) or ndim == 1:
+  those -> a non-empty list of clips (paths, 1-D waveforms).
+
+  Channels: an array whose second axis is at most ``MAX_CHANNELS`` long and shorter than
+  its first, [samples, channels] (soundfile's layout, ``sf.read``), is one clip. An
+  element of a sequence is always one clip, so a 2-D element is [samples, channels] or
+  [channels, samples] (librosa's and torchaudio's layout), whichever axis is at most
+  ``MAX_CHANNELS`` long. Such clips are mixed down to mono (the channels' mean, as for
+  files), with a logged warning. A 2-D array [c, samples] with c <= ``MAX_CHANNELS`` is a
+  batch of c clips, as documented, with a warning saying how to pass one clip of c
+  channels instead (``[array]``, a list of one clip).
+  """
+  if isinstance(clips, (str, os.PathLike)):
     return [clips]
-  return list(clips)
+  ndim = getattr(clips, "ndim", None)
+  if ndim == 1:
+    return [clips]
+  if ndim == 2:
+    rows, cols = clips.shape
+    if cols <= MAX_CHANNELS and cols < rows:
+      return [_mixed_down(clips, "the array")]
+    if 0 < rows <= MAX_CHANNELS and rows < cols:
+      logging.warning("a [%d, %d] array is taken as %d clips of %d samples ([clips, "
+                      "samples]); for one clip of %d channels pass [array] (a list of "
+                      "one clip), or a [samples, channels] array", rows, cols, rows, cols,
+                      rows)
+    out = list(clips)
+  elif ndim is not None:
+    raise ValueError(f"clips: a {ndim}-D array of shape {tuple(clips.shape)}; pass one "
+                     "clip (1-D [samples] or 2-D [samples, channels]), a [clips, samples] "
+                     "array, or a list of clips")
+  else:
+    out = [_mixed_down(c, f"clip {i}") if getattr(c, "ndim", None) == 2 else c
+           for i, c in enumerate(clips)]
+  if not out:
+    raise ValueError("clips is empty: pass at least one clip (a path or a waveform)")
+  return out
+
+
+def _mixed_down(clip: Any, where: str) -> np.ndarray:
+  """A [samples, channels] or [channels, samples] clip -> its mono mean (float32)."""
+  x = clip.detach().cpu().numpy() if hasattr(clip, "detach") else np.asarray(clip)
+  axis = 1 if x.shape[1] <= MAX_CHANNELS and x.shape[1] < x.shape[0] else 0
+  if x.shape[axis] > MAX_CHANNELS:
+    raise ValueError(f"{where} has shape {x.shape}: neither axis is a channel axis (at "
+                     f"most {MAX_CHANNELS} long); a clip is 1-D [samples] or 2-D [samples, "
+                     "channels] / [channels, samples]; a batch is a list of clips")
+  layout = "[samples, channels]" if axis == 1 else "[channels, samples]"
+  logging.warning("%s of shape %s is taken as one clip of %d channels %s, mixed down to "
+                  "mono", where, x.shape, x.shape[axis], layout)
+  return np.asarray(x, np.float32).mean(axis)
 
 
 def hop(window: int) -> int:
@@ -72,7 +149,15 @@ def windows(wave: np.ndarray, window: int, hop: int, pad: str) -> tuple[list, li
   return [wave[s:s + window] for s in starts], [window] * len(starts)
 
 
-def pool(embs: np.ndarray, owner: np.ndarray, num_clips: int) -> np.ndarray:
-  """Mean of each clip's window embeddings (``owner[i]`` = clip of window i), L2-normalised."""
+def pool(embs: np.ndarray, owner: np.ndarray, num_clips: int, what: str = "audio"
+         ) -> np.ndarray:
+  """Mean of each clip's window embeddings (``owner[i]`` = clip of window i), L2-normalised.
+  Non-finite window embeddings, or a clip's with a zero mean, raise ``NonFiniteError``
+  naming ``what`` (the caller: "embed_audio", a split) and how many windows / clips."""
+  embs = np.asarray(embs)
+  check_finite(embs, f"{what}: window embeddings", "windows")
   pooled = np.stack([embs[owner == i].mean(0) for i in range(num_clips)])
-  return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+  with np.errstate(invalid="ignore", divide="ignore"):   # a zero norm is refused below
+    pooled = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+  check_finite(pooled, f"{what}: clip embeddings", "clips")
+  return pooled

@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 
@@ -18,9 +19,24 @@ def test_retrieval_ranks():
   assert r["text_to_audio/R@1"] == 0.5 and r["text_to_audio/R@2"] == 1.0
   assert r["text_to_audio/mAP@10"] == pytest.approx((1 + 0.5 + 0.5 + 1) / 4)
   assert r["chance/R@1"] == 0.25
-  # Ties count against the model.
-  tied = evaluate.retrieval(np.ones((3, 2)), np.ones((3, 2)), ks=(1,))
-  assert tied["audio_to_text/R@1"] == 0.0
+  # Ties count in expectation over their order. Captions 0 and 1 are the same text:
+  # text->audio, caption 1 has clip 0 above its clip and ties with clips 1-3 (rank 2, 3
+  # or 4); audio->text, clip 0 ties its caption with caption 1 (rank 1 or 2), and clip 1
+  # scores every caption 0 (rank 1-4).
+  t2 = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+  r2 = evaluate.retrieval(a, t2, ks=(1, 2))
+  assert r2["text_to_audio/R@1"] == pytest.approx(3 / 4)
+  assert r2["text_to_audio/R@2"] == pytest.approx((3 + 1 / 3) / 4)
+  assert r2["text_to_audio/mAP@10"] == pytest.approx((3 + (1 / 2 + 1 / 3 + 1 / 4) / 3) / 4)
+  assert r2["audio_to_text/R@1"] == pytest.approx((1 / 2 + 1 / 4 + 2) / 4)
+  assert r2["audio_to_text/R@2"] == pytest.approx((1 + 1 / 2 + 2) / 4)
+  assert r2["audio_to_text/mAP@10"] == pytest.approx(
+      ((1 + 1 / 2) / 2 + (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4 + 2) / 4)
+  tied = evaluate.retrieval(np.ones((3, 2)), np.ones((3, 2)), ks=(1, 2, 5))
+  assert tied["audio_to_text/R@1"] == pytest.approx(1 / 3)   # chance, not 0% or 100%
+  assert tied["audio_to_text/R@2"] == pytest.approx(2 / 3)
+  assert tied["audio_to_text/R@5"] == 1.0
+  assert tied["text_to_audio/mAP@10"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
 
 
 def test_zero_shot_balanced_accuracy():
@@ -205,6 +221,126 @@ def test_corpus_task_tables_name_metadata_values():
   assert not set(speech_tasks.MULTICLASS_TASKS) & set(speech_corpus.BINARY_TASKS)
 
 
+# --------------------------------------------- a constant and a NaN model: chance or an error
+
+# 12 clips: binary pitch high/low (6/6), a 3-class age task (4/4/4), a graded value.
+_CLASSES = ("child", "adult", "elderly")
+_META = [{"pitch_level": ("high", "low")[i % 2], "age": _CLASSES[i % 3], "pitch_st": float(i)}
+         for i in range(12)]
+_TASKS = {"binary": {"pitch": _pitch_task()},
+          "multiclass": {"age": SimpleNamespace(key="age", classes=_CLASSES,
+                                                prompts=("a child", "an adult", "elderly"))},
+          "graded": {"pitch_st": SimpleNamespace(key="pitch_st", prompt="high",
+                                                 negative_prompt="low")}}
+
+
+def _model_outputs(kind):
+  """(audio [12, 4], caption [12, 4] embeddings, embed_text) of a constant model (every
+  input -> one unit vector) or a NaN one (NaN rows, as a diverged model gives)."""
+  if kind == "constant":
+    row = np.full(4, 0.5)
+  else:
+    row = np.full(4, np.nan)
+  embed_text = lambda texts: np.tile(row, (len(texts), 1))
+  return np.tile(row, (12, 1)), np.tile(row, (12, 1)), embed_text
+
+
+def test_every_metric_gives_a_constant_model_chance():
+  audio, text, embed = _model_outputs("constant")
+  r = evaluate.retrieval(audio, text, split="test")
+  for way in ("text_to_audio", "audio_to_text"):
+    assert r[f"{way}/R@1"] == pytest.approx(r["chance/R@1"]) == pytest.approx(1 / 12)
+    assert r[f"{way}/R@5"] == pytest.approx(5 / 12) and r[f"{way}/R@10"] == pytest.approx(10 / 12)
+    assert r[f"{way}/mAP@10"] == pytest.approx(sum(1 / k for k in range(1, 11)) / 12)
+  z = evaluate.zero_shot(audio, _META, _TASKS["binary"], embed, split="test")
+  assert z["balanced_accuracy"]["pitch"] == 0.5
+  m = evaluate.zero_shot_multiclass(audio, _META, _TASKS["multiclass"], embed, split="test")
+  assert m["age"]["UA"] == pytest.approx(1 / 3) and m["age"]["WA"] == pytest.approx(1 / 3)
+  g = evaluate.graded(audio, _META, _TASKS["graded"], embed, split="test")
+  assert g["pitch_st"]["n"] == 12
+  assert all(np.isnan(g["pitch_st"][k]) for k in ("pearson", "spearman", "kendall"))
+  labels = [i % 2 for i in range(12)]
+  p = evaluate.linear_probe(audio, labels, audio, labels, split="test", train_split="validation")
+  assert p["balanced_accuracy"] == 0.5 and p["auroc"] == 0.5
+
+
+def test_every_metric_refuses_a_nan_model_naming_split_and_rows():
+  audio, text, embed = _model_outputs("nan")
+  finite_audio = _model_outputs("constant")[0]
+  one_bad = finite_audio.copy()
+  one_bad[[3, 7]] = np.inf
+  calls = {
+      "retrieval": lambda: evaluate.retrieval(audio, text, split="test"),
+      "zero_shot": lambda: evaluate.zero_shot(audio, _META, _TASKS["binary"], embed,
+                                              split="test"),
+      "multiclass": lambda: evaluate.zero_shot_multiclass(audio, _META, _TASKS["multiclass"],
+                                                          embed, split="test"),
+      "graded": lambda: evaluate.graded(audio, _META, _TASKS["graded"], embed, split="test"),
+      "linear_probe": lambda: evaluate.linear_probe(finite_audio, [i % 2 for i in range(12)],
+                                                    audio, [0, 1] * 6, split="test"),
+  }
+  for name, call in calls.items():
+    with pytest.raises(evaluate.NonFiniteError, match=rf"^{name} on split 'test': .*"
+                       r"12 of 12 .*non-finite"):
+      call()
+  # Two bad rows of twelve are counted; a NaN text tower (prompts) is named by its task.
+  with pytest.raises(evaluate.NonFiniteError, match=r"text embeddings: 2 of 12 captions"):
+    evaluate.retrieval(finite_audio, one_bad, split="test")
+  with pytest.raises(evaluate.NonFiniteError, match=r"zero_shot task 'pitch' on split 'x': "
+                     r"text embeddings of 'high'"):
+    evaluate.zero_shot(finite_audio, _META, _TASKS["binary"], embed, split="x")
+  with pytest.raises(evaluate.NonFiniteError, match="graded task 'pitch_st'"):
+    evaluate.graded(finite_audio, _META, _TASKS["graded"], embed)
+  with pytest.raises(evaluate.NonFiniteError, match=r"linear_probe on split 'val': train"):
+    evaluate.linear_probe(one_bad, [0, 1] * 6, finite_audio, [0, 1] * 6, train_split="val")
+  with pytest.raises(evaluate.NonFiniteError, match="1 of 3 values"):
+    evaluate.correlations([1.0, np.nan, 2.0], [1, 2, 3])
+  assert issubclass(evaluate.NonFiniteError, ValueError)
+
+
+def _evaluators():
+  """Every evaluator type of ``jaxclap.evaluators`` on one split, as config.evals builds it."""
+  import ml_collections
+  from jaxclap import evaluators
+  c = ml_collections.ConfigDict({
+      "eval": {"split": "test", "batch_size": 4},
+      "evals": {"zs": {"type": "zero_shot"}, "mc": {"type": "multiclass"},
+                "ret": {"type": "retrieval"}, "gr": {"type": "graded"},
+                "lp": {"type": "linear_probe", "train_split": "test"}}})
+  built = evaluators.build(c)
+  assert sorted(e.kind for e in built) == sorted(evaluators.REGISTRY)
+  return built
+
+
+@pytest.mark.parametrize("kind", ["constant", "nan"])
+def test_every_evaluator_gives_chance_or_refuses(kind):
+  """The evaluator layer (``Evaluator.run``, what a training run's rounds call) on the
+  embeddings of a constant and of a NaN model: chance numbers, or NonFiniteError; never
+  a number computed from NaN."""
+  from jaxclap import evaluators
+  audio, text, embed = _model_outputs(kind)
+  emb = {"test": {"audio": audio, "text_global": text}}
+  ctx = evaluators._Context(_TASKS, lambda split: _META, embed)
+  for e in _evaluators():
+    if kind == "nan":
+      with pytest.raises(evaluate.NonFiniteError, match=r"12 of 12 .*non-finite"):
+        e.run(emb, ctx)
+      continue
+    out = e.run(emb, ctx)[""]
+    if e.kind == "zero_shot":
+      assert out == {"pitch": 0.5}
+    elif e.kind == "multiclass":
+      assert out["age"]["UA"] == pytest.approx(1 / 3)
+    elif e.kind == "retrieval":
+      assert out["text_to_audio/R@1"] == out["audio_to_text/R@1"] == pytest.approx(1 / 12)
+    elif e.kind == "graded":
+      assert np.isnan(out["pitch_st"]["spearman"])
+      assert "graded" not in str(evaluators.scalars({"gr": out}))   # NaN never logged
+    else:
+      assert out["pitch"]["balanced_accuracy"] == 0.5 and out["age"]["balanced_accuracy"] == \
+          pytest.approx(1 / 3)
+
+
 # ------------------------------------------------------------- evaluators on a real run
 
 
@@ -220,6 +356,16 @@ def two_step_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   state, results = train.train_and_evaluate(c, workdir)
   return c, state, workdir, results
+
+
+@pytest.fixture(scope="module")
+def run_evaluators(two_step_run):
+  """The run's ``evaluators.Evaluators``, built as train.py builds them (one, so the
+  tests share its compiled embedding functions)."""
+  from jaxclap import evaluators, sharding, tokenizers, train
+  c = two_step_run[0]
+  return evaluators.Evaluators(c, train.Trainer(c, sharding.make_mesh(c.mesh)),
+                               tokenizers.from_config(c.tokenizer))
 
 
 def test_evaluators_run_during_training(two_step_run):
@@ -240,17 +386,14 @@ def test_evaluators_run_during_training(two_step_run):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
-def test_evaluation_embeds_clips_as_the_api_does(two_step_run):
+def test_evaluation_embeds_clips_as_the_api_does(two_step_run, run_evaluators):
   """Evaluation's audio embeddings of the test split are ``jaxclap.load(workdir)
   .embed_audio``'s of the same clips: clips longer than the 3 s window are cut into
   half-window-hop windows and pooled by both, not cropped to their first window."""
   import jaxclap
-  from jaxclap import evaluators, sharding, tokenizers, train
   from jaxclap.corpus import records
   c, state, workdir, _ = two_step_run
-  ev = evaluators.Evaluators(c, train.Trainer(c, sharding.make_mesh(c.mesh)),
-                             tokenizers.from_config(c.tokenizer))
-  got = ev.embed_split(state.variables(), "test")["audio"]
+  got = run_evaluators.embed_split(state.variables(), "test")["audio"]
   src = records.open_split(c.input.sources[0]["path"], "test")
   waves = [records.decode(src[i])["audio"] for i in range(len(src))]
   window = int(c.input.clip_seconds * c.input.sample_rate)
@@ -260,3 +403,12 @@ def test_evaluation_embeds_clips_as_the_api_does(two_step_run):
   np.testing.assert_allclose(got, api.embed_audio(waves), rtol=0, atol=2e-5)
   first = api.embed_audio([waves[i][:window] for i in long])   # what evaluation did before
   assert np.abs(first - got[long]).max() > 1e-3
+
+
+def test_evaluators_refuse_a_nan_model(two_step_run, run_evaluators):
+  """A round of the run's evaluators on a NaN model (what ``--config.optim.lr=1e30``
+  left, whose results.json said R@1 = 100%): NonFiniteError, no result."""
+  c, state, _, _ = two_step_run
+  nan = jax.tree_util.tree_map(lambda x: x * np.nan, state.variables())
+  with pytest.raises(evaluate.NonFiniteError, match=r"window embeddings: (\d+) of \1 windows"):
+    run_evaluators.run(nan, int(c.total_steps))
