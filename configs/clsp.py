@@ -26,7 +26,7 @@ NAME = "configs/clsp.py"
 
 
 def get_config(arg: str | None = None):
-  args = configs.parse(arg, NAME, {"stage": ("1", "2"), "p_min": ()})
+  args = configs.parse(arg, NAME, {"stage": ("1", "2"), "p_min": float})
   runlocal, stage = bool(args.get("runlocal")), int(args.get("stage", 1))
   c = configs.base(args)
   # Audio: SPEAR-XLarge in the paper (see the docstring); the ViT-B stands in for it.

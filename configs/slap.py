@@ -23,7 +23,7 @@ NAME = "configs/slap.py"
 
 
 def get_config(arg: str | None = None):
-  args = configs.parse(arg, NAME, {"lam": ()})
+  args = configs.parse(arg, NAME, {"lam": float})
   runlocal = bool(args.get("runlocal"))
   c = configs.base(args)
   # Audio: the ViT-B masked autoencoder of AudioMAE, AudioSet-pretrained; 128 mel

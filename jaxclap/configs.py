@@ -90,7 +90,8 @@ from jaxclap.models import towers
 AUDIO = towers.table("audio")
 TEXT = towers.table("text")
 
-COMMON_ARGS = ("steps", "batch", "scale", "runlocal")
+# Arguments every config file takes (after the colon) and their types.
+COMMON_ARGS = {"steps": int, "batch": int, "scale": float, "runlocal": bool}
 # The repository's configs/ folder (next to the package in a checkout).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs")
@@ -116,20 +117,34 @@ def load(config: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def parse(arg: str | None, name: str, extra: dict[str, tuple] | None = None) -> dict:
-  """``"runlocal,steps=50"`` -> {"runlocal": True, "steps": "50"}. Known keys: steps,
-  batch, scale, runlocal, and ``extra`` (key -> allowed values, or () for any value)."""
+  """``"runlocal,steps=50"`` -> {"runlocal": True, "steps": 50}. Known keys:
+  ``COMMON_ARGS`` (converted to their types) and ``extra`` (key -> a tuple of allowed
+  values, kept as strings, or a type such as ``float``); errors name the argument."""
   extra = extra or {}
   out = {}
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
     out[key.strip()] = value.strip() if sep else True
-  unknown = set(out) - set(COMMON_ARGS) - set(extra)
+  kinds = {**COMMON_ARGS, **extra}
+  unknown = set(out) - set(kinds)
   if unknown:
     raise ValueError(f"{name}: unknown argument(s) {sorted(unknown)}; use "
                      + ", ".join(list(COMMON_ARGS) + sorted(extra)))
-  for key, allowed in extra.items():
-    if key in out and allowed and str(out[key]) not in allowed:
-      raise ValueError(f"{name}: {key}={out[key]!r}; use one of {list(allowed)}")
+  for key, value in out.items():
+    kind = kinds[key]
+    if isinstance(kind, tuple):
+      if str(value) not in kind:
+        raise ValueError(f"{name}: {key}={value!r}; use one of {list(kind)}")
+    elif kind is bool:
+      if value is not True:
+        raise ValueError(f"{name}: {key} is a flag and takes no value (got {key}={value})")
+    else:
+      try:
+        out[key] = kind(value)
+      except (TypeError, ValueError):
+        raise ValueError(f"{name}: {key}={value!r} is not a number ({kind.__name__})") from None
+      if key in ("steps", "batch", "scale") and out[key] <= 0:
+        raise ValueError(f"{name}: {key}={value} must be > 0")
   return out
 
 

@@ -24,8 +24,9 @@ format of ``jaxclap.corpus.records``' docstring); it is checked before anything 
 and stored beside the splits as tasks.json, where evaluators find it.
 
 Audio is converted to mono (channels averaged) at ``--sample_rate``. A line that is not
-JSON, names a missing or undecodable file, holds empty/silent/NaN/over-long audio or
-empty/over-long/non-UTF-8 captions is skipped, counted and logged with its line number
+JSON, names a missing, empty, undecodable or truncated (WAV) file, a directory or a broken
+symlink, holds empty/silent/NaN/over-long audio or empty/over-long/non-UTF-8 captions, or
+repeats an id, is skipped, counted and logged with its line number
 (``--on_error=skip``, the default), or stops the run with that message
 (``--on_error=raise``). The run ends with a report of what was kept and skipped.
 The sample rate and caption limit default to training's (``configs.base``'s ``input``), so
@@ -53,6 +54,38 @@ SAMPLE_RATE = int(_TRAINING_INPUT.sample_rate)
 MAX_CAPTION_CHARS = int(_TRAINING_INPUT.max_caption_chars)
 
 
+def _wav_truncation(path: str) -> str | None:
+  """Why a RIFF/WAVE file is truncated (its ``data`` chunk declares more bytes than the
+  file holds), else None. libsndfile reads such a file as a shorter clip without a word,
+  so the header is checked here; other containers are left to their decoders."""
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+      return None
+    size = os.fstat(f.fileno()).st_size
+    while True:
+      chunk = f.read(8)
+      if len(chunk) < 8:
+        return None
+      cid, n = chunk[:4], int.from_bytes(chunk[4:], "little")
+      if cid == b"data":
+        have = size - f.tell()
+        return (f"WAV file is truncated: its header declares {n} bytes of audio, the file "
+                f"holds {have}") if have < n else None
+      f.seek(n + (n & 1), 1)
+
+
+def _not_a_file(path: str) -> str:
+  if os.path.isdir(path):
+    return f"audio path is a directory, not a file: {path}"
+  if os.path.islink(path):
+    try:
+      os.stat(path)
+    except OSError as e:   # ELOOP for a loop, ENOENT for a dangling link
+      return f"audio path is a broken symlink ({e.strerror}): {path}"
+  return f"audio file not found: {path}"
+
+
 def _read_audio(path: str, start: float | None, end: float | None,
                 max_seconds: float) -> tuple[np.ndarray, int]:
   """Decodes (a segment of) a file as float32 [samples, channels] or [samples].
@@ -61,6 +94,9 @@ def _read_audio(path: str, start: float | None, end: float | None,
   """
   import soundfile as sf
 
+  truncated = _wav_truncation(path)
+  if truncated:
+    raise records.BadRecord(truncated)
   try:
     info = sf.info(path)
     first = int(round((start or 0.0) * info.samplerate))
@@ -112,7 +148,9 @@ def examples(manifest: str, split: str, *, sample_rate: int, max_seconds: float,
         path = os.path.join(root, str(line["audio"]))
         where = f"{manifest}:{lineno} ({line['audio']})"
         if not os.path.isfile(path):
-          raise records.BadRecord(f"audio file not found: {path}")
+          raise records.BadRecord(_not_a_file(path))
+        if os.path.getsize(path) == 0:
+          raise records.BadRecord(f"audio file is empty (0 bytes): {path}")
         captions = records.check_captions(line.get("captions"), max_chars=max_caption_chars)
         fine = records.check_captions(line.get("fine_captions"), max_chars=max_caption_chars,
                                       field="fine_captions", required=False)

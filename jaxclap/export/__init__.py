@@ -83,13 +83,17 @@ def export(workdir: str, out: str, step: int | None = None) -> str:
   """Writes the run in ``workdir`` (latest checkpoint, or ``step``) to the folder ``out``
   as a transformers ``ClapModel`` + ``ClapProcessor`` when it can hold the run (HTS-AT +
   RoBERTa, see ``check``), else in the towers format (``export_towers``); returns ``out``.
-  Raises ``NotExportable`` naming the config field when neither format holds the run."""
-  import ml_collections
-  cfg_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(cfg_path):
-    raise FileNotFoundError(f"{workdir}: no config.json; is it a jaxclap run folder?")
-  with open(cfg_path) as f:
-    run_config = ml_collections.ConfigDict(json.load(f))
+  Raises ``NotExportable`` naming the config field when neither format holds the run, and
+  ``FileExistsError`` when ``out`` is a file or a folder holding anything but an earlier
+  export (which is replaced), before anything is written."""
+  from jaxclap import checkpoints
+  if os.path.isfile(out):
+    raise FileExistsError(f"--out {out} is a file; name a folder to write the export to")
+  if os.path.isdir(out) and os.listdir(out) and not os.path.exists(
+      os.path.join(out, "jaxclap_export.json")):
+    raise FileExistsError(f"--out {out} is a folder holding other files (no earlier "
+                          "jaxclap export); name a new or empty folder")
+  run_config = checkpoints.read_config(workdir)
   if not clap.holds_audio_tower(run_config):
     return export_towers(workdir, out, step)
   # Runs that ClapModel cannot hold go to the towers format (which refuses, naming the

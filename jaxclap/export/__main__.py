@@ -28,13 +28,15 @@ def main(argv: list[str] | None = None) -> int:
              "where jaxclap averages windows; see the jaxclap.export docstring.")
   parser.add_argument("--workdir", required=True,
                       help="the run folder written by python -m jaxclap.main")
-  parser.add_argument("--out", required=True, help="the folder to write (created)")
+  parser.add_argument("--out", required=True,
+                      help="the folder to write (created; an earlier export there is "
+                           "replaced, a file or a folder of other files is refused)")
   parser.add_argument("--step", type=int, default=None,
                       help="the checkpoint step to export (default: the latest)")
   args = parser.parse_args(argv)
   try:
     path = export(args.workdir, args.out, args.step)
-  except (NotExportable, FileNotFoundError) as e:
+  except (NotExportable, FileNotFoundError, FileExistsError) as e:
     print(f"jaxclap.export: {e}", file=sys.stderr)
     return 2
   print(path)
