@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from typing import Any, Sequence
 
 import jax
@@ -84,30 +83,9 @@ class Model:
   # -- audio
 
   def _load(self, clip, sample_rate, i: int) -> np.ndarray:
-    """Clip ``i`` of a call (a path or a mono waveform) -> a waveform at ``sample_rate``."""
-    if isinstance(clip, (str, os.PathLike)):
-      import soundfile as sf
-      where = f"clip {i} ({os.fspath(clip)!r})"
-      if not os.path.isfile(clip):
-        raise FileNotFoundError(f"{where}: no such file" if not os.path.exists(clip)
-                                else f"{where}: not a file")
-      try:
-        wave, sr = sf.read(os.fspath(clip), dtype="float32", always_2d=True)
-      except (sf.LibsndfileError, RuntimeError) as e:
-        raise ValueError(f"{where}: not readable as audio: {e}") from e
-      wave = wave.mean(axis=1)
-    else:
-      where = f"clip {i}"
-      wave, sr = np.asarray(clip, np.float32), sample_rate or self.sample_rate
-      if wave.ndim != 1:
-        raise ValueError(f"{where}: a waveform must be 1-D [samples] (or 2-D with a "
-                         f"channel axis of at most {windows_lib.MAX_CHANNELS}), got shape "
-                         f"{wave.shape}")
-    if wave.size == 0:
-      raise ValueError(f"{where} is empty (0 samples)")
-    bad = int(np.sum(~np.isfinite(wave)))
-    if bad:
-      raise ValueError(f"{where} has {bad} NaN/Inf samples of {wave.size}")
+    """Clip ``i`` of a call (a path or a mono waveform) -> a waveform at the model's rate
+    (resampled on the device)."""
+    wave, sr = windows_lib.read_clip(clip, i, sample_rate or self.sample_rate)
     if sr != self.sample_rate:
       wave = np.asarray(audio_lib.resample(jnp.asarray(wave), int(sr), self.sample_rate))
     return wave

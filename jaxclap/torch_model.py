@@ -217,20 +217,10 @@ class ClapModelTorch(nn.Module):
 
   # -- audio
 
-  def _load(self, clip, sample_rate) -> np.ndarray:
-    if isinstance(clip, (str, os.PathLike)):
-      import soundfile as sf
-      wave, sr = sf.read(str(clip), dtype="float32", always_2d=True)
-      wave = wave.mean(axis=1)
-    else:
-      wave = clip.detach().cpu().numpy() if torch.is_tensor(clip) else clip
-      wave, sr = np.asarray(wave, np.float32), sample_rate or self.sample_rate
-      if wave.ndim != 1:
-        raise ValueError(f"a waveform must be 1-D [samples], got shape {wave.shape}")
-    if wave.size == 0 or not np.all(np.isfinite(wave)):
-      raise ValueError("a clip is empty or has NaN/Inf")
-    if int(sr) != self.sample_rate:
-      raise ValueError(f"audio at {sr} Hz: resample to {self.sample_rate} Hz first "
+  def _load(self, clip, sample_rate, i: int) -> np.ndarray:
+    wave, sr = windows_lib.read_clip(clip, i, sample_rate or self.sample_rate)
+    if sr != self.sample_rate:
+      raise ValueError(f"clip {i}: audio at {sr} Hz: resample to {self.sample_rate} Hz first "
                        "(jaxclap's on-device resampler is not part of the export)")
     return wave
 
@@ -240,7 +230,8 @@ class ClapModelTorch(nn.Module):
     clips = windows_lib.clip_list(clips)
     waves, lens, owner = [], [], []
     for i, clip in enumerate(clips):
-      w, l = windows_lib.windows(self._load(clip, sample_rate), self.window, self.hop, self.pad)
+      w, l = windows_lib.windows(self._load(clip, sample_rate, i), self.window, self.hop,
+                                 self.pad)
       waves += w
       lens += l
       owner += [i] * len(w)

@@ -7,6 +7,7 @@ Numpy only: ``jaxclap.torch_model`` imports it without JAX.
                 or LAION's "repeatpad" padding) and how many samples are real
   clip_list     one clip or a batch of clips (paths, 1-D or 2-D arrays / tensors) -> a list,
                 multi-channel arrays mixed down to mono (logged)
+  read_clip     one clip of that list -> (mono waveform, its rate); bad clips named
   hop           the half-window hop ``windows`` is called with
   windows       a clip -> windows of the training length with a half-window hop (the
                 tail covered too; SLAP's 10 s / 5 s for a 10 s window), short clips padded
@@ -116,6 +117,36 @@ def clip_list(clips: Any) -> list:
   if not out:
     raise ValueError("clips is empty: pass at least one clip (a path or a waveform)")
   return out
+
+
+def read_clip(clip: Any, i: int, sample_rate: int | None) -> tuple[np.ndarray, int]:
+  """Clip ``i`` of a call (a path, or a mono waveform from ``clip_list`` at ``sample_rate``)
+  -> (float32 mono waveform, its rate). A file is read at its header's rate, channels
+  averaged; a missing, unreadable, empty or non-finite clip raises, naming it."""
+  if isinstance(clip, (str, os.PathLike)):
+    import soundfile as sf
+    where = f"clip {i} ({os.fspath(clip)!r})"
+    if not os.path.isfile(clip):
+      raise FileNotFoundError(f"{where}: no such file" if not os.path.exists(clip)
+                              else f"{where}: not a file")
+    try:
+      wave, sr = sf.read(os.fspath(clip), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+      raise ValueError(f"{where}: not readable as audio: {e}") from e
+    wave = wave.mean(axis=1)
+  else:
+    where = f"clip {i}"
+    wave = clip.detach().cpu().numpy() if hasattr(clip, "detach") else clip
+    wave, sr = np.asarray(wave, np.float32), sample_rate
+    if wave.ndim != 1:
+      raise ValueError(f"{where}: a waveform must be 1-D [samples] (or 2-D with a "
+                       f"channel axis of at most {MAX_CHANNELS}), got shape {wave.shape}")
+  if wave.size == 0:
+    raise ValueError(f"{where} is empty (0 samples)")
+  bad = int(np.sum(~np.isfinite(wave)))
+  if bad:
+    raise ValueError(f"{where} has {bad} NaN/Inf samples of {wave.size}")
+  return wave, int(sr)
 
 
 def _mixed_down(clip: Any, where: str) -> np.ndarray:

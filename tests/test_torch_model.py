@@ -114,6 +114,18 @@ def test_padding_is_masked_not_embedded(loaded):
   np.testing.assert_allclose(tm.embed_audio([longer]), m.embed_audio([longer]), atol=TOL)
 
 
+def test_bad_clips_are_named_as_jaxclap_names_them(loaded, tmp_path):
+  """The PyTorch model reads clips through the same windows.read_clip as jaxclap.load."""
+  m, pt, clips, _ = loaded
+  for model in (m, pt):
+    with pytest.raises(FileNotFoundError, match=r"clip 1 \('.*nope.wav'\): no such file"):
+      model.embed_audio([clips[0], str(tmp_path / "nope.wav")])
+    with pytest.raises(ValueError, match=r"clip 0 has 1 NaN/Inf samples"):
+      model.embed_audio([np.where(np.arange(len(clips[0])) == 5, np.nan, clips[0])])
+  with pytest.raises(ValueError, match=r"clip 0: audio at 44100 Hz: resample to 16000 Hz"):
+    pt.embed_audio([clips[0]], sample_rate=44100)
+
+
 def test_front_end_matches_for_both_pad_modes(loaded):
   import jax.numpy as jnp
   import torch
