@@ -277,7 +277,7 @@ class Evaluators:
     out = {"audio": windows_lib.pool(np.concatenate(audio)[keep], owner[keep], n,
                                      f"evaluation of split {split!r}")}
     if pools:
-      clips = np.concatenate(clips)
+      clips = np.concatenate(clips).astype(np.int64)   # gathered rows may come back int32
       order = np.argsort(np.where(clips >= 0, clips, np.iinfo(np.int64).max))[:n]
       for p in pools:
         out[f"text_{p}"] = np.concatenate(text[p])[order]

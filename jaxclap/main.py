@@ -13,10 +13,14 @@ r"""Train and evaluate one recipe:
                 folder to start afresh).
   --config.X=Y  override any config field, e.g. ``--config.optim.lr=1e-4``
 
-Multi-host: with ``--distributed`` (or when JAX_COORDINATOR_ADDRESS, a SLURM job step or
-a TPU pod is detected) ``jax.distributed.initialize()`` joins the processes; every
-process runs this same command. With JAX_COORDINATOR_ADDRESS=host:port outside a cluster
-JAX detects, also set JAX_NUM_PROCESSES and JAX_PROCESS_ID in each process.
+Multi-host (README, "Running on a pod / cluster"; launch/ has a script per kind of
+cluster): every process runs this same command. On a cluster JAX detects (a SLURM job
+step, Open MPI, a GKE or GCE TPU VM pod, a Kubernetes indexed Job)
+``jax.distributed.initialize()`` finds the coordinator, the process count and this
+process's rank itself; elsewhere give all three:
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+  (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; launch/local.py sets
+  them for N CPU processes on one machine). jaxclap/distributed.py says what decides.
 """
 
 import os
@@ -31,34 +35,32 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
                                "arguments>]); resumes if it "
                                "holds checkpoints.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", None, "Call jax.distributed.initialize() (default: when a multi-process "
-    "environment is detected).")
+    "distributed", None, "Call jax.distributed.initialize(): default when --coordinator_address"
+    " / --num_processes / --process_id, their JAX_* variables or a cluster JAX detects (SLURM, Open MPI, Kubernetes, Cloud "
+    "TPU pod) say there are several processes; --nodistributed: never.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, the same in every process "
+    "(default $JAX_COORDINATOR_ADDRESS, else the detected cluster's).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the job (default $JAX_NUM_PROCESSES, else the "
+    "detected cluster's).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's rank, 0-based (default $JAX_PROCESS_ID, else the "
+    "detected cluster's).")
+_LOCAL_DEVICE_IDS = flags.DEFINE_string(
+    "local_device_ids", None, "Comma-separated local devices this process uses (default "
+    "$JAX_LOCAL_DEVICE_IDS; on SLURM JAX gives a task only its SLURM_LOCALID's GPU, so a "
+    "run with one task per node lists them all, e.g. 0,1,2,3,4,5,6,7).")
 
 
-def _multi_process_env(env=os.environ) -> bool:
-  return bool(env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
-              or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0)
-
-
-def _initialize_kwargs(env=os.environ) -> dict:
-  """Arguments for ``jax.distributed.initialize``. On a cluster JAX detects (SLURM, a TPU
-  pod) none are needed. A bare ``JAX_COORDINATOR_ADDRESS`` gives JAX the coordinator
-  only: the process count and this process's rank come from ``JAX_NUM_PROCESSES`` and
-  ``JAX_PROCESS_ID``, which must then be set (JAX itself would fail with "Number of
-  processes must be defined" and no hint)."""
-  detected = (int(env.get("SLURM_NTASKS", "1")) > 1
-              or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0)
-  if not env.get("JAX_COORDINATOR_ADDRESS") or detected:
-    return {}
-  missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(k)]
-  if missing:
-    raise app.UsageError(
-        f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']} is set but "
-        f"{' and '.join(missing)} not: set JAX_NUM_PROCESSES (processes in the job) and JAX_PROCESS_ID (this one's "
-        "rank, 0-based) in every process, or unset JAX_COORDINATOR_ADDRESS")
-  return dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-              num_processes=int(env["JAX_NUM_PROCESSES"]),
-              process_id=int(env["JAX_PROCESS_ID"]))
+def _initialize_kwargs(env=os.environ, **flag_values) -> dict | None:
+  """``jax.distributed.initialize``'s arguments for these flag values and environment,
+  or None (one process); half-set settings are a UsageError naming what is missing."""
+  from jaxclap import distributed
+  try:
+    return distributed.initialize_kwargs(env, **flag_values)
+  except distributed.SetupError as e:
+    raise app.UsageError(str(e)) from e
 
 
 def main(argv):
@@ -67,9 +69,13 @@ def main(argv):
   from absl import logging
   if not flags.FLAGS["verbosity"].present:   # Orbax and grain log every save at INFO
     logging.set_verbosity(logging.WARNING)
-  import jax
-  if _DISTRIBUTED.value or (_DISTRIBUTED.value is None and _multi_process_env()):
-    jax.distributed.initialize(**_initialize_kwargs())
+  kwargs = _initialize_kwargs(
+      coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value, local_device_ids=_LOCAL_DEVICE_IDS.value,
+      distributed=_DISTRIBUTED.value)
+  if kwargs is not None:   # before anything creates a backend
+    import jax
+    jax.distributed.initialize(**kwargs)
   from jaxclap import train
   config = _CONFIG.value
   if config is None:

@@ -102,22 +102,6 @@ def test_no_module_names_a_recipe():
   assert not found, found
 
 
-def test_a_bare_coordinator_address_is_completed_or_refused_by_name():
-  """``JAX_COORDINATOR_ADDRESS`` alone made ``jax.distributed.initialize()`` fail outside a
-  detected cluster ("Number of processes must be defined"); now the count and rank come
-  from JAX_NUM_PROCESSES / JAX_PROCESS_ID, or the error names them."""
-  from absl import app
-  from jaxclap import main
-  addr = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"}
-  with pytest.raises(app.UsageError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
-    main._initialize_kwargs(addr)
-  assert main._initialize_kwargs({**addr, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}) == {
-      "coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1}
-  # On a cluster JAX detects, JAX finds everything itself.
-  assert main._initialize_kwargs({**addr, "SLURM_NTASKS": "4"}) == {}
-  assert main._initialize_kwargs({}) == {}
-
-
 def test_benchmark_profile_parts_run():
   """``benchmarks/train_step.py --profile`` times jitted parts of the library's step; the
   loss part had called ``loss_fn`` with an old signature (TypeError)."""

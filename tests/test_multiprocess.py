@@ -1,0 +1,251 @@
+"""Two JAX processes train the model one process trains.
+
+One module-scoped set of runs of the runlocal demo (text=bert: the small from-scratch
+text tower keeps the compile short) on the mesh data=4 x fsdp=2:
+  * ``one``: 1 process x 8 CPU devices;
+  * ``two``: 2 processes x 4 CPU devices through launch/local.py (gloo collectives),
+    what a user runs to try multi-process on one machine.
+Then the checks: the same losses, the same samples, checkpoints and logs written once,
+the same evaluation; and a checkpoint of either restored by the other process count.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS, BATCH = 3, 8
+# The cross-process all-reduces (gloo) sum in another order than one process's: the
+# losses agree to float32 rounding (measured: 1e-7 relative), not bitwise.
+LOSS_RTOL = 1e-5
+
+
+def _main(workdir, data_dir, steps=STEPS):
+  return [sys.executable, "-m", "jaxclap.main",
+          f"--config=configs/demo.py:runlocal,steps={steps},text=bert",
+          f"--workdir={workdir}", f"--config.corpus.data_dir={data_dir}",
+          "--config.log_every=1", "--config.checkpoint_every=2",
+          "--config.log_data_indices=True", "--config.mesh.data=4", "--config.mesh.fsdp=2"]
+
+
+def _one_process(cmd, timeout=900):
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["JAX_PLATFORMS"] = "cpu"
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _two_processes(cmd, log_dir, timeout=900):
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "local.py"),
+                         "--processes=2", "--devices_per_process=4",
+                         f"--log_dir={log_dir}", "--", *cmd],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: v})
+  return out
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, "results.json")) as f:
+    return _flat(json.load(f))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("multiprocess")
+  data = base / "data"
+  out = {"base": base, "data": data}
+  t = time.time()
+  one = _one_process(_main(base / "one", data))   # builds the corpus, which two reuses
+  assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+  out["one_s"] = time.time() - t
+  t = time.time()
+  two = _two_processes(_main(base / "two", data), base / "two_logs")
+  assert two.returncode == 0, two.stdout[-4000:] + two.stderr[-2000:]
+  out["two_s"] = time.time() - t
+  out["one"], out["two"] = base / "one", base / "two"
+  out["two_stdout"] = two.stdout
+  print(f"1 process: {out['one_s']:.0f}s, 2 processes: {out['two_s']:.0f}s")
+  return out
+
+
+def test_two_processes_have_the_losses_of_one(runs):
+  one = {r["step"]: r for r in _rows(runs["one"]) if "loss" in r}
+  two = {r["step"]: r for r in _rows(runs["two"]) if "loss" in r}
+  assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+  for key in ("loss", "contrastive"):
+    a = np.array([one[s][key] for s in sorted(one)])
+    b = np.array([two[s][key] for s in sorted(two)])
+    np.testing.assert_allclose(b, a, rtol=LOSS_RTOL, err_msg=key)
+  # Training moved the model: equal losses are not equal constants.
+  assert len({round(one[s]["loss"], 4) for s in one}) == STEPS
+
+
+def test_samples_are_each_global_batch_once(runs):
+  """One process: every step's batch is 8 distinct examples, none repeated or skipped
+  over the run. Two: process 0 logs its own half of each of those batches."""
+  one = [r["data_index"] for r in _rows(runs["one"]) if "data_index" in r]
+  two = [r["data_index"] for r in _rows(runs["two"]) if "data_index" in r]
+  assert len(one) == len(two) == STEPS
+  flat = [i for batch in one for i in batch]
+  assert all(len(set(b)) == BATCH for b in one)
+  assert sorted(flat) == list(range(STEPS * BATCH))   # none repeated, none skipped
+  assert two == [b[:BATCH // 2] for b in one]          # process 0's rows of batch s
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "train.py logs only process 0's rows: `extra = {'data_index': local['index'].tolist()}`"
+    " needs the other processes' rows too (multihost_utils.process_allgather(local"
+    "['index'], tiled=True)) so that metrics.jsonl lists the whole global batch"))
+def test_two_processes_log_the_whole_global_batch(runs):
+  one = [r["data_index"] for r in _rows(runs["one"]) if "data_index" in r]
+  two = [r["data_index"] for r in _rows(runs["two"]) if "data_index" in r]
+  assert two == one
+
+
+def test_checkpoints_and_logs_are_written_once(runs):
+  one, two = runs["one"], runs["two"]
+  steps = lambda w: sorted(int(n) for n in os.listdir(w / "checkpoints") if n.isdigit())
+  assert steps(one) == steps(two) == [2, STEPS]
+  # Nothing half-written or doubled beside them (Orbax's temporary folders, a second
+  # process's copy).
+  assert sorted(os.listdir(two / "checkpoints")) == sorted(os.listdir(one / "checkpoints"))
+  # Each process saved its own data position, once.
+  data = sorted(os.listdir(two / "checkpoints" / str(STEPS) / "data"))
+  assert [n for n in data if n.startswith("process_")] == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+  rows = [r["step"] for r in _rows(two) if "loss" in r]
+  assert rows == list(range(1, STEPS + 1))            # one metrics row per step
+  out = runs["two_stdout"]
+  assert len(re.findall(r"parameters on mesh", out)) == 1
+  assert len(re.findall(r"^\[0\] retrieval$", out, re.M)) == 1
+  assert not re.search(r"^\[1\] (step|retrieval)", out, re.M)   # process 1 prints none
+
+
+def _close_results(a, b, n_clips):
+  """Evaluation metrics of two runs trained apart: the same keys, values within two
+  clips' worth. Three steps from scratch leave the embeddings nearly collapsed, so
+  zero-shot decisions and retrieval ranks hang on near-ties that the float32 rounding
+  separating the two runs' losses (1e-7) can reorder; equality of the evaluation itself
+  is checked on one set of parameters (``reevaluated``)."""
+  assert set(a) == set(b)
+  worst = max(abs(a[k] - b[k]) for k in a)
+  assert worst <= 2.0 / n_clips + 1e-9, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def _clips(results):
+  return int(round(1.0 / results["retrieval/chance/R@1"]))
+
+
+_EVALUATE = """
+import json, sys
+from jaxclap import checkpoints, configs, evaluators, sharding, tokenizers, train
+steps, data, workdirs = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+c = configs.load("configs/demo.py", f"runlocal,steps={steps},text=bert")
+c.corpus.data_dir = data
+c.mesh.data, c.mesh.fsdp = 4, 2
+train.resolve_sources(c)
+trainer = train.Trainer(c, sharding.make_mesh(c.mesh))
+evals = evaluators.Evaluators(c, trainer, tokenizers.from_config(c.tokenizer))
+a = trainer.abstract_state()
+out = {}
+for w in workdirs:
+  params, model_state, step = checkpoints.restore_variables(
+      w, {"params": a.params, "model_state": a.model_state})
+  assert step == steps, step
+  out[w] = evals.run({"params": params, **model_state}, step)
+print(json.dumps(out, default=float))
+"""
+
+
+@pytest.fixture(scope="module")
+def reevaluated(runs):
+  """The parameters each run ended with, evaluated again by 1 process x 8 devices (the
+  parameters only: ``restore_variables`` reads no data position)."""
+  script = runs["base"] / "evaluate.py"
+  script.write_text(_EVALUATE)
+  got = _one_process([sys.executable, str(script), str(STEPS), str(runs["data"]),
+                      str(runs["one"]), str(runs["two"])])
+  assert got.returncode == 0, got.stderr[-4000:]
+  again = json.loads(got.stdout.strip().splitlines()[-1])
+  return {k: _flat(again[str(runs[k])]) for k in ("one", "two")}
+
+
+def test_two_processes_evaluate_as_one(runs, reevaluated):
+  one, two = _results(runs["one"]), _results(runs["two"])
+  assert any(k.startswith("zero_shot/") for k in one) and any(
+      k.startswith("retrieval/") for k in one)
+  assert reevaluated["one"] == one             # the re-evaluation reproduces a run's
+  assert set(reevaluated["two"]) == set(two)
+  # Zero-shot reads the audio embeddings (gathered across processes) and the prompts:
+  # the 2-process run's own evaluation is what 1 process gets from its parameters.
+  zero_shot = [k for k in two if k.startswith("zero_shot")]
+  assert zero_shot and {k: two[k] for k in zero_shot} == {
+      k: reevaluated["two"][k] for k in zero_shot}
+  # The two runs, trained apart, agree as far as near-ties allow.
+  _close_results(one, two, _clips(one))
+
+
+def test_the_retrieval_of_two_processes_is_one(runs, reevaluated):
+  two = _results(runs["two"])
+  assert {k: v for k, v in two.items() if k.startswith("retrieval")} == {
+      k: v for k, v in reevaluated["two"].items() if k.startswith("retrieval")}
+
+
+# A checkpoint of another process count does not restore yet; the tests below xfail on
+# exactly that error (and fail on any other), and pass once checkpoints.py is fixed.
+_OTHER_COUNT = re.compile(r"process_\d+-of-\d+\.json does not exist")
+_OTHER_COUNT_WHY = (
+    "checkpoints.restore reads the data item through grain.checkpoint.CheckpointRestore, "
+    "which opens data/process_<i>-of-<N>.json of the restoring run's N: a checkpoint of "
+    "another process count has no such file and is set aside as .broken. The position is "
+    "the same in every file ({'next_index': step}: _ProcessSlice makes batch s of each "
+    "process a slice of global batch s), so restore must read any process's file "
+    "(checking they agree) and set_state it")
+
+
+def _resumed(got):
+  if got.returncode != 0 and _OTHER_COUNT.search(got.stdout + got.stderr):
+    pytest.xfail(_OTHER_COUNT_WHY)
+  assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+  assert f"resuming from step {STEPS}" in got.stdout
+
+
+def test_a_two_process_checkpoint_restores_in_one_process(runs, reevaluated):
+  """The 2-process run's last checkpoint, resumed by 1 process x 8 devices: the
+  finished run is evaluated again from the restored state, exactly as 1 process
+  evaluates those parameters."""
+  work = runs["base"] / "two_to_one"
+  shutil.copytree(runs["two"], work)
+  os.remove(work / "results.json")
+  _resumed(_one_process(_main(work, runs["data"])))
+  assert _results(work) == reevaluated["two"]
+
+
+def test_a_one_process_checkpoint_restores_in_two_processes(runs):
+  work = runs["base"] / "one_to_two"
+  shutil.copytree(runs["one"], work)
+  os.remove(work / "results.json")
+  _resumed(_two_processes(_main(work, runs["data"]), runs["base"] / "one_to_two_logs"))
+  r, one = _results(work), _results(runs["one"])
+  zero_shot = [k for k in one if k.startswith("zero_shot")]
+  assert {k: r[k] for k in zero_shot} == {k: one[k] for k in zero_shot}
+  _close_results(r, one, _clips(r))
