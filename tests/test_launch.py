@@ -381,14 +381,11 @@ def test_slurm_script_uses_jax_detection_with_a_task_per_gpu():
 
 
 def _doc_section() -> str:
-  """The README's "Running on a pod / cluster" section (to its next ``## `` heading), or
-  docs/pods.md's until it is pasted there."""
-  for path in (os.path.join(ROOT, "README.md"), os.path.join(ROOT, "docs", "pods.md")):
-    text = open(path).read() if os.path.exists(path) else ""
-    if SECTION in text:
-      section = text[text.index(SECTION) + len(SECTION):]
-      return re.split(r"^## ", section, flags=re.M)[0]
-  raise AssertionError(f"no '{SECTION}' section in README.md or docs/pods.md")
+  """The README's "Running on a pod / cluster" section (to its next ``## `` heading)."""
+  text = open(os.path.join(ROOT, "README.md")).read()
+  assert SECTION in text, f"no '{SECTION}' section in README.md"
+  section = text[text.index(SECTION) + len(SECTION):]
+  return re.split(r"^## ", section, flags=re.M)[0]
 
 
 def _doc_commands():
