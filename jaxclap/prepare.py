@@ -121,11 +121,31 @@ def _read_audio(path: str, start: float | None, end: float | None,
       raise records.BadRecord(f"cannot decode audio ({sf_err}; {type(e).__name__}: {e})") from None
 
 
+def load_audio(path: str, start: float | None, end: float | None, *, sample_rate: int,
+               max_seconds: float) -> tuple[np.ndarray, int]:
+  """One clip's file (or its ``start``-``end`` segment) -> (mono float32 waveform at
+  ``sample_rate``, the file's own rate); raises ``records.BadRecord`` naming what is
+  wrong. What ``prepare`` and the ``data/`` builders read every clip with."""
+  import librosa
+
+  if not os.path.isfile(path):
+    raise records.BadRecord(_not_a_file(path))
+  if os.path.getsize(path) == 0:
+    raise records.BadRecord(f"audio file is empty (0 bytes): {path}")
+  wave, sr = _read_audio(path, start, end, max_seconds)
+  wave = records.check_waveform(wave, sr, max_seconds=max_seconds)
+  if sr != sample_rate:
+    wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
+  peak = float(np.max(np.abs(wave)))
+  if peak > 1.0:   # resampling overshoot or float files above full scale: scale, don't clip
+    wave = wave / peak
+  return wave, sr
+
+
 def examples(manifest: str, split: str, *, sample_rate: int, max_seconds: float,
              max_caption_chars: int, skips: records.SkipCounter) -> Iterator[tuple[str, dict]]:
   """Yields ``(key, record)`` for each good line of ``manifest``; bad lines go to
   ``skips`` (which raises instead when its policy is 'raise')."""
-  import librosa
 
   root = os.path.dirname(os.path.abspath(manifest))
   seen_ids: dict[str, int] = {}
@@ -147,21 +167,11 @@ def examples(manifest: str, split: str, *, sample_rate: int, max_seconds: float,
           raise records.BadRecord("line has no 'audio' key")
         path = os.path.join(root, str(line["audio"]))
         where = f"{manifest}:{lineno} ({line['audio']})"
-        if not os.path.isfile(path):
-          raise records.BadRecord(_not_a_file(path))
-        if os.path.getsize(path) == 0:
-          raise records.BadRecord(f"audio file is empty (0 bytes): {path}")
         captions = records.check_captions(line.get("captions"), max_chars=max_caption_chars)
         fine = records.check_captions(line.get("fine_captions"), max_chars=max_caption_chars,
                                       field="fine_captions", required=False)
-        start, end = line.get("start"), line.get("end")
-        wave, sr = _read_audio(path, start, end, max_seconds)
-        wave = records.check_waveform(wave, sr, max_seconds=max_seconds)
-        if sr != sample_rate:
-          wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
-        if np.max(np.abs(wave)) > 1.0:
-          # Resampling overshoot or float files above full scale: scale, don't clip.
-          wave = wave / np.max(np.abs(wave))
+        wave, sr = load_audio(path, line.get("start"), line.get("end"),
+                              sample_rate=sample_rate, max_seconds=max_seconds)
         clip_id = str(line.get("id", f"{split}/{lineno}"))
         if clip_id in seen_ids:
           raise records.BadRecord(f"id {clip_id!r} already used on line {seen_ids[clip_id]}")
