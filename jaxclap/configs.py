@@ -61,6 +61,10 @@ Field reference (``--config.<path>=value`` overrides any of them):
   mesh                 dict(data, fsdp, tensor): one may be -1 (fill)
   sharding_rules       None: jaxclap.sharding.DEFAULT_RULES
   log_every, checkpoint_every, keep_checkpoints, log_data_indices
+  max_nonfinite_steps  a step whose loss, gradients or update are not finite leaves the
+                       params and optimiser state as they were (metric "nonfinite"); after
+                       this many such steps in a row the run stops (0: never), its last
+                       checkpoint intact
   eval.split, eval.batch_size, eval.templates   what an evaluator leaves unset: the
                        held-out split ("test"), clips per batch, prompt templates (averaged)
   evals.<name>         dict(type=..., every=N[, split, batch_size, templates, ...]): one
@@ -311,6 +315,7 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.checkpoint_every = 4 if runlocal else 100
   c.keep_checkpoints = 2
   c.log_data_indices = False
+  c.max_nonfinite_steps = 10
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

@@ -12,6 +12,15 @@ recipes reuse them:
   gradient accumulation over micro-batches inside the same jit.
 * Checkpoints hold the train state (params, optimiser, step, RNG) and the grain
   iterator's position; ``main`` resumes from the workdir's latest one with no flag.
+* No lost work, no wrong numbers (``jaxclap.checkpoints`` has the run folder's side):
+  SIGTERM (a preemption; with several processes JAX's preemption sync point, so that all
+  save the same step) saves a checkpoint at the current step and stops with exit status
+  143; a step whose loss, gradients or update are not finite leaves the state as it was
+  (inside the jitted step: no host sync) and ``max_nonfinite_steps`` of them in a row
+  stop the run; a checkpoint is never written with non-finite parameters; a failed
+  save stops the run, naming the folder; ``metrics.jsonl`` and TensorBoard hold each
+  step once after a resume. Deliberate stops raise ``Stopped`` (a ``SystemExit``) after
+  printing their one-line message.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
+import sys
 import time
 from typing import Any
 
@@ -47,6 +59,12 @@ class TrainState:
 
   def variables(self) -> dict:
     return {"params": self.params, **self.model_state}
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every element of every leaf is finite."""
+  return jax.tree_util.tree_reduce(lambda ok, x: ok & jnp.all(jnp.isfinite(x)), tree,
+                                   jnp.array(True))
 
 
 # --------------------------------------------------------------------------- trainer
@@ -251,7 +269,17 @@ class Trainer:
     # LAION clamps the PARAMETER after each update: clamping only inside the loss would
     # leave one initialised above ln 100 (CLAP's tau 0.007) stuck there, gradient-free.
     params = {**params, "logit_scale": losses.clamp_logit_scale(params["logit_scale"])}
-    metrics["grad_norm"] = optax.global_norm(grads)
+    grad_norm = optax.global_norm(grads)
+    # A non-finite loss, gradient or update (lr too high, an overflow) leaves params,
+    # optimiser and running statistics as they were: one select per leaf, decided on the
+    # device, so the host never waits for it. The step counter (the data position) moves
+    # on; the optimiser's own count, hence the lr schedule, does not.
+    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & all_finite(updates)
+    params, opt_state, model_state = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(ok, new, old), (params, opt_state, model_state),
+        (state.params, state.opt_state, state.model_state))
+    metrics["grad_norm"] = grad_norm
+    metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          model_state=model_state), metrics
 
@@ -311,20 +339,115 @@ def resolve_tokenizer(config: Any, workdir: str) -> None:
       del config.tokenizer["vocab_size"]
 
 
+class Stopped(SystemExit):
+  """The run stopped on purpose, its folder consistent (nothing half-written, the last
+  checkpoint intact): preempted (``PREEMPTED``: the exit status of a process SIGTERM
+  ended, so that a scheduler counts the run as interrupted, not done), or an error the
+  user can act on (status 1). The one-line ``message`` is printed to stderr first."""
+
+  def __init__(self, message: str, code: int = 1):
+    super().__init__(code)
+    self.message = message
+
+
+PREEMPTED = 128 + signal.SIGTERM
+
+
+def _stop(message: str, code: int = 1) -> Stopped:
+  print(message, file=sys.stderr, flush=True)
+  return Stopped(message, code)
+
+
+class _NonFinite(Exception):
+  def __init__(self, first: int, last: int):
+    super().__init__(first, last)
+    self.first, self.last = first, last
+
+
+class _Preemption:
+  """Whether to save and stop at a step. One process: a SIGTERM handler sets a flag that
+  the loop reads. Several: JAX's preemption sync point (its coordination service turns
+  SIGTERM, or a TPU maintenance notice, on any process into one step that every process
+  reaches), called at every step as JAX requires; a Python handler there would hide the
+  signal from it."""
+
+  def __init__(self):
+    self.multi = jax.process_count() > 1
+    self.flag, self.previous = False, None
+    if not self.multi:
+      try:
+        self.previous = signal.signal(signal.SIGTERM, self._handler)
+      except ValueError:   # not the main thread: SIGTERM keeps its default action
+        logging.warning("train_and_evaluate outside the main thread: SIGTERM will not "
+                        "save a checkpoint")
+
+  def _handler(self, signum, frame):
+    self.flag = True
+
+  def reached(self, step: int) -> bool:
+    if not self.multi:
+      return self.flag
+    from jax.experimental import multihost_utils
+    try:
+      return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:   # jax_enable_preemption_service off
+      return False
+
+  def close(self):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+      self.previous = None
+
+
+def _keep_rows(path: str, last_step: int) -> None:
+  """Drops metrics.jsonl rows past ``last_step`` (a killed run's steps after its last
+  checkpoint, which the resumed run logs again) and a torn last line, atomically."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if line.endswith("\n") and int(row.get("step", 0)) <= last_step:
+      kept.append(line)
+  if len(kept) == len(lines):
+    return
+  logging.info("%s: %d rows past step %d dropped", path, len(lines) - len(kept), last_step)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
 class _Progress:
   """Deferred metrics (fetched only at log steps, so the host never waits on the device
-  in between), a progress line with steps/s and ETA, TensorBoard scalars, metrics.jsonl."""
+  in between), a progress line with steps/s and ETA, TensorBoard scalars, metrics.jsonl.
+  Resumed at ``start``, each log holds every step once: metrics.jsonl loses its rows
+  past ``start``; TensorBoard gets a purge at ``start + 1`` (it then hides the earlier
+  files' events from there on). Counts steps skipped as non-finite; ``max_nonfinite``
+  of them in a row raise ``_NonFinite`` (0: never)."""
 
-  def __init__(self, workdir: str, total: int, start: int, is_main: bool):
+  def __init__(self, workdir: str, total: int, start: int, is_main: bool,
+               max_nonfinite: int = 0):
     self.total, self.start, self.is_main = total, start, is_main
     self.t0, self.last_t, self.last_step = time.time(), time.time(), start
     self.pending: list[tuple[int, Any]] = []
     self.writer = None
     self.jsonl = None
+    self.max_nonfinite, self.streak, self.skipped = int(max_nonfinite), 0, 0
     if is_main:
       from tensorboardX import SummaryWriter
-      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      tb = os.path.join(workdir, "tensorboard")
+      self.writer = SummaryWriter(tb, purge_step=start + 1 if os.path.isdir(tb) else None)
+      path = os.path.join(workdir, "metrics.jsonl")
+      _keep_rows(path, start)
+      self.jsonl = open(path, "a")
 
   def add(self, step: int, metrics, extra: dict | None = None):
     self.pending.append((step, metrics, extra or {}))
@@ -336,20 +459,34 @@ class _Progress:
     now = time.time()
     rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
     self.last_t, self.last_step = now, step
+    bad, window = None, 0
+    for (s, _, _), m in zip(self.pending, fetched):
+      if float(m.get("nonfinite", 0.0)):
+        self.streak, self.skipped, window = self.streak + 1, self.skipped + 1, window + 1
+        if self.max_nonfinite and self.streak >= self.max_nonfinite and bad is None:
+          bad = _NonFinite(s - self.streak + 1, s)
+      else:
+        self.streak = 0
     if self.is_main:
       for (s, _, extra), m in zip(self.pending, fetched):
         row = {"step": s, **{k: float(v) for k, v in m.items()}, **extra}
         self.jsonl.write(json.dumps(row) + "\n")
         for k, v in m.items():
           self.writer.add_scalar(f"train/{k}", float(v), s)
+      # Both logs on disk at every log step: a run killed later loses none of these rows
+      # (its resume keeps them up to its checkpoint and re-logs the rest once).
       self.jsonl.flush()
+      self.writer.flush()
       last = fetched[-1]
       eta = (self.total - step) / max(rate, 1e-9)
       print(f"step {step:6d}/{self.total}  loss {float(last['loss']):.4f}  "
             + "  ".join(f"{k} {float(last[k]):.4f}" for k in ("contrastive", "mae")
                         if k in last)
+            + (f"  skipped {window} non-finite ({self.skipped} in all)" if window else "")
             + f"  {rate:.2f} steps/s  ETA {eta / 60:.1f} min", flush=True)
     self.pending = []
+    if bad is not None:
+      raise bad
 
   def log_eval(self, step: int, results: dict) -> dict:
     """Evaluator results at ``step``: their float metrics to TensorBoard (``eval/...``)
@@ -370,20 +507,109 @@ class _Progress:
     if self.writer:
       self.writer.close()
       self.jsonl.close()
+      self.writer = None
+
+
+class _Saver:
+  """The loop's checkpoint writes: never non-finite parameters, and a failed write
+  (disk full, permissions, quota) stops the run with one line naming the folder, the
+  space there and the checkpoint kept, instead of training on unsaved. Orbax writes in
+  the background, so a failure surfaces at the next save, log step or the end."""
+
+  def __init__(self, workdir: str, config: Any):
+    self.workdir, self.folder = workdir, checkpoints.folder(workdir)
+    self.mgr = checkpoints.manager(workdir, config)
+    self.finite = jax.jit(all_finite)
+    self.in_flight, self.failed = None, False
+
+  def save(self, state: TrainState, data_iter) -> None:
+    step = int(state.step)
+    if not bool(self.finite(state.variables())):
+      raise _stop(f"step {step}: the parameters are not finite, so no checkpoint was "
+                  f"written; the last one in {self.folder} is kept")
+    self._guard(lambda: checkpoints.save(self.mgr, state, data_iter), step)
+    self.in_flight = step
+
+  def check(self) -> None:
+    self._guard(self.mgr.check_for_errors, self.in_flight)
+
+  def wait(self) -> None:
+    self._guard(self.mgr.wait_until_finished, self.in_flight)
+
+  def _guard(self, fn, step) -> None:
+    try:
+      fn()
+    except Stopped:
+      raise
+    except Exception as e:   # whatever the filesystem, Orbax or tensorstore raise
+      self.failed = True
+      raise self._failed(step, e) from e
+
+  def _failed(self, step, err) -> Stopped:
+    kept = sorted(int(n) for n in os.listdir(self.folder) if n.isdigit()) \
+        if os.path.isdir(self.folder) else []
+    kept = [k for k in kept if k != step] if step is not None else kept
+    size = 0
+    if kept:
+      for root, _, files in os.walk(os.path.join(self.folder, str(kept[-1]))):
+        size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    free = shutil.disk_usage(self.folder).free if os.path.isdir(self.folder) else 0
+    what = checkpoints._describe(err)
+    return _stop(
+        f"could not write checkpoint {step} in {self.folder}: {what}; {free / 2**20:.0f} MiB "
+        f"free there, a checkpoint takes about {size / 2**20:.0f} MiB; "
+        + (f"checkpoint {kept[-1]} is kept" if kept else "no earlier checkpoint")
+        + "; the run stopped: make room (or use another --workdir) and re-run to resume")
 
 
 def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), running the
   evaluators of ``config.evals`` every their ``every`` steps and at the end; the end's
-  results go to ``<workdir>/results.json`` and the printed table."""
+  results go to ``<workdir>/results.json`` and the printed table. Raises ``Stopped``
+  (after printing one line) when preempted, after ``max_nonfinite_steps`` non-finite
+  steps in a row, when a checkpoint cannot be written, and when the folder refuses the
+  run (another run holds it, its config differs, none of its checkpoints reads)."""
+  os.makedirs(workdir, exist_ok=True)
+  lock = None
+  try:
+    lock = _lock(workdir)
+    return _train(config, workdir)
+  except checkpoints.RunFolderError as e:
+    raise _stop(str(e)) from e
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _lock(workdir: str):
+  """Process 0 holds the folder's lock; every process learns whether it got it."""
+  lock, err = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = checkpoints.Lock(workdir)
+    except checkpoints.RunFolderError as e:
+      err = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    if not multihost_utils.process_allgather(np.int32(err is None)).all() and err is None:
+      err = checkpoints.RunFolderError(f"{workdir} is in use by another run (process 0 "
+                                       "could not take its lock)")
+  if err is not None:
+    if lock is not None:
+      lock.release()
+    raise err
+  return lock
+
+
+def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   from jaxclap import evaluators, input_pipeline, tokenizers
 
-  os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
+  # Before anything is resolved or written: a config this folder's run was not trained
+  # with is refused, its config.json left as it is.
+  checkpoints.check_config(workdir, config)
   resolve_sources(config)
   resolve_tokenizer(config, workdir)
-  if is_main:   # what jaxclap.load(workdir) rebuilds the model from
-    checkpoints.write_config(workdir, config)
   mesh = sharding.make_mesh(config.mesh)
   tokenizer = tokenizers.from_config(config.tokenizer)
   trainer = Trainer(config, mesh)
@@ -397,41 +623,76 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | No
       ds, num_threads=int(config.input.num_threads),
       prefetch=int(config.input.prefetch),
       worker_count=int(config.input.worker_count))
-  mgr = checkpoints.manager(workdir, config)
-  latest = mgr.latest_step()
-  if latest is not None:
-    state = checkpoints.restore(mgr, trainer.abstract_state(), data_iter, latest)
+  restored = checkpoints.restore(workdir, trainer.abstract_state(), data_iter)
+  if restored is not None:
+    state, latest = restored
     logging.info("resumed from %s at step %d", workdir, latest)
     if is_main:
       print(f"resuming from step {latest} ({workdir}/checkpoints)", flush=True)
   else:
     state = trainer.init_state(int(config.seed))
+  if is_main:   # what jaxclap.load(workdir) rebuilds the model from: a new run's, or one
+    checkpoints.write_config(workdir, config)   # its checkpoints were just read with
   start = int(state.step)
   if is_main:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
     print(f"{n_params / 1e6:.1f}M parameters on mesh {dict(mesh.shape)}; "
           f"steps {start} -> {total}; workdir {workdir}", flush=True)
-  progress = _Progress(workdir, total, start, is_main)
+  saver = _Saver(workdir, config)
+  progress = _Progress(workdir, total, start, is_main, int(config.max_nonfinite_steps))
+  preemption = _Preemption()
   log_every = int(config.log_every)
   ckpt_every = int(config.checkpoint_every)
   log_indices = bool(config.log_data_indices)
   results = None
-  for step in range(start + 1, total + 1):
-    local = next(data_iter)
-    extra = {"data_index": local["index"].tolist()} if log_indices else None
-    state, metrics = trainer.step(state, sharding.global_batch(local, mesh))
-    progress.add(step, metrics, extra)
-    if evals.due(step):   # every evaluator at the last step
-      results = progress.log_eval(step, evals.run(state.variables(), step))
-    if step % log_every == 0 or step == total:
+
+  def flush(step):
+    try:
       progress.flush(step)
-    if step % ckpt_every == 0 or step == total:
-      checkpoints.save(mgr, state, data_iter)
-  if evals and start >= total:   # a finished run is evaluated again
-    results = progress.log_eval(total, evals.run(state.variables(), total))
-  progress.flush(total)
-  mgr.wait_until_finished()
-  progress.close()
+    except _NonFinite as e:
+      saver.wait()
+      last = saver.mgr.latest_step()
+      raise _stop(
+          f"steps {e.first}-{e.last}: the loss, gradients or update were not finite "
+          f"{e.last - e.first + 1} steps in a row (config.max_nonfinite_steps="
+          f"{progress.max_nonfinite}); their updates were skipped and the run stopped. "
+          + (f"The last checkpoint, step {last} in {saver.folder}, is intact"
+             if last is not None else "No checkpoint was written")
+          + "; lower config.optim.lr or tighten config.optim.grad_clip, then re-run "
+          "(or use another --workdir)") from None
+    saver.check()
+
+  try:
+    for step in range(start + 1, total + 1):
+      local = next(data_iter)
+      extra = {"data_index": local["index"].tolist()} if log_indices else None
+      state, metrics = trainer.step(state, sharding.global_batch(local, mesh))
+      progress.add(step, metrics, extra)
+      preempted = preemption.reached(step)
+      save_now = step % ckpt_every == 0 or step == total or preempted
+      if not preempted and evals.due(step):   # every evaluator at the last step
+        results = progress.log_eval(step, evals.run(state.variables(), step))
+      if step % log_every == 0 or save_now:
+        flush(step)
+      if save_now:
+        saver.save(state, data_iter)
+      if preempted:
+        saver.wait()
+        raise _stop(f"preempted (SIGTERM) at step {step}: checkpoint saved in "
+                    f"{saver.folder}; re-run the same command to resume from it",
+                    PREEMPTED)
+    if evals and start >= total:   # a finished run is evaluated again
+      results = progress.log_eval(total, evals.run(state.variables(), total))
+    flush(total)
+    saver.wait()
+  finally:
+    preemption.close()
+    progress.close()
+    if not saver.failed:   # a save under way when the run stops still completes
+      try:
+        saver.mgr.wait_until_finished()
+      except Exception:   # pylint: disable=broad-except
+        pass   # the next run's restore sets it aside
   if is_main and results:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)

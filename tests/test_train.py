@@ -1,5 +1,7 @@
 """The trainer end to end: SIGKILL mid-run and exact resume (bitwise losses, no sample
-skipped or repeated), and an 8-device CPU mesh (data=4 x fsdp=2) matching 1 device."""
+skipped or repeated, each step once in metrics.jsonl and TensorBoard), and an 8-device
+CPU mesh (data=4 x fsdp=2) matching 1 device. tests/test_reliability.py has SIGTERM,
+broken checkpoints, config mismatches, the folder lock, write errors and NaN steps."""
 
 import json
 import os
@@ -34,13 +36,35 @@ def _env():
 
 
 def _per_step(workdir):
-  """metrics.jsonl -> {step: row}; a re-run step's later row wins."""
+  """metrics.jsonl -> {step: row}; a step logged twice fails."""
   rows = {}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       r = json.loads(line)
+      assert r["step"] not in rows, f"step {r['step']} logged twice"
       rows[r["step"]] = r
   return rows
+
+
+def _tensorboard_steps(workdir, tag="train/loss"):
+  """The steps of ``tag`` that TensorBoard shows: it reads the event files in order and
+  a SessionLog START at step s hides the earlier events from step s on (a resume's
+  purge)."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  steps = []
+  for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
+    data, pos = open(path, "rb").read(), 0
+    while pos < len(data):
+      n = struct.unpack("<Q", data[pos:pos + 8])[0]
+      ev = event_pb2.Event()
+      ev.ParseFromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      if ev.HasField("session_log") and ev.session_log.status == ev.session_log.START:
+        steps = [s for s in steps if s < ev.step]
+      steps += [ev.step for v in ev.summary.value if v.tag == tag]
+  return steps
 
 
 def test_sigkill_and_resume_is_exact(tmp_path, data_dir):
@@ -70,8 +94,9 @@ def test_sigkill_and_resume_is_exact(tmp_path, data_dir):
   out = subprocess.run(_main(run, data_dir), cwd=ROOT, env=_env(), check=True, timeout=900,
                        capture_output=True, text=True).stdout
   assert "resuming from step" in out
-  got = _per_step(run)
+  got = _per_step(run)       # each step once: the killed run's steps past 3 dropped
   assert sorted(got) == list(range(1, 9))
+  assert sorted(_tensorboard_steps(run)) == list(range(1, 9))
   for step in range(1, 9):
     for key in ("loss", "contrastive", "mae", "grad_norm"):
       assert got[step][key] == expected[step][key], (step, key)   # bitwise on CPU

@@ -1,0 +1,296 @@
+"""No lost work, no wrong numbers (issue 15), on the runlocal demo: SIGTERM saves and
+resumes bitwise; a run folder held by a live run, or holding another config's
+checkpoints, refuses a second run and keeps its config.json; an unreadable checkpoint
+(truncated, zeroed, a file deleted, an unfinished save) is set aside and the one before
+it used; a failed checkpoint write stops the run naming the folder; lr=1e30 skips the
+non-finite updates, stops after max_nonfinite_steps of them and never checkpoints NaN.
+
+One uninterrupted 8-step run (``ref``) is the reference the others copy or compare with.
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(workdir, data_dir, steps=8, extra=()):
+  return [sys.executable, "-m", "jaxclap.main", f"--config=configs/demo.py:runlocal,steps={steps}",
+          f"--workdir={workdir}", f"--config.corpus.data_dir={data_dir}",
+          "--config.log_every=1", "--config.checkpoint_every=3",
+          "--config.log_data_indices=True", *extra]
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("datasets"))
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory, data_dir):
+  """An uninterrupted run: 8 steps, checkpoints 6 and 8."""
+  workdir = tmp_path_factory.mktemp("ref") / "run"
+  subprocess.run(_main(workdir, data_dir), cwd=ROOT, env=_env(), check=True, timeout=900,
+                 stdout=subprocess.DEVNULL)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "8"]
+  return workdir
+
+
+def _copy(ref, tmp_path):
+  dst = tmp_path / "run"
+  shutil.copytree(ref, dst)
+  for name in ("lock", "results.json"):
+    os.remove(dst / name)
+  return dst
+
+
+def _stderr_line(stderr, needle):
+  lines = [l for l in stderr.splitlines() if needle in l]
+  assert lines, stderr[-3000:]
+  return lines[-1]
+
+
+def test_sigterm_saves_the_current_step_and_resumes_with_no_step_lost(tmp_path, data_dir, ref):
+  run = tmp_path / "run"
+  # No periodic checkpoint before the end: all that survives is what SIGTERM saves.
+  cmd = _main(run, data_dir, extra=["--config.checkpoint_every=100"])
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      pytest.fail("the run finished before it could be signalled")
+    metrics = run / "metrics.jsonl"
+    if metrics.exists() and any(json.loads(l)["step"] >= 3
+                                for l in metrics.read_text().splitlines() if l):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 143, stderr[-3000:]
+  line = _stderr_line(stderr, "preempted (SIGTERM) at step")
+  saved = int(line.split("at step ")[1].split(":")[0])
+  assert 3 <= saved < 8
+  assert sorted(os.listdir(run / "checkpoints")) == [str(saved)]
+  assert [r["step"] for r in _rows(run)] == list(range(1, saved + 1))
+  assert not (run / "results.json").exists()
+
+  out = subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, timeout=900,
+                       capture_output=True, text=True).stdout
+  assert f"resuming from step {saved}" in out
+  got, expected = _rows(run), {r["step"]: r for r in _rows(ref)}
+  assert [r["step"] for r in got] == list(range(1, 9))     # each step once
+  for r in got:
+    for key in ("loss", "contrastive", "mae", "grad_norm"):
+      assert r[key] == expected[r["step"]][key], (r["step"], key)   # bitwise on CPU
+    assert r["data_index"] == expected[r["step"]]["data_index"]
+  assert (run / "results.json").exists()
+
+
+def test_a_second_run_on_a_held_folder_is_refused_and_a_killed_holder_frees_it(tmp_path,
+                                                                               data_dir):
+  from jaxclap import checkpoints
+  run = tmp_path / "run"
+  os.makedirs(run)
+  # A holder killed with SIGKILL leaves no stuck lock: the OS drops it with the process.
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from jaxclap import checkpoints; "
+       f"checkpoints.Lock({str(run)!r}); print('held', flush=True); time.sleep(600)"],
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "held"
+  with pytest.raises(checkpoints.RunFolderError, match=r"in use by another run \(pid "
+                     f"{holder.pid} on "):
+    checkpoints.Lock(run)
+  res = subprocess.run(_main(run, data_dir), cwd=ROOT, env=_env(), timeout=600,
+                       capture_output=True, text=True)
+  assert res.returncode == 1
+  assert f"in use by another run (pid {holder.pid}" in res.stderr.strip().splitlines()[-1]
+  assert sorted(os.listdir(run)) == ["lock"]          # nothing else written
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  checkpoints.Lock(run).release()
+
+
+def test_a_changed_model_is_refused_and_config_json_kept(tmp_path, data_dir, ref):
+  run = _copy(ref, tmp_path)
+  before = {p: (run / p).read_bytes() for p in ("config.json", "metrics.jsonl")}
+  res = subprocess.run(_main(run, data_dir, extra=["--config.model.embed_dim=64",
+                                                   "--config.total_steps=20"]),
+                       cwd=ROOT, env=_env(), timeout=600, capture_output=True, text=True)
+  assert res.returncode == 1
+  last = res.stderr.strip().splitlines()[-1]
+  assert "holds a run trained with another config: model.embed_dim: 32 there, 64 now" in last
+  assert "total_steps" not in last.split("fields that may change")[0]   # may change
+  for p, data in before.items():
+    assert (run / p).read_bytes() == data, p
+  assert sorted(os.listdir(run / "checkpoints")) == ["6", "8"]
+
+
+def test_a_config_json_that_does_not_fit_names_the_parameter_and_both_shapes(tmp_path, ref):
+  """jaxclap.load / export read the model's shapes from config.json: one edited (or
+  from another run) is refused naming the first parameter that differs."""
+  from jaxclap import checkpoints
+  run = _copy(ref, tmp_path)
+  config = json.loads((run / "config.json").read_text())
+  config["model"]["embed_dim"] = 64
+  (run / "config.json").write_text(json.dumps(config))
+  with pytest.raises(checkpoints.ConfigMismatch,
+                     match=r"params/audio_head/\S+ is \([\d, ]+\) in the checkpoint, "
+                           r"\([\d, ]+\) in this model"):
+    checkpoints.open_run(run)
+  assert sorted(os.listdir(run / "checkpoints")) == ["6", "8"]   # not taken for broken
+
+
+def _damage(run, variant):
+  """Damages checkpoint 8 (or adds an unfinished save 9); returns the file touched: the
+  largest data file, the frozen word embeddings, which every reader reads (a reader of
+  params alone never notices damage to optimiser moments, rightly)."""
+  d = run / "checkpoints" / "8" / "state" / "ocdbt.process_0" / "d"
+  big = max(d.iterdir(), key=lambda p: p.stat().st_size)
+  if variant == "truncated":
+    os.truncate(big, big.stat().st_size // 2)
+  elif variant == "zeroed":
+    with open(big, "r+b") as f:   # its middle: inside the word embeddings (params)
+      f.seek(big.stat().st_size // 2)
+      f.write(b"\0" * 100_000)
+  elif variant == "deleted":
+    os.remove(big)
+  elif variant == "unfinished":
+    tmp = run / "checkpoints" / "9.orbax-checkpoint-tmp-1733000000"
+    shutil.copytree(run / "checkpoints" / "8", tmp)
+    os.remove(tmp / "state" / "ocdbt.process_0" / "d" / big.name)
+  return big
+
+
+@pytest.fixture(scope="module")
+def params_at(ref):
+  from jaxclap import checkpoints
+  import jax
+  return {s: jax.device_get(checkpoints.open_run(ref, step=s)[1]["params"]) for s in (6, 8)}
+
+
+@pytest.mark.parametrize("variant", ["truncated", "zeroed", "deleted", "unfinished"])
+def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_read(
+    tmp_path, ref, params_at, variant, caplog):
+  import jax
+  from jaxclap import checkpoints
+  run = _copy(ref, tmp_path)
+  big = _damage(run, variant)
+  with caplog.at_level(logging.WARNING):
+    _, variables = checkpoints.open_run(run)      # what jaxclap.load and export call
+  log = "\n".join(r.getMessage() for r in caplog.records)
+  ckpts = run / "checkpoints"
+  if variant == "unfinished":
+    expected = params_at[8]
+    assert "an unfinished checkpoint save (9.orbax-checkpoint-tmp-1733000000" in log
+    assert sorted(os.listdir(ckpts)) == ["6", "8", "9.unfinished"]
+  else:
+    expected = params_at[6]
+    assert f"checkpoint 8 in {ckpts} cannot be read: " in log
+    assert f'at local file "{ckpts}/8/state/"' in log           # the file it failed on
+    assert f"set aside as {ckpts}/8.broken" in log
+    assert sorted(os.listdir(ckpts)) == ["6", "8.broken"]
+    moved = ckpts / "8.broken" / big.relative_to(ckpts / "8")
+    assert moved.exists() == (variant != "deleted")             # renamed, not deleted
+  got = jax.device_get(variables["params"])
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_no_readable_checkpoint_stops_naming_the_folder(tmp_path, ref):
+  from jaxclap import checkpoints
+  run = _copy(ref, tmp_path)
+  for step in ("6", "8"):
+    (run / "checkpoints" / step / "state" / "_sharding").unlink()
+    d = run / "checkpoints" / step / "state" / "ocdbt.process_0" / "d"
+    for f in d.iterdir():
+      os.truncate(f, 10)
+  ckpts = run / "checkpoints"
+  with pytest.raises(checkpoints.RunFolderError, match=f"no checkpoint in {ckpts} can be "
+                     r"read: 8 \(.*\); 6 \(.*\)\. They were set aside as <step>\.broken"):
+    checkpoints.open_run(run)
+  assert sorted(os.listdir(ckpts)) == ["6.broken", "8.broken"]
+  # A trainer does not start afresh over them (that would bury them under new steps).
+  with pytest.raises(checkpoints.RunFolderError, match=f"{ckpts} has no readable "
+                     r"checkpoint, only ones set aside as unreadable \(6\.broken, 8\.broken\)"):
+    checkpoints.restore(run, None, None)
+
+
+def test_training_falls_back_past_a_broken_checkpoint_and_a_failed_save_stops_it(
+    tmp_path, data_dir, ref):
+  """Checkpoint 8 truncated: the run resumes from 6 and retrains 7, 8 bitwise. Writes
+  past 1 MiB per file then fail (EFBIG: what a full disk does to a save), so the save at
+  step 8 fails: one line names the folder, checkpoint 6 stays readable, no results."""
+  from jaxclap import checkpoints
+  run = _copy(ref, tmp_path)
+  _damage(run, "truncated")
+
+  # SIGXFSZ ignored and the limit set, then exec: both carry over into the run.
+  limited = [sys.executable, "-c", "import os, resource, signal, sys; "
+             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); "
+             "os.execv(sys.executable, [sys.executable] + sys.argv[1:])"]
+  cmd = _main(run, data_dir, extra=["--config.checkpoint_every=100"])
+  res = subprocess.run(limited + cmd[1:], cwd=ROOT, env=_env(), timeout=900,
+                       capture_output=True, text=True)
+  assert "resuming from step 6" in res.stdout, res.stderr[-3000:]
+  assert res.returncode == 1, res.stderr[-3000:]
+  ckpts = run / "checkpoints"
+  last = _stderr_line(res.stderr, "could not write checkpoint")
+  assert last.startswith(f"could not write checkpoint 8 in {ckpts}: "), last
+  assert "MiB free there" in last and "checkpoint 6 is kept" in last
+  assert "checkpoint 8 in" in res.stderr and "cannot be read" in res.stderr
+  rows, expected = _rows(run), {r["step"]: r for r in _rows(ref)}
+  assert [r["step"] for r in rows] == list(range(1, 9))
+  for r in rows:
+    assert r["loss"] == expected[r["step"]]["loss"], r["step"]
+  assert not (run / "results.json").exists()
+  assert "6" in os.listdir(ckpts) and "8.broken" in os.listdir(ckpts)
+  assert checkpoints.open_run(run)[1]["params"]   # 6 still reads
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, data_dir):
+  import jax
+  from jaxclap import checkpoints
+  run = tmp_path / "run"
+  res = subprocess.run(
+      _main(run, data_dir, steps=12, extra=["--config.optim.lr=1e30",
+                                            "--config.max_nonfinite_steps=3",
+                                            "--config.checkpoint_every=2"]),
+      cwd=ROOT, env=_env(), timeout=900, capture_output=True, text=True)
+  assert res.returncode == 1, res.stderr[-3000:]
+  rows = _rows(run)
+  bad = [r["step"] for r in rows if r["nonfinite"]]
+  assert bad and not np.isfinite(rows[bad[0] - 1]["loss"])
+  first = bad[0]
+  assert bad == list(range(first, first + 3)) and rows[-1]["step"] == first + 2
+  last = res.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"steps {first}-{first + 2}: the loss, gradients or update were "
+                         "not finite 3 steps in a row (config.max_nonfinite_steps=3)"), last
+  assert "skipped 1 non-finite" in res.stdout
+  assert not (run / "results.json").exists()
+  steps = sorted(int(s) for s in os.listdir(run / "checkpoints"))
+  assert steps and steps[-1] <= first + 2
+  for s in steps:   # every checkpoint written holds finite parameters
+    params = checkpoints.open_run(run, step=s)[1]["params"]
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
