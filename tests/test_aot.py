@@ -1,0 +1,169 @@
+"""Ahead-of-time compilation for a TPU slice (jaxclap.aot) on this CPU-only host.
+
+libtpu (the ``tpu`` extra) compiles for compile-only TPU devices; without it every test
+here is skipped, saying so. The runlocal demo and CLSP stage 1 are compiled for a v5e
+2x2 slice, their figures checked against hand counts of their matmuls; an overflow
+exits non-zero naming what overflowed.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu is not installed (pip install -e '.[tpu]'): nothing to compile for a "
+           "TPU topology with")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOPOLOGY = "v5e:2x2"
+DEVICES = 4
+
+
+def _layer_flops(tokens: int, seq: int, width: int, mlp: int) -> int:
+  """Forward FLOPs of one transformer encoder layer over ``tokens`` tokens in sequences
+  of ``seq``: q, k, v and output projections (4 w^2 multiply-adds per token), the MLP
+  (2 w mlp), scores and the weighted sum of values (2 seq w): 2 FLOPs a multiply-add."""
+  return 2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * seq * width
+
+
+def _minilm_layer(batch: int, length: int) -> int:
+  # all-MiniLM-L6-v2: 384 wide, MLP 1536; runlocal captions of 56 tokens.
+  return _layer_flops(batch * length, length, 384, 1536)
+
+
+def _runlocal_vit(batch: int) -> int:
+  """The runlocal ViT's forward: 3 s at a 10 ms hop -> 301 frames, cut to 288 (a multiple
+  of the 16-frame patch) x 64 mel bins -> 18 x 4 = 72 patches of 256 values; one layer 32
+  wide, MLP 64. Under 1% of either config's count: the text tower dominates."""
+  patches = 72
+  embed = 2 * batch * patches * 256 * 32
+  return embed + _layer_flops(batch * patches, patches, 32, 64)
+
+
+def _compile(config_name, **overrides):
+  from jaxclap import aot, configs
+  c = configs.load(config_name)
+  for k, v in overrides.items():
+    c[k] = v
+  return aot.compile_step(c, TOPOLOGY)
+
+
+@pytest.fixture(scope="module")
+def demo():
+  """The runlocal demo compiled, recording that the program lowered is the Trainer's own
+  step (its ``_step`` traced once, inside ``Trainer.step``) and that nothing loaded the
+  pretrained text tower (``model.text.init="minilm"``) or built a state."""
+  from jaxclap import train
+  from jaxclap.models import convert
+  calls = {"step": 0}
+  original = train.Trainer._step
+
+  def counted(self, state, batch):
+    calls["step"] += 1
+    return original(self, state, batch)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("AOT read weights or built a state")
+
+  mp = pytest.MonkeyPatch()
+  mp.setattr(train.Trainer, "_step", counted)
+  mp.setattr(train.Trainer, "init_state", refuse)
+  mp.setattr(convert, "import_tower", refuse)
+  try:
+    result = _compile("configs/demo.py:runlocal")
+  finally:
+    mp.undo()
+  return result, calls
+
+
+def test_demo_is_the_trainers_step(demo):
+  result, calls = demo
+  assert calls["step"] == 1   # traced once: the program compiled is Trainer._step
+  trainer = result["trainer"]
+  # The executable is what Trainer.step (the jitted function main calls) compiles to:
+  # same shardings in and out, the state donated.
+  compiled = result["compiled"]
+  assert compiled.input_shardings[0][0] == trainer.state_shardings
+  f = result["figures"]
+  assert f["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+  assert f["alias_bytes"] > 0.9 * f["state_bytes"]   # donate_argnums=(0,)
+
+
+def test_demo_figures(demo):
+  result, _ = demo
+  f = result["figures"]
+  from jaxclap import aot
+  assert f["chip"] == "v5e" and f["devices"] == DEVICES and f["hbm"] == aot.CHIPS[
+      "TPU v5 lite"].usable_hbm
+  # 22.7M parameters, all but the heads frozen (MiniLM); replicated over a data-only mesh.
+  assert 22e6 < f["params"] < 23.5e6 and f["trained_params"] < 0.5e6
+  assert 4 * f["params"] <= f["params_bytes"] < 4.2 * f["params"]
+  assert 0 < f["temp_bytes"] and 0 < f["peak_bytes"] < f["hbm"] and f["fits"]
+  assert f["argument_bytes"] >= f["state_bytes"] + f["batch_bytes"] - 2 ** 16
+  # FLOPs per device against the hand count: the frozen MiniLM runs forward only (6
+  # layers over 8 x 56 tokens), the ViT forward and backward (3x); the compiled count
+  # adds the rest (front end, MAE decoder, heads, loss, softmax, norms, optimiser). The
+  # global batch of 8 is split over the 4 devices.
+  hand = (6 * _minilm_layer(8, 56) + 3 * _runlocal_vit(8)) / DEVICES
+  assert 1.0 <= f["flops"] / hand <= 1.3, (f["flops"], hand)
+  assert f["tflop_per_step"] == pytest.approx(f["flops"] * DEVICES / 1e12)
+  assert 0 < f["mfu_bound"] <= 1 and f["bound_s"] >= f["compute_s"]
+  text = aot.report(f)
+  assert "peak" in text and text.splitlines()[-1].startswith("row: | v5e-4 (`v5e:2x2`) |")
+
+
+def test_demo_serializes(demo, tmp_path):
+  import pickle
+  from jaxclap import aot
+  result, _ = demo
+  path = tmp_path / "step.bin"
+  aot.serialize(result["compiled"], str(path))
+  with open(path, "rb") as fh:
+    payload, in_tree, out_tree = pickle.load(fh)
+  assert len(payload) > 2 ** 16 and in_tree.num_leaves > 10 and out_tree.num_leaves > 10
+
+
+def test_clsp_stage1_flops():
+  """CLSP stage 1's runlocal trains MiniLM's top 2 layers (the lower 4 and the
+  embeddings frozen): 4 layers forward only, 2 forward and backward (3x)."""
+  f = _compile("configs/clsp.py:runlocal,stage=1")["figures"]
+  hand = ((4 + 3 * 2) * _minilm_layer(8, 56) + 3 * _runlocal_vit(8)) / DEVICES
+  assert 1.0 <= f["flops"] / hand <= 1.3, (f["flops"], hand)
+  assert 0 < f["peak_bytes"] < f["hbm"]
+
+
+def test_overflow_exits_naming_it(tmp_path):
+  """A global batch of 32,768 runlocal clips does not fit a v5e: the command exits 1
+  with one line naming the overflow, not a traceback."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxclap.aot", "--config=configs/demo.py:runlocal",
+       f"--topology={TOPOLOGY}", "--config.global_batch_size=32768"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "does not fit" in last and "global batch 32768" in last and "v5e:2x2" in last, last
+  assert "HBM" in last and "Traceback" not in proc.stderr
+
+
+def test_topologies_and_slices():
+  """Topology names as MaxText spells them, one device per chip, and two slices joined
+  on the data axis (each slice one contiguous half of it)."""
+  import ml_collections
+  from jaxclap import aot
+  assert aot.parse_topology("v5p:4x4x8") == ("v5:4x4x8", {})
+  assert aot.parse_topology("v4:4x4x4") == ("v4:4x4x4", {"chip_config_name": "megacore"})
+  with pytest.raises(ValueError, match="--topology='v5e-16'"):
+    aot.parse_topology("v5e-16")
+  assert len(aot.topology_devices("v4:2x2x2")) == 8      # 8 chips, 16 TensorCores
+  devices = aot.topology_devices(TOPOLOGY, num_slices=2)
+  mesh = aot.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)), devices, 2)
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  slices = [d.slice_index for d in mesh.devices.flat]
+  assert slices == [0] * 4 + [1] * 4
+  with pytest.raises(ValueError, match="multiple of --num_slices=2"):
+    aot.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)), devices, 2)
