@@ -38,6 +38,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import os
 import socket
 import time
@@ -114,9 +115,21 @@ def restore(workdir: str, abstract_state: Any, data_iter) -> tuple[Any, int] | N
   _set_aside_unfinished(workdir, always=True)
 
   def read(mgr, step):
-    return mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iter)))["state"]
+    data = os.path.join(folder(workdir), str(step), "data")
+    own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if os.path.exists(os.path.join(data, own)):
+      return mgr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(data_iter)))["state"]
+    # Written by another process count: every process's iterator stood at the same
+    # position (global batch s is one slice of the one global stream per process), so
+    # any of its files gives this process's position.
+    state = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))["state"]
+    data_iter.set_state(_shared_data_position(data, step))
+    if hasattr(data_iter, "start_prefetch"):   # as grain's own restore does
+      data_iter.start_prefetch()
+    return state
 
   got = _newest_readable(workdir, read, abstract_state, set_aside=True,
                          sync=jax.process_count() > 1)
@@ -127,6 +140,24 @@ def restore(workdir: str, abstract_state: Any, data_iter) -> tuple[Any, int] | N
         "rename one back to its step number if it can be repaired, or move the folder "
         "away (or use another --workdir) to start afresh")
   return got
+
+
+def _shared_data_position(data: str, step: int) -> dict:
+  """The one data position of checkpoint ``step``'s per-process iterator files."""
+  names = sorted(n for n in os.listdir(data) if re.fullmatch(r"process_\d+-of-\d+\.json", n))
+  if not names:
+    raise RunFolderError(f"checkpoint {step}: no data position in {data}")
+  states = {}
+  for n in names:
+    with open(os.path.join(data, n)) as f:
+      states[n] = json.load(f)
+  if len({json.dumps(s, sort_keys=True) for s in states.values()}) > 1:
+    raise ConfigMismatch(
+        f"checkpoint {step} was written by {len(names)} processes whose data positions "
+        f"differ ({data}); it resumes only with that many processes")
+  logging.info("checkpoint %d: data position of %d processes read into %d", step,
+               len(names), jax.process_count())
+  return next(iter(states.values()))
 
 
 def restore_variables(workdir: str, abstract: dict, step: int | None = None,
@@ -189,6 +220,8 @@ def _newest_readable(workdir: str, read: Callable, abstract: Any, *, set_aside: 
     _check_fits(workdir, step, abstract, field)
     try:
       out, err = read(mgr, step), None
+    except ConfigMismatch:   # not damage: another model or process count
+      raise
     except Exception as e:   # whatever Orbax / tensorstore raise for a damaged file
       out, err = None, e
     if sync:
@@ -476,7 +509,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir}: no {CONFIG_FILE}; is it a jaxclap run folder?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    stored = json.load(f)
+  # Run folders written before features.kind existed computed the log-mel, the only
+  # front end then without the field (the fbank one has always named itself).
+  if "features" in stored and "kind" not in stored["features"]:
+    stored["features"]["kind"] = "logmel"
+  return ml_collections.ConfigDict(stored)
 
 
 def open_run(workdir: str, step: int | None = None, device: Any = None

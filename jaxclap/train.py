@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -84,6 +85,15 @@ class Trainer:
     if int(config.global_batch_size) % self.accum:
       raise ValueError(f"global_batch_size={config.global_batch_size} is not divisible by "
                        f"optim.grad_accum={self.accum}")
+    # Checked here, before anything compiles: jax would raise deep in the first step.
+    split = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+    if int(config.global_batch_size) % (split * self.accum):
+      raise ValueError(
+          f"global_batch_size={config.global_batch_size} does not split over the {split} "
+          f"devices the batch is sharded on (mesh "
+          + " x ".join(f"{a}={mesh.shape[a]}" for a in sharding.BATCH_AXES)
+          + (f", times optim.grad_accum={self.accum}" if self.accum > 1 else "")
+          + f"): use a multiple of {split * self.accum}, or another config.mesh")
     self.state_shardings = self._state_shardings()
     self.batch_sharding = sharding.batch_sharding(mesh)
     self.step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_sharding),
@@ -287,6 +297,15 @@ class Trainer:
 # ------------------------------------------------------------------------------ loop
 
 
+def _global_indices(local_index) -> list[int]:
+  """The stream indices of the whole global batch in its row order (every process's
+  rows; a collective, so every process calls it)."""
+  if jax.process_count() == 1:
+    return np.asarray(local_index).tolist()
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(local_index, tiled=True)).tolist()
+
+
 def resolve_sources(config: Any) -> str | None:
   """Builds (or reuses) the embedded corpus when a source names ``@corpus``; returns its
   path and rewrites those sources in place."""
@@ -294,8 +313,15 @@ def resolve_sources(config: Any) -> str | None:
     return None
   from jaxclap.corpus import speech_corpus
   c = config.corpus
-  path = speech_corpus.build(c.get("data_dir"), seed=int(c.seed), scale=float(c.scale),
-                             num_workers=int(c.num_workers))
+  build = lambda: speech_corpus.build(c.data_dir, seed=int(c.seed), scale=float(c.scale),
+                                      num_workers=int(c.num_workers))
+  if jax.process_count() == 1:
+    path = build()
+  else:   # process 0 builds; the others then reuse it (or build their own host's copy)
+    from jax.experimental import multihost_utils
+    path = build() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("jaxclap: corpus built")
+    path = path or build()
   with config.unlocked():
     config.input.sources = [dict(s, path=path) if s["path"] == "@corpus" else dict(s)
                             for s in config.input.sources]
@@ -665,7 +691,7 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   try:
     for step in range(start + 1, total + 1):
       local = next(data_iter)
-      extra = {"data_index": local["index"].tolist()} if log_indices else None
+      extra = {"data_index": _global_indices(local["index"])} if log_indices else None
       state, metrics = trainer.step(state, sharding.global_batch(local, mesh))
       progress.add(step, metrics, extra)
       preempted = preemption.reached(step)

@@ -162,3 +162,34 @@ def test_export_refuses_an_out_path_that_is_a_file_or_a_foreign_folder(tmp_path)
   res = subprocess.run([sys.executable, "-m", "jaxclap.export", f"--workdir={tmp_path}/run",
                         f"--out={taken}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert res.returncode == 2 and "is a file" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_up_front():
+  """3 devices, global batch 8: named before anything compiles (was an IndivisibleError
+  deep in jax after the set-up)."""
+  from cpu_devices import run_on_cpu_devices
+  got = run_on_cpu_devices(__file__, count=3, timeout=300)
+  assert got["error"].startswith("global_batch_size=8 does not split over the 3 devices"), got
+  assert "use a multiple of 3" in got["error"]
+
+
+def test_a_mesh_that_does_not_match_the_devices_names_both_numbers():
+  from jaxclap import sharding
+  with pytest.raises(ValueError, match=r"config.mesh \{'data': 4, 'fsdp': 4, 'tensor': 1\} "
+                                       r"needs 16 devices; there are 8"):
+    sharding.mesh_shape({"data": 4, "fsdp": 4, "tensor": 1}, 8)
+  with pytest.raises(ValueError, match="8 devices are not divisible by 3"):
+    sharding.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
+
+
+if __name__ == "__main__":
+  import jax
+  from jaxclap import sharding, train
+  c = configs.load("configs/demo.py", "runlocal")
+  c.mesh.data = -1
+  try:
+    train.Trainer(c, sharding.make_mesh(c.mesh))
+    out = {"error": None, "devices": jax.device_count()}
+  except ValueError as e:
+    out = {"error": str(e), "devices": jax.device_count()}
+  print(json.dumps(out))
