@@ -21,6 +21,11 @@ process's rank itself; elsewhere give all three:
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
   (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; launch/local.py sets
   them for N CPU processes on one machine). jaxclap/distributed.py says what decides.
+
+Exit status: 0 when the run finished; 143 after SIGTERM (a preemption: the current step
+was saved, re-run the same command to resume; schedulers should requeue on 143); 1 with
+a one-line message when the run stopped on its own (non-finite steps, a failed save, a
+folder another run holds, a config that does not match the checkpoints).
 """
 
 import os
