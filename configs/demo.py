@@ -9,6 +9,9 @@ Arguments after the colon (big_vision style, comma-separated ``key=value``):
   batch=N        global batch size (default 48)
   scale=X        corpus size multiplier (default 1.0; 0.05 for a smoke test)
   runlocal       a tiny run for tests: small towers, few steps, a small corpus
+  data=DIR       train on your own prepared corpus (its train split) instead of the
+                 embedded one; DIR1@0.7+DIR2@0.3 mixes several by weight; evaluated by
+                 retrieval and the tasks its tasks.json declares (configs.data_sources)
   audio=NAME     the audio tower (default vit):
                    vit     AudioMAE-shaped spectrogram ViT + MAE decoder (SLAP, AcuLa)
                    htsat   HTS-AT tiny, Swin over the folded mel image (LAION-CLAP);

@@ -59,7 +59,7 @@ def get_config(arg: str | None = None):
   c.input.caption_pool = "global"
   # Data: large corpora sub-sampled afresh every 2,000 steps. On the embedded corpus
   # (one source) runlocal shows the mechanism: a 120-clip subset redrawn every 10 steps.
-  if runlocal:
+  if runlocal and not args.get("data"):   # data=DIR: the user's corpora, as given
     c.input.sources = [dict(path="@corpus", split="train", weight=1.0, subset=120,
                             redraw_every=10)]
   # Optimiser: Adam (0.9, 0.999), 50k steps, 2,500 warm-up steps to lr 1e-4, then x0.99

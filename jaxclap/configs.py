@@ -20,7 +20,10 @@ Field reference (``--config.<path>=value`` overrides any of them):
   corpus.*             the embedded corpus (jaxclap.corpus.speech_corpus): data_dir, seed,
                        scale (size multiplier), num_workers (synthesis processes)
   input.sources        corpora to mix: dict(path, split, weight[, subset, redraw_every]);
-                       path "@corpus" is the embedded corpus (jaxclap.input_pipeline)
+                       path "@corpus" is the embedded corpus (jaxclap.input_pipeline). The
+                       config argument ``data=DIR`` (``data=DIR1@0.7+DIR2@0.3``: several,
+                       mixed by weight) sets it to those corpora's train splits and runs
+                       every evaluator type their tasks.json can feed (``data_sources``)
   input.sample_rate    Hz of the stored waveforms
   input.clip_seconds   training window (random crop / pad)
   input.pad            "zero" or "repeat" (LAION's repeatpad) for short clips
@@ -41,6 +44,11 @@ Field reference (``--config.<path>=value`` overrides any of them):
                        per-head overrides (kind, hidden_dim, activation, dropout_rate)
   model.logit_scale_init   log of the initial logit multiplier (clamped to [0, ln 100])
   model.logit_bias_init    SigLIP's bias (loss.terms.sigmoid only), else None
+  model.remat          "none" or a rematerialisation policy for every transformer / Swin
+                       tower's blocks (jaxclap.models.transformer.REMAT_POLICIES:
+                       nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable):
+                       activation memory for recompute; the parameters are the same, so a
+                       run may resume with another. A tower's own model.<side>.remat wins
   model.audio / text   the towers: name, their fields, init (pretrained weights path),
                        init_kind, preset (a named size the tower registers), dtype
   tokenizer            kind and path (jaxclap.tokenizers); path "@corpus" trains one
@@ -95,7 +103,7 @@ AUDIO = towers.table("audio")
 TEXT = towers.table("text")
 
 # Arguments every config file takes (after the colon) and their types.
-COMMON_ARGS = {"steps": int, "batch": int, "scale": float, "runlocal": bool}
+COMMON_ARGS = {"steps": int, "batch": int, "scale": float, "runlocal": bool, "data": str}
 # The repository's configs/ folder (next to the package in a checkout).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs")
@@ -142,6 +150,9 @@ def parse(arg: str | None, name: str, extra: dict[str, tuple] | None = None) -> 
     elif kind is bool:
       if value is not True:
         raise ValueError(f"{name}: {key} is a flag and takes no value (got {key}={value})")
+    elif kind is str:
+      if value is True or not value:
+        raise ValueError(f"{name}: {key} takes a value ({key}=...)")
     else:
       try:
         out[key] = kind(value)
@@ -201,6 +212,30 @@ def set_terms(c: ml_collections.ConfigDict, **weights: float) -> None:
       {**{name: 0.0 for name in c.loss.terms}, **{k: float(v) for k, v in weights.items()}})
 
 
+def data_sources(arg: str, split: str = "train") -> list[dict]:
+  """The ``data=`` config argument -> ``input.sources``: corpora joined by "+", each a
+  prepared dataset folder (``python -m jaxclap.prepare`` or a ``data/`` builder's
+  ``<out>/<name>/1.0.0``, or a folder holding one) with an optional ``@weight`` (default
+  1): ``data=~/corpora/mine/1.0.0`` or ``data=~/corpora/a@0.7+~/corpora/b@0.3``. "+" and
+  "@" because "," separates config arguments and ":" starts them (and occurs in gs://)."""
+  sources = []
+  for i, item in enumerate(arg.split("+")):
+    path, sep, weight = item.strip().rpartition("@") if "@" in item else (item.strip(), "", "")
+    if not path:
+      raise ValueError(f"data={arg!r}: corpus {i + 1} has no path (use data=DIR or "
+                       "data=DIR1@0.7+DIR2@0.3)")
+    try:
+      w = float(weight) if sep else 1.0
+    except ValueError:
+      raise ValueError(f"data={arg!r}: weight {weight!r} of {path} is not a number") from None
+    if not (w > 0 and math.isfinite(w)):
+      raise ValueError(f"data={arg!r}: weight {weight!r} of {path} must be > 0")
+    if "://" not in path:   # the shell leaves ~ inside --config=...:data=~/x unexpanded
+      path = os.path.abspath(os.path.expanduser(path))
+    sources.append(dict(path=path, split=split, weight=w))
+  return sources
+
+
 def base(args: dict) -> ml_collections.ConfigDict:
   """The demo's settings (a small AudioMAE-shaped ViT against MiniLM on the embedded
   corpus); recipes override them. ``args``: what ``parse`` returned."""
@@ -222,7 +257,8 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.corpus.num_workers = 2
 
   c.input = ml_collections.ConfigDict()
-  c.input.sources = [dict(path="@corpus", split="train", weight=1.0)]
+  c.input.sources = (data_sources(args["data"]) if args.get("data") else
+                     [dict(path="@corpus", split="train", weight=1.0)])
   c.input.sample_rate = 16000
   c.input.clip_seconds = 3.0
   c.input.pad = "zero"
@@ -263,6 +299,7 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.model.text_head = None
   c.model.logit_scale_init = math.log(1 / 0.07)  # CLIP/SLAP temperature 0.07
   c.model.logit_bias_init = ml_collections.FieldReference(None, field_type=float)
+  c.model.remat = "none"
   c.model.audio = tower(AUDIO, "vit", runlocal)
   c.model.text = tower(TEXT, "minilm", runlocal)
   c.tokenizer = ml_collections.ConfigDict(dict(kind="minilm"))
@@ -324,4 +361,9 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict()
   c.evals.zero_shot = dict(type="zero_shot", every=0)
   c.evals.retrieval = dict(type="retrieval", every=0)
+  if args.get("data"):
+    # Your own corpus: whatever its tasks.json declares is evaluated (an evaluator whose
+    # kind of task it lacks says so and is left out), and retrieval always.
+    c.evals.multiclass = dict(type="multiclass", every=0)
+    c.evals.graded = dict(type="graded", every=0)
   return c

@@ -331,13 +331,21 @@ TITLES = {"zero_shot": "zero-shot (binary, antonym prompts)",
           "linear_probe": "linear probe (logistic regression)"}
 
 
-def format_table(results: dict, layout=DEFAULT_LAYOUT) -> str:
+def format_table(results: dict, layout=DEFAULT_LAYOUT, tasks: Mapping | None = None) -> str:
   """The sections of ``results`` that are present, one table each, in ``layout`` order:
-  (name, type, title or None) per evaluator (``jaxclap.evaluators``)."""
+  (name, type, title or None) per evaluator (``jaxclap.evaluators``); then the evaluators
+  left out (``results["skipped"]``: name -> why) and, given ``tasks`` (``read_tasks``),
+  what the corpus declares, so a corpus without tasks shows what it was evaluated on."""
   lines = []
   for name, kind, title in layout:
     if name in results:
       lines += _TABLES[kind](results, name, title or TITLES[kind])
+  for name, why in (results.get("skipped") or {}).items():
+    lines.append(f"{name}: not run: {why}")
+  if tasks is not None and results.get("skipped"):
+    declared = [f"{kind} {', '.join(t)}" for kind, t in tasks.items() if t]
+    lines.append("the corpus declares: " + ("; ".join(declared) if declared else
+                                           "no tasks (evaluated by retrieval)"))
   return "\n".join(lines)
 
 
@@ -351,7 +359,10 @@ def _zero_shot_table(results, name, title):
     lines.append(f"  {task:<36s} {bal * 100:8.1f}%  {acc * 100:8.1f}%  "
                  + (f"{f1[task] * 100:8.1f}%  " if task in f1 else "")
                  + f"{c['clips']:5d} ({c['positive']})")
-  lines.append(f"  {'mean':<36s} {results[f'{name}_mean'] * 100:8.1f}%")
+  if results[name]:   # no task had a labelled clip: no mean to print (it was "nan%")
+    lines.append(f"  {'mean':<36s} {results[f'{name}_mean'] * 100:8.1f}%")
+  else:
+    lines.append("  (no clip of the split is labelled for any binary task)")
   return lines
 
 

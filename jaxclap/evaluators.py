@@ -20,6 +20,9 @@ Results are flat sections keyed by the evaluator's name: a zero_shot evaluator `
 writes ``N`` (balanced accuracy per task), ``N_accuracy``, ``N_f1``, ``N_macro_f1``,
 ``N_mean`` and ``N_counts``; linear_probe ``N`` writes ``N`` and ``N_train_split``; the
 others ``N`` alone (see ``jaxclap.evaluate``); ``clips`` counts each embedded split.
+An evaluator the corpus cannot feed (a ``zero_shot`` on a corpus that declares no binary
+task, say, your own captions-only corpus) is left out, its reason under
+``skipped[N]``; the table prints it and the tasks the corpus does declare.
 """
 
 from __future__ import annotations
@@ -47,6 +50,15 @@ class Evaluator:
   fields: dict = {}
   prompts = False
   title = ""
+  task_kinds: tuple[str, ...] = ()   # it needs at least one task of one of these kinds
+
+  def unsupported(self, ctx) -> str | None:
+    """Why the corpus cannot feed this evaluator (it declares no task of its kinds), or
+    None: such an evaluator is left out of the round and the reason printed."""
+    if self.task_kinds and not any(ctx.tasks[k] for k in self.task_kinds):
+      return ("the corpus declares no " + " or ".join(f"{k} task" for k in self.task_kinds)
+              + " (its tasks.json)")
+    return None
 
   def __init__(self, name: str, entry: dict, defaults: dict):
     self.name = name
@@ -73,6 +85,7 @@ class Evaluator:
 
 class ZeroShot(Evaluator):
   prompts = True
+  task_kinds = ("binary",)
 
   def run(self, emb, ctx):
     zs = evaluate.zero_shot(emb[self.split]["audio"], ctx.metadata(self.split),
@@ -104,6 +117,7 @@ class Retrieval(Evaluator):
 
 class Multiclass(Evaluator):
   prompts = True
+  task_kinds = ("multiclass",)
 
   def run(self, emb, ctx):
     return {"": evaluate.zero_shot_multiclass(emb[self.split]["audio"], ctx.metadata(self.split),
@@ -113,6 +127,7 @@ class Multiclass(Evaluator):
 
 class Graded(Evaluator):
   prompts = True
+  task_kinds = ("graded",)
 
   def run(self, emb, ctx):
     return {"": evaluate.graded(emb[self.split]["audio"], ctx.metadata(self.split),
@@ -123,6 +138,7 @@ class Graded(Evaluator):
 class LinearProbe(Evaluator):
   """Trained on ``train_split``'s embeddings (by the same model), tested on ``split``."""
   fields = dict(train_split="validation")
+  task_kinds = ("binary", "multiclass")
 
   def needs(self):
     return {self.split: set(), self.train_split: set()}
@@ -194,8 +210,13 @@ class Evaluators:
     """One round: the results of the evaluators due at ``step`` (flat sections, see the
     module docstring); ``variables``: ``TrainState.variables()``."""
     due = self.due(step)
+    if self._tasks is None:
+      self._tasks = records.read_tasks(self.path)   # the corpus's own, not its path's
+    ctx = _Context(self._tasks, self.metadata, None)
+    skipped = {e.name: why for e in due if (why := e.unsupported(ctx))}
+    due = [e for e in due if e.name not in skipped]
     if not due:
-      return {}
+      return {"skipped": skipped} if skipped else {}
     needs: dict[str, set[str]] = {}
     sizes: dict[str, int] = {}
     for e in due:
@@ -204,10 +225,8 @@ class Evaluators:
         sizes[split] = max(sizes.get(split, 0), e.batch_size)
     emb = {split: self.embed_split(variables, split, sorted(pools), sizes[split])
            for split, pools in needs.items()}
-    if self._tasks is None:
-      self._tasks = records.read_tasks(self.path)   # the corpus's own, not its path's
-    ctx = _Context(self._tasks, self.metadata, self._model(variables).embed_text)
-    out = {}
+    ctx.embed_text = self._model(variables).embed_text
+    out = {"skipped": skipped} if skipped else {}
     for e in due:
       out.update({e.name + suffix: v for suffix, v in e.run(emb, ctx).items()})
     out["clips"] = {split: int(len(e["audio"])) for split, e in emb.items()}
@@ -216,7 +235,8 @@ class Evaluators:
   def table(self, results: dict) -> str:
     """``evaluate.format_table`` of ``results``, one section per evaluator."""
     return evaluate.format_table(results, [(e.name, e.kind, e.title or None)
-                                           for e in self.evaluators])
+                                           for e in self.evaluators],
+                                 tasks=self._tasks)
 
   # -- embeddings
 

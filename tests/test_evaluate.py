@@ -1,5 +1,7 @@
 """Zero-shot and retrieval metrics on hand-built embeddings with known answers."""
 
+import os
+import re
 from types import SimpleNamespace
 
 import jax
@@ -412,3 +414,34 @@ def test_evaluators_refuse_a_nan_model(two_step_run, run_evaluators):
   nan = jax.tree_util.tree_map(lambda x: x * np.nan, state.variables())
   with pytest.raises(evaluate.NonFiniteError, match=r"window embeddings: (\d+) of \1 windows"):
     run_evaluators.run(nan, int(c.total_steps))
+
+
+def test_data_argument_names_the_corpora_and_their_weights(tmp_path):
+  from jaxclap import configs
+  c = configs.load("demo", f"runlocal,data={tmp_path}/a/1.0.0@0.7+~/b@0.3")
+  assert [dict(s) for s in c.input.sources] == [
+      dict(path=f"{tmp_path}/a/1.0.0", split="train", weight=0.7),
+      dict(path=os.path.expanduser("~/b"), split="train", weight=0.3)]
+  assert {e["type"] for e in c.evals.values()} == {"zero_shot", "multiclass", "graded",
+                                                    "retrieval"}
+  assert configs.load("demo", "data=gs://bucket/c").input.sources[0]["path"] == "gs://bucket/c"
+  assert configs.load("demo", "runlocal").input.sources[0]["path"] == "@corpus"
+  for arg, msg in (("data=", "takes a value"), ("data", "takes a value"),
+                   ("data=/a@x", "weight 'x' of /a is not a number"),
+                   ("data=/a@0", "must be > 0"), ("data=/a+@1", "corpus 2 has no path")):
+    with pytest.raises(ValueError, match=re.escape(msg)):
+      configs.load("demo", arg)
+
+
+def test_table_of_a_corpus_without_tasks_says_what_ran():
+  tasks = {"binary": {}, "multiclass": {}, "graded": {}}
+  table = evaluate.format_table(
+      {"retrieval": {"text_to_audio/R@1": 0.5},
+       "skipped": {"zero_shot": "the corpus declares no binary task (its tasks.json)"}},
+      tasks=tasks)
+  assert "nan" not in table
+  assert "zero_shot: not run: the corpus declares no binary task" in table
+  assert "no tasks (evaluated by retrieval)" in table and "50.0%" in table
+  empty = evaluate.format_table({"zero_shot": {}, "zero_shot_accuracy": {},
+                                 "zero_shot_counts": {}, "zero_shot_mean": float("nan")})
+  assert "nan" not in empty and "no clip of the split is labelled" in empty
