@@ -8,7 +8,7 @@
   Balanced accuracy, plain accuracy, and F1 of the positive side (SLAP's metric) / macro-F1.
 * Multi-class zero-shot (CLSP's gender / age / emotion): one prototype per class, argmax;
   weighted accuracy (WA, plain accuracy) and unweighted accuracy (UA, mean per-class
-  recall: chance is 1/classes however skewed the split).
+  recall: chance is 1/classes however skewed the split), and the confusion matrix.
 * Retrieval: each clip's first caption as the query / target; text->audio and
   audio->text R@1/5/10 and mAP@10 (one relevant item per query, so AP = 1/rank). Tied
   similarities count as in expectation over a random order of the tied items, so a
@@ -36,6 +36,7 @@ false with everything: unchecked, a NaN model's retrieval ranks all come out 0 (
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -161,6 +162,11 @@ def zero_shot_multiclass(audio_emb: np.ndarray, metadata: list[dict], tasks: Map
         "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
         "clips": int(idx.size),
         "classes": {task.classes[c]: int(np.sum(y == c)) for c in present},
+        "class_names": list(task.classes),
+        # rows: the true class, columns: the predicted one, both in class_names order
+        "confusion": np.bincount(y * len(task.classes) + pred,
+                                 minlength=len(task.classes) ** 2
+                                 ).reshape(len(task.classes), -1).tolist(),
     }
   return out
 
@@ -278,36 +284,58 @@ def graded(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Any]
 
 
 def retrieval(audio_emb: np.ndarray, text_emb: np.ndarray, ks=(1, 5, 10), *,
-              split: str | None = None) -> dict[str, float]:
-  """Paired rows (clip i <-> caption i): R@k and mAP@10 each way, and chance's R@1.
+              split: str | None = None, caption_owner: Sequence[int] | None = None
+              ) -> dict[str, float]:
+  """R@k and mAP@10 each way, and chance's R@1. Rows are paired (clip i <-> caption i)
+  unless ``caption_owner`` gives each caption's clip (Clotho's and AudioCaps' protocol:
+  every one of a clip's captions is a text->audio query; audio->text, a clip's query is
+  answered by whichever of its captions ranks first, and AP@10 is 1 / that rank).
 
-  Ties are counted in expectation over a random order of the tied items: with g items
-  strictly above the correct one and t tied with it (itself included), its rank is
-  uniform on g+1 .. g+t. Sorting code breaks ties by index, i.e. arbitrarily, so this
-  is what such code reports on average, without its dependence on the row order. The
-  other two conventions lie about a collapsed model: counting ties for the model gives a
-  constant model R@1 = 100%, counting them against it gives 0%, below chance; the
-  expectation gives it exactly chance (R@k = k/n) and leaves untied ranks as they are.
+  Ties are counted in expectation over a random order of the tied items: with g wrong
+  items strictly above the best right one, and u wrong and r right items tied with it,
+  the first right item comes after X of the u, X as in a random shuffle of the u + r.
+  Sorting code breaks ties by index, i.e. arbitrarily, so this is what such code reports
+  on average, without its dependence on the row order. The other two conventions lie
+  about a collapsed model: counting ties for the model gives a constant model R@1 =
+  100%, counting them against it gives 0%, below chance; the expectation gives it
+  exactly chance (R@k = k/n) and leaves untied ranks as they are.
   Non-finite embeddings or similarities raise ``NonFiniteError`` naming ``split``."""
   _check(audio_emb, "retrieval", "audio embeddings", split, "clips")
   _check(text_emb, "retrieval", "text embeddings", split, "captions")
   sim = np.asarray(audio_emb, np.float64) @ np.asarray(text_emb, np.float64).T
   _check(sim, "retrieval", "similarities", split, "clips")
-  harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, 11))])   # H(0), .., H(10)
+  owner = np.arange(len(sim)) if caption_owner is None else np.asarray(caption_owner)
+  if owner.shape != (sim.shape[1],) or owner.min() < 0 or owner.max() >= len(sim):
+    raise ValueError(f"{_where('retrieval', split)}: caption_owner must give one clip "
+                     f"index (0..{len(sim) - 1}) per caption ({sim.shape[1]})")
+  right = owner[None, :] == np.arange(len(sim))[:, None]      # [clips, captions]
+  out = {}
+  for name, s, rel in (("text_to_audio", sim.T, right.T), ("audio_to_text", sim, right)):
+    for key, v in _rank_metrics(s, rel, ks).items():
+      out[f"{name}/{key}"] = v
+  out["chance/R@1"] = 1.0 / len(sim)
+  return out
+
+
+def _rank_metrics(s: np.ndarray, rel: np.ndarray, ks) -> dict[str, float]:
+  """Mean R@k and AP@10 (1 / the first right item's rank) of the queries (rows) of
+  scores ``s`` with right items ``rel`` (at least one per row), ties in expectation
+  (``retrieval``)."""
   # Equal up to rounding is a tie: a matrix product need not give identical rows
   # bit-identical dot products (BLAS kernels sum edge blocks in another order).
-  tol = 1e-6 * max(1.0, float(np.abs(sim).max()))
-  out = {}
-  for name, s in (("text_to_audio", sim.T), ("audio_to_text", sim)):
-    correct = np.diag(s)[:, None]
-    above = np.sum(s > correct + tol, axis=1)                 # g
-    tied = np.sum(np.abs(s - correct) <= tol, axis=1)         # t >= 1: the correct item itself
-    for k in ks:   # P(rank <= k) = (how many of g+1 .. g+t are <= k) / t
-      out[f"{name}/R@{k}"] = float(np.mean(np.clip(k - above, 0, tied) / tied))
-    # E[1/rank if rank <= 10 else 0] = (H(min(g+t, 10)) - H(min(g, 10))) / t
-    ap = (harmonic[np.minimum(above + tied, 10)] - harmonic[np.minimum(above, 10)]) / tied
-    out[f"{name}/mAP@10"] = float(np.mean(ap))
-  out["chance/R@1"] = 1.0 / len(sim)
+  tol = 1e-6 * max(1.0, float(np.abs(s).max()))
+  best = np.max(np.where(rel, s, -np.inf), axis=1, keepdims=True)
+  above = np.sum((s > best + tol) & ~rel, axis=1)               # g
+  tie = np.abs(s - best) <= tol
+  u, r = np.sum(tie & ~rel, axis=1), np.sum(tie & rel, axis=1)  # r >= 1
+  # P(X >= x) for x = 0 .. 11: the first x of the shuffled tied items all wrong.
+  j, u_, n_ = np.arange(11)[None, :], u[:, None], (u + r)[:, None]
+  frac = np.where(j < u_, (u_ - j) / np.maximum(n_ - j, 1), 0.0)   # item j wrong, given 0..j-1 were
+  at_least = np.concatenate([np.ones((len(s), 1)), np.cumprod(frac, axis=1)], axis=1)
+  exactly = at_least[:, :-1] - at_least[:, 1:]                  # P(X = x), x = 0 .. 10
+  rank = above[:, None] + 1 + np.arange(11)[None, :]            # rank when X = x
+  out = {f"R@{k}": float(np.mean(np.sum(np.where(rank <= k, exactly, 0), axis=1))) for k in ks}
+  out["mAP@10"] = float(np.mean(np.sum(np.where(rank <= 10, exactly / rank, 0), axis=1)))
   return out
 
 
@@ -325,7 +353,8 @@ DEFAULT_LAYOUT = (("zero_shot", "zero_shot", None), ("multiclass", "multiclass",
 
 
 # Each section type's title, unless the layout gives one.
-TITLES = {"zero_shot": "zero-shot (binary, antonym prompts)",
+TITLES = {"benchmark": "benchmark",
+          "zero_shot": "zero-shot (binary, antonym prompts)",
           "multiclass": "zero-shot (multi-class)", "retrieval": "retrieval",
           "graded": "graded (similarity vs measured value)",
           "linear_probe": "linear probe (logistic regression)"}
@@ -393,5 +422,267 @@ def _per_task_table(kind):
       f"  {task:<36s} {row(r)}" for task, r in results[name].items()]
 
 
+def _benchmark_table(results, name, title):
+  """A benchmark's sections (``run_benchmark``), nested under its evaluator's name."""
+  return [title] + ["  " + line for line in format_table(results[name]).splitlines()]
+
+
 _TABLES = {"zero_shot": _zero_shot_table, "retrieval": _retrieval_table,
+           "benchmark": _benchmark_table,
            **{kind: _per_task_table(kind) for kind in _COLUMNS}}
+
+
+def linear_probes(train_emb, train_meta, test_emb, test_meta, tasks, multiclass_tasks, *,
+                  split: str, train_split: str) -> dict:
+  """``linear_probe`` of each binary task's 0/1 label and each multi-class task's class,
+  on the clips of each split that have one; tasks the train split cannot probe (fewer
+  than two classes) are left out."""
+  out = {}
+  for label_fn, task_set in ((task_label, tasks), (multiclass_label, multiclass_tasks)):
+    for name, task in task_set.items():
+      assert name not in out, f"task name {name!r} is both binary and multi-class"
+      tr = [(i, l) for i, l in enumerate(label_fn(task, m) for m in train_meta) if l is not None]
+      te = [(i, l) for i, l in enumerate(label_fn(task, m) for m in test_meta) if l is not None]
+      if not tr or not te:
+        continue
+      (tr_i, tr_y), (te_i, te_y) = zip(*tr), zip(*te)
+      r = linear_probe(train_emb[list(tr_i)], tr_y, test_emb[list(te_i)], te_y,
+                       split=split, train_split=train_split)
+      if r is not None:
+        out[name] = r
+  return out
+
+
+# ------------------------------------------------------------------ standard benchmarks
+#
+# Each reads a corpus a data/ builder wrote (its splits and tasks.json) and embeds its
+# clips through the API a user has, ``jaxclap.load(workdir)``: ``model.embed_audio`` /
+# ``model.embed_text`` (any object with those two methods will do; the tests pass one
+# whose answers are known). Results are sections in the evaluators' shape, so
+# ``format_table`` and ``jaxclap.report`` read them as they read a training run's.
+
+
+def split_records(path: str, split: str) -> list[dict]:
+  """Every record of ``split`` decoded (``records.decode``), in record order."""
+  src = records.open_split(path, split)
+  return [records.decode(src[i]) for i in range(len(src))]
+
+
+def splits_of(path: str) -> list[str]:
+  import json
+  import os
+  with open(os.path.join(records.dataset_dir(path), "dataset_info.json")) as f:
+    return [s["name"] for s in json.load(f)["splits"]]
+
+
+def embed_records(model, recs: list[dict], where: str) -> np.ndarray:
+  """[n, d] audio embeddings of decoded records (one sample rate per corpus)."""
+  rates = sorted({r["sample_rate"] for r in recs})
+  if len(rates) != 1:
+    raise ValueError(f"{where}: records at several sample rates {rates}")
+  return np.asarray(model.embed_audio([r["audio"] for r in recs], sample_rate=rates[0]))
+
+
+def _captions(recs):
+  """Every caption of every record and its record's index (retrieval's caption_owner)."""
+  caps = [(c, i) for i, r in enumerate(recs) for c in r["captions"]]
+  return [c for c, _ in caps], [i for _, i in caps]
+
+
+def evaluate_split(model, path: str, split: str, *, train_split: str | None = None,
+                   templates: Sequence[str] = DEFAULT_TEMPLATES, tasks=None) -> dict:
+  """What a corpus supports, on ``split``: zero-shot of each binary, multi-class and
+  graded task its tasks.json declares, retrieval over all of each clip's captions, and,
+  given ``train_split``, a linear probe of each binary / multi-class task trained there.
+  Sections absent where the corpus declares nothing of their kind."""
+  tasks = records.read_tasks(path) if tasks is None else tasks
+  recs = split_records(path, split)
+  emb = embed_records(model, recs, f"{path} split {split!r}")
+  meta = [r["metadata"] for r in recs]
+  out = {}
+  if tasks["binary"]:
+    zs = zero_shot(emb, meta, tasks["binary"], model.embed_text, templates, split=split)
+    bal = zs["balanced_accuracy"]
+    out.update({"zero_shot": bal, "zero_shot_accuracy": zs["accuracy"],
+                "zero_shot_f1": zs["f1"], "zero_shot_macro_f1": zs["macro_f1"],
+                "zero_shot_mean": float(np.mean(list(bal.values()))) if bal else float("nan"),
+                "zero_shot_counts": zs["counts"]})
+  if tasks["multiclass"]:
+    out["multiclass"] = zero_shot_multiclass(emb, meta, tasks["multiclass"], model.embed_text,
+                                             templates, split=split)
+  if tasks["graded"]:
+    out["graded"] = graded(emb, meta, tasks["graded"], model.embed_text, templates, split=split)
+  texts, owner = _captions(recs)
+  out["retrieval"] = retrieval(emb, model.embed_text(texts), split=split, caption_owner=owner)
+  if train_split and (tasks["binary"] or tasks["multiclass"]):
+    train = split_records(path, train_split)
+    out["linear_probe"] = linear_probes(
+        embed_records(model, train, f"{path} split {train_split!r}"),
+        [r["metadata"] for r in train], emb, meta, tasks["binary"], tasks["multiclass"],
+        split=split, train_split=train_split)
+  return out
+
+
+def _mean_of(parts: list[dict]) -> dict:
+  """Per-fold results -> one: floats averaged, counts (ints, lists of ints, dicts of
+  ints) summed; each float's per-fold values kept under "folds" for accuracy."""
+  out = {}
+  for key in parts[0]:
+    vals = [p[key] for p in parts]
+    if isinstance(vals[0], bool) or isinstance(vals[0], str):
+      out[key] = vals[0]
+    elif isinstance(vals[0], float):
+      out[key] = float(np.mean(vals))
+    elif isinstance(vals[0], int):
+      out[key] = int(np.sum(vals))
+    elif isinstance(vals[0], list) and vals[0] and isinstance(vals[0][0], str):
+      out[key] = vals[0]   # names
+    elif isinstance(vals[0], list):
+      out[key] = np.sum(np.asarray(vals), axis=0).tolist()
+    elif isinstance(vals[0], dict):
+      keys = sorted({k for v in vals for k in v})
+      out[key] = {k: sum(v.get(k, 0) for v in vals) for k in keys}
+  return out
+
+
+def esc50_folds(model, path: str, *, templates: Sequence[str] = ("{}",)) -> dict:
+  """ESC-50, CLAP's protocol: zero-shot accuracy of each fold with the prompt "This is
+  a sound of <class>." (the corpus's tasks, one template: the prompt is the whole
+  sentence), averaged over the five folds (each task's "folds" keeps them); and a
+  linear probe trained on four folds and tested on the fifth, averaged over the five."""
+  folds = [f"fold{k}" for k in range(1, 6)]
+  have = splits_of(path)
+  missing = [f for f in folds if f not in have]
+  tasks = records.read_tasks(path)
+  if missing or "esc50" not in tasks["multiclass"]:
+    raise ValueError(f"{path}: not an ESC-50 corpus written by data/esc50.py (splits "
+                     f"{have}, multi-class tasks {sorted(tasks['multiclass'])}; needs "
+                     "fold1..fold5 and the task esc50)")
+  recs = {f: split_records(path, f) for f in folds}
+  emb = {f: embed_records(model, recs[f], f"{path} split {f!r}") for f in folds}
+  meta = {f: [r["metadata"] for r in recs[f]] for f in folds}
+  zs = {f: zero_shot_multiclass(emb[f], meta[f], tasks["multiclass"], model.embed_text,
+                                templates, split=f) for f in folds}
+  multiclass = {}
+  for name in tasks["multiclass"]:
+    parts = [zs[f][name] for f in folds if name in zs[f]]
+    multiclass[name] = dict(_mean_of(parts), folds=[zs[f][name]["WA"] for f in folds
+                                                    if name in zs[f]])
+  probes = {}
+  for f in folds:
+    rest = [g for g in folds if g != f]
+    p = linear_probes(np.concatenate([emb[g] for g in rest]), sum((meta[g] for g in rest), []),
+                      emb[f], meta[f], {}, tasks["multiclass"], split=f,
+                      train_split="+".join(rest))
+    for name, r in p.items():
+      probes.setdefault(name, []).append(r)
+  return {"multiclass": multiclass,
+          "linear_probe": {name: _mean_of(rs) for name, rs in probes.items()}}
+
+
+def _tasks_benchmark(model, path, *, templates=None, split="test", train_split="train"):
+  have = splits_of(path)
+  if split not in have:
+    raise ValueError(f"{path}: no split {split!r} to evaluate; it has {have}")
+  return evaluate_split(model, path, split, templates=templates or DEFAULT_TEMPLATES,
+                        train_split=train_split if train_split in have else None)
+
+
+def _retrieval_benchmark(model, path, *, templates=None, split="test"):
+  recs = split_records(path, split)
+  texts, owner = _captions(recs)
+  emb = embed_records(model, recs, f"{path} split {split!r}")
+  return {"retrieval": retrieval(emb, model.embed_text(texts), split=split,
+                                 caption_owner=owner)}
+
+
+# --benchmark=NAME -> (what it runs, the protocol). "tasks" is any corpus's.
+BENCHMARKS = {
+    "esc50": (esc50_folds, "ESC-50 5-fold zero-shot accuracy, CLAP's prompt 'This is a "
+              "sound of ...'; 5-fold linear probe"),
+    "crema_d": (_tasks_benchmark, "CREMA-D test split: emotion zero-shot (WA / UA), sex "
+                "zero-shot, age correlation; linear probes trained on train"),
+    "ravdess": (_tasks_benchmark, "RAVDESS test actors: emotion zero-shot (WA / UA), sex, "
+                "intensity; linear probes trained on train"),
+    "clotho": (_retrieval_benchmark, "Clotho evaluation split: text->audio and audio->text "
+               "R@1/5/10, mAP@10 over all five captions"),
+    "audiocaps": (_retrieval_benchmark, "AudioCaps test split: R@1/5/10, mAP@10 over all "
+                  "captions"),
+    "icbhi": (_tasks_benchmark, "ICBHI official test split: cycle classes and abnormal / "
+              "crackles / wheezes zero-shot; linear probes (AUROC) trained on train"),
+    "coughvid": (_tasks_benchmark, "COUGHVID test split: covid / symptomatic / sex zero-shot; "
+                 "linear probes (AUROC) trained on train"),
+    "coswara": (_tasks_benchmark, "Coswara test participants: covid / sex zero-shot, kind; "
+                "linear probes (AUROC)"),
+    "libritts_p": (_tasks_benchmark, "LibriTTS-P test speakers: gender, pitch / speed / "
+                   "energy levels, graded f0 / rate / loudness; linear probes"),
+    "tasks": (_tasks_benchmark, "any corpus: its declared tasks and retrieval on test; "
+              "linear probes trained on train"),
+}
+
+
+def run_benchmark(model, name: str, path: str, templates: Sequence[str] | None = None) -> dict:
+  """The sections of benchmark ``name`` on the corpus at ``path`` for ``model``."""
+  if name not in BENCHMARKS:
+    raise ValueError(f"benchmark {name!r}; use one of {sorted(BENCHMARKS)}")
+  fn = BENCHMARKS[name][0]
+  return fn(model, path) if templates is None else fn(model, path, templates=templates)
+
+
+def main(argv=None) -> int:
+  """``python -m jaxclap.evaluate --workdir=W --benchmark=esc50 --data=DIR``."""
+  import argparse
+  import json
+  import os
+  p = argparse.ArgumentParser(
+      prog="python -m jaxclap.evaluate",
+      description="Evaluate a trained run on a standard benchmark (a corpus a data/ "
+      "builder wrote) and write <report_dir>: results.json, plots, report.md.",
+      epilog="benchmarks:\n" + "\n".join(f"  {k:<11s} {v[1]}" for k, v in BENCHMARKS.items()),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", required=True, help="a run folder of python -m jaxclap.main")
+  p.add_argument("--benchmark", default="tasks", choices=sorted(BENCHMARKS),
+                 help="the protocol (default tasks: what the corpus declares)")
+  p.add_argument("--data", required=True, help="the corpus: <out>/<name>/1.0.0 of its builder")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+  p.add_argument("--report_dir", default=None,
+                 help="default <workdir>/report/<benchmark>")
+  args = p.parse_args(argv)
+  from jaxclap import inference, report
+  data = os.path.abspath(os.path.expanduser(args.data))
+  try:
+    model = inference.load(args.workdir, args.step)
+    results = run_benchmark(model, args.benchmark, data)
+  except (FileNotFoundError, KeyError, ValueError, NonFiniteError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"{args.benchmark} on {data}:")
+  print(format_table(results))
+  out = args.report_dir or os.path.join(args.workdir, "report", args.benchmark)
+  report.write(out, results, title=f"{args.benchmark} on {data}", table=format_table(results),
+               metrics_jsonl=os.path.join(args.workdir, "metrics.jsonl"),
+               similarity=similarity_sample(model, data, _report_split(data, args.benchmark)))
+  with open(os.path.join(out, "benchmark.json"), "w") as f:
+    json.dump({"benchmark": args.benchmark, "data": data, "workdir": args.workdir,
+               "step": args.step}, f, indent=2)
+  print(f"wrote {out}/report.md")
+  return 0
+
+
+def _report_split(path: str, benchmark: str) -> str:
+  have = splits_of(path)
+  return "fold1" if benchmark == "esc50" else "test" if "test" in have else have[-1]
+
+
+def similarity_sample(model, path: str, split: str, n: int = 24) -> dict:
+  """The audio-text similarity matrix of the first ``n`` clips of ``split`` against
+  their first captions (what the report plots): {"matrix", "ids", "captions"}."""
+  recs = split_records(path, split)[:n]
+  a = embed_records(model, recs, f"{path} split {split!r}")
+  t = np.asarray(model.embed_text([r["captions"][0] for r in recs]))
+  return {"matrix": (a @ t.T).tolist(), "ids": [r["id"] for r in recs],
+          "captions": [r["captions"][0] for r in recs], "split": split}
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -5,7 +5,8 @@
 
 ``type`` is a key of ``REGISTRY``: "zero_shot" (binary antonym tasks), "retrieval"
 (``pool="global"`` or ``"fine"``: CLSP's fine-grained captions), "multiclass", "graded",
-"linear_probe" (``train_split``, default "validation"). ``every``: also every N training
+"linear_probe" (``train_split``, default "validation"), "benchmark" (``benchmark`` of
+``evaluate.BENCHMARKS`` on the corpus at ``data``). ``every``: also every N training
 steps (0 or None: only at the end). Tasks come from the corpus's own metadata
 (``records.read_tasks``), never from its path.
 
@@ -144,16 +145,43 @@ class LinearProbe(Evaluator):
     return {self.split: set(), self.train_split: set()}
 
   def run(self, emb, ctx):
-    return {"": _linear_probes(emb[self.train_split]["audio"], ctx.metadata(self.train_split),
-                               emb[self.split]["audio"], ctx.metadata(self.split),
-                               ctx.tasks["binary"], ctx.tasks["multiclass"],
-                               split=self.split, train_split=self.train_split),
+    return {"": evaluate.linear_probes(emb[self.train_split]["audio"],
+                                       ctx.metadata(self.train_split),
+                                       emb[self.split]["audio"], ctx.metadata(self.split),
+                                       ctx.tasks["binary"], ctx.tasks["multiclass"],
+                                       split=self.split, train_split=self.train_split),
             "_train_split": self.train_split}
+
+
+class Benchmark(Evaluator):
+  """A standard benchmark (``evaluate.BENCHMARKS``: ``benchmark="esc50"``, ...) on another
+  corpus, ``data`` (a data/ builder's output), by the model being trained, clip by clip
+  through the API (``inference.Model.embed_audio``); its sections nest under the name."""
+  fields = dict(benchmark=None, data=None)
+  prompts = True
+
+  def __init__(self, name, entry, defaults):
+    super().__init__(name, entry, defaults)
+    if self.benchmark not in evaluate.BENCHMARKS:
+      raise ValueError(f"config.evals.{name}.benchmark={self.benchmark!r}; use one of "
+                       f"{sorted(evaluate.BENCHMARKS)}")
+    if not self.data:
+      raise ValueError(f"config.evals.{name}.data: not set; the corpus folder the "
+                       f"benchmark reads (data/{self.benchmark}.py's output)")
+    self.title = f"{self.benchmark} on {self.data}"
+    self.explicit_templates = tuple(entry["templates"]) if entry.get("templates") else None
+
+  def needs(self):
+    return {}   # it reads its own corpus
+
+  def run(self, emb, ctx):
+    return {"": evaluate.run_benchmark(ctx.model, self.benchmark, self.data,
+                                       self.explicit_templates)}
 
 
 # config.evals.<name>.type -> evaluator; the order is the printed table's.
 REGISTRY = {"zero_shot": ZeroShot, "multiclass": Multiclass, "retrieval": Retrieval,
-            "graded": Graded, "linear_probe": LinearProbe}
+            "graded": Graded, "linear_probe": LinearProbe, "benchmark": Benchmark}
 
 
 def build(config: Any) -> list[Evaluator]:
@@ -212,7 +240,7 @@ class Evaluators:
     due = self.due(step)
     if self._tasks is None:
       self._tasks = records.read_tasks(self.path)   # the corpus's own, not its path's
-    ctx = _Context(self._tasks, self.metadata, None)
+    ctx = _Context(self._tasks, self.metadata, None, None)
     skipped = {e.name: why for e in due if (why := e.unsupported(ctx))}
     due = [e for e in due if e.name not in skipped]
     if not due:
@@ -225,7 +253,8 @@ class Evaluators:
         sizes[split] = max(sizes.get(split, 0), e.batch_size)
     emb = {split: self.embed_split(variables, split, sorted(pools), sizes[split])
            for split, pools in needs.items()}
-    ctx.embed_text = self._model(variables).embed_text
+    ctx.model = self._model(variables)
+    ctx.embed_text = ctx.model.embed_text
     out = {"skipped": skipped} if skipped else {}
     for e in due:
       out.update({e.name + suffix: v for suffix, v in e.run(emb, ctx).items()})
@@ -308,9 +337,9 @@ class _Context:
   """What evaluators read besides embeddings: the corpus's tasks, a split's metadata, and
   the API's text path for prompts."""
 
-  def __init__(self, tasks, metadata, embed_text):
+  def __init__(self, tasks, metadata, embed_text, model=None):
     self.tasks = {k: dict(tasks.get(k) or {}) for k in ("binary", "multiclass", "graded")}
-    self.metadata, self.embed_text = metadata, embed_text
+    self.metadata, self.embed_text, self.model = metadata, embed_text, model
 
 
 def scalars(results: dict) -> dict[str, float]:
@@ -336,25 +365,3 @@ def _all_rows(x) -> np.ndarray:
     return np.asarray(x)
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def _linear_probes(train_emb, train_meta, test_emb, test_meta, tasks, multiclass_tasks, *,
-                   split: str, train_split: str) -> dict:
-  """``evaluate.linear_probe`` of each binary task's 0/1 label and each multi-class task's
-  class, on the clips of each split that have one; tasks the train split cannot probe
-  (fewer than two classes) are left out."""
-  out = {}
-  for label_fn, task_set in ((evaluate.task_label, tasks),
-                             (evaluate.multiclass_label, multiclass_tasks)):
-    for name, task in task_set.items():
-      assert name not in out, f"task name {name!r} is both binary and multi-class"
-      tr = [(i, l) for i, l in enumerate(label_fn(task, m) for m in train_meta) if l is not None]
-      te = [(i, l) for i, l in enumerate(label_fn(task, m) for m in test_meta) if l is not None]
-      if not tr or not te:
-        continue
-      (tr_i, tr_y), (te_i, te_y) = zip(*tr), zip(*te)
-      r = evaluate.linear_probe(train_emb[list(tr_i)], tr_y, test_emb[list(te_i)], te_y,
-                                split=split, train_split=train_split)
-      if r is not None:
-        out[name] = r
-  return out
