@@ -65,7 +65,7 @@ _ORBAX_TMP = ".orbax-checkpoint-tmp"
 RESUMABLE = ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints",
              "log_data_indices", "max_nonfinite_steps", "eval", "evals",
              "input.num_threads", "input.prefetch", "input.worker_count",
-             "corpus.data_dir", "corpus.num_workers")
+             "corpus.data_dir", "corpus.num_workers", "model.remat")
 
 
 class RunFolderError(RuntimeError):
@@ -514,6 +514,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   # front end then without the field (the fbank one has always named itself).
   if "features" in stored and "kind" not in stored["features"]:
     stored["features"]["kind"] = "logmel"
+  # ... and before model.remat: their towers kept every activation.
+  if "model" in stored and "remat" not in stored["model"]:
+    stored["model"]["remat"] = "none"
   return ml_collections.ConfigDict(stored)
 
 

@@ -42,7 +42,7 @@ class BertTower(nn.Module):
   padding_idx: int | None = None  # RoBERTa-style positions (the pad id, 1 for RoBERTa/CLAP)
   activation: str = "gelu"
   dropout_rate: float = 0.0
-  remat: bool = False
+  remat: bool | str = False
   dtype: Any = jnp.float32
 
   def positions(self, ids):

@@ -48,7 +48,8 @@ from flax import traverse_util
 from jaxclap.models import convert, towers
 from jaxclap.models.convert import (CheckpointMismatch, Rules, apply_rules, ident, linear_t,
                                     merge_heads_out, split_heads_bias, split_heads_in)
-from jaxclap.models.transformer import TransformerBlock, dense_init, logical, make_norm
+from jaxclap.models.transformer import (TransformerBlock, dense_init, logical, make_norm,
+                                        remat_block)
 
 FAMILIES = ("qwen3", "gemma3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -102,7 +103,7 @@ class DecoderTower(nn.Module):
   causal: bool = True                        # False: bidirectional (EmbeddingGemma-style)
   pooling: str = "last"
   dropout_rate: float = 0.0
-  remat: bool = False
+  remat: bool | str = False
   dtype: Any = jnp.float32
 
   def resolved_layer_types(self) -> tuple[str, ...]:
@@ -137,7 +138,7 @@ class DecoderTower(nn.Module):
       x = x * jnp.asarray(np.sqrt(self.hidden_size), self.dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     scalar = self.query_pre_attn_scalar or self.head_dim
-    block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
+    block = remat_block(TransformerBlock, self.remat, static_argnums=(3,))
     for i, kind in enumerate(self.resolved_layer_types()):
       local = kind == "sliding_attention"
       x = block(

@@ -72,7 +72,7 @@ from jaxclap.models.batch_norm import BatchNorm
 from jaxclap.models.convert import (CheckpointMismatch, Rules, ident, linear_t,
                                     merge_heads_out, split_heads_bias, split_heads_in)
 from jaxclap.models.transformer import (MultiHeadAttention, Mlp, dense_init, layer_norm,
-                                        logical)
+                                        logical, remat_block)
 
 SIZES = {
     "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(4, 8, 16, 32)),
@@ -374,13 +374,13 @@ class SwinStage(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   drop_path: Sequence[float] = ()
-  remat: bool = False
+  remat: bool | str = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     h, w = x.shape[1:3]
-    block = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
+    block = remat_block(SwinBlock, self.remat, static_argnums=(2,))
     for i in range(self.depth):
       window, shift = self.window_size, (0 if i % 2 == 0 else self.window_size // 2)
       if min(h, w) <= window:
@@ -417,7 +417,7 @@ class HTSAT(nn.Module):
   attention_dropout_rate: float = 0.0  # attention probabilities and output
   drop_path_rate: float = 0.0          # stochastic depth, rising linearly to this
   batch_norm_train_stats: bool = True
-  remat: bool = False
+  remat: bool | str = False
   dtype: Any = jnp.float32
 
   def arch(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:

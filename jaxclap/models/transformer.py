@@ -303,8 +303,41 @@ class TransformerBlock(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+# Named rematerialisation policies: what a block keeps from its forward pass for the
+# backward one; everything else is recomputed. Names are jax.checkpoint_policies' (as
+# MaxText's ``remat_policy`` uses them). Deep towers at the papers' batch sizes fit HBM
+# only with some of these; which one is the memory/compute trade the AOT report shows.
+REMAT_POLICIES = {
+    # Keep only each block's input: the least memory, a second forward pass of compute.
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    # Keep every matmul output, recompute only the cheap elementwise work between them.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    # Keep the weight matmuls (no batch dimension), recompute the attention score and
+    # weighted-sum einsums, whose [heads, t, t] outputs dominate activation memory.
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_block(block: type[nn.Module], remat: bool | str | None,
+                static_argnums: tuple[int, ...]) -> type[nn.Module]:
+  """``block`` under the remat setting a tower's ``remat`` field names: ``False``/``None``/
+  ``"none"`` leaves it as it is, ``True`` means ``"nothing_saveable"`` (full remat, the
+  meaning the boolean always had), a name from ``REMAT_POLICIES`` picks that policy.
+  ``static_argnums`` counts ``self`` as 0 (``nn.remat``'s convention): the Python-valued
+  arguments (``deterministic``) that must not be traced."""
+  if remat is None or remat is False or remat == "none":
+    return block
+  name = "nothing_saveable" if remat is True else remat
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat must be False, True, 'none' or one of {sorted(REMAT_POLICIES)}, "
+                     f"got {remat!r}")
+  return nn.remat(block, static_argnums=static_argnums, policy=REMAT_POLICIES[name])
+
+
 class Encoder(nn.Module):
-  """``depth`` blocks; ``remat`` trades compute for activation memory at scale."""
+  """``depth`` blocks; ``remat`` (a bool or a ``REMAT_POLICIES`` name, see
+  ``remat_block``) trades compute for activation memory at scale."""
   depth: int
   num_heads: int
   mlp_dim: int
@@ -312,12 +345,12 @@ class Encoder(nn.Module):
   activation: str = "gelu"
   layer_norm_eps: float = 1e-6
   dropout_rate: float = 0.0
-  remat: bool = False
+  remat: bool | str = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic: bool = True):
-    block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
+    block = remat_block(TransformerBlock, self.remat, static_argnums=(3,))
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_dim, self.pre_norm, self.activation,
                 self.layer_norm_eps, self.dropout_rate, self.dtype,

@@ -27,10 +27,14 @@ from jaxclap.models.transformer import ACTIVATIONS, dense_init, logical
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _tower(side: str, name: str, kwargs: dict, dtype):
-  """``model.<side>`` (``name`` and fields) -> the registered tower's module."""
-  towers.get(name, side)
+def _tower(side: str, name: str, kwargs: dict, dtype, remat="none"):
+  """``model.<side>`` (``name`` and fields) -> the registered tower's module. ``remat``
+  (``model.remat``) reaches every tower with a ``remat`` field that does not set its own;
+  a tower without layers to recompute (CNN14) has none and trains as it is."""
+  tower = towers.get(name, side)
   kwargs = dict(kwargs)
+  if "remat" in getattr(tower.module, "__dataclass_fields__", {}):
+    kwargs.setdefault("remat", remat)
   own_dtype = kwargs.pop("dtype", None)  # the tower's compute dtype, if not the model's
   if own_dtype is not None:
     if str(own_dtype) not in _DTYPES:
@@ -145,11 +149,12 @@ class TwoTowers(nn.Module):
   audio_head_kwargs: dict | None = None  # per-head overrides of kind / hidden_dim /
   text_head_kwargs: dict | None = None   # activation / dropout_rate
   head_dropout: float = 0.0
+  remat: bool | str = "none"  # every tower's, unless its own field says otherwise
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.audio = _tower("audio", self.audio_name, self.audio_kwargs, self.dtype)
-    self.text = _tower("text", self.text_name, self.text_kwargs, self.dtype)
+    self.audio = _tower("audio", self.audio_name, self.audio_kwargs, self.dtype, self.remat)
+    self.text = _tower("text", self.text_name, self.text_kwargs, self.dtype, self.remat)
 
     def head(field, overrides):
       kw = dict(kind=self.head, hidden_dim=self.head_hidden,
@@ -209,7 +214,7 @@ def from_config(cfg: Any, dtype=jnp.float32) -> TwoTowers:
                    logit_bias_init=cfg.logit_bias_init,
                    audio_head_kwargs=_plain(cfg.audio_head),
                    text_head_kwargs=_plain(cfg.text_head),
-                   head_dropout=float(cfg.head_dropout), dtype=dtype)
+                   head_dropout=float(cfg.head_dropout), remat=cfg.remat, dtype=dtype)
 
 
 def _plain(d):

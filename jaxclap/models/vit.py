@@ -96,7 +96,7 @@ class SpectrogramViT(nn.Module):
   # exactly (jaxclap.models.audiomae).
   pos_layout: str = "mae"
   pos_max_frames: int = 1024
-  remat: bool = False
+  remat: bool | str = False
   dtype: Any = jnp.float32
 
   def setup(self):
