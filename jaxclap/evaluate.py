@@ -353,11 +353,10 @@ DEFAULT_LAYOUT = (("zero_shot", "zero_shot", None), ("multiclass", "multiclass",
 
 
 # Each section type's title, unless the layout gives one.
-TITLES = {"benchmark": "benchmark",
-          "zero_shot": "zero-shot (binary, antonym prompts)",
+TITLES = {"zero_shot": "zero-shot (binary, antonym prompts)",
           "multiclass": "zero-shot (multi-class)", "retrieval": "retrieval",
           "graded": "graded (similarity vs measured value)",
-          "linear_probe": "linear probe (logistic regression)"}
+          "linear_probe": "linear probe (logistic regression)", "benchmark": "benchmark"}
 
 
 def format_table(results: dict, layout=DEFAULT_LAYOUT, tasks: Mapping | None = None) -> str:
@@ -496,6 +495,7 @@ def evaluate_split(model, path: str, split: str, *, train_split: str | None = No
   given ``train_split``, a linear probe of each binary / multi-class task trained there.
   Sections absent where the corpus declares nothing of their kind."""
   tasks = records.read_tasks(path) if tasks is None else tasks
+  _warm(model, tasks, templates)
   recs = split_records(path, split)
   emb = embed_records(model, recs, f"{path} split {split!r}")
   meta = [r["metadata"] for r in recs]
@@ -558,6 +558,7 @@ def esc50_folds(model, path: str, *, templates: Sequence[str] = ("{}",)) -> dict
     raise ValueError(f"{path}: not an ESC-50 corpus written by data/esc50.py (splits "
                      f"{have}, multi-class tasks {sorted(tasks['multiclass'])}; needs "
                      "fold1..fold5 and the task esc50)")
+  _warm(model, tasks, templates)
   recs = {f: split_records(path, f) for f in folds}
   emb = {f: embed_records(model, recs[f], f"{path} split {f!r}") for f in folds}
   meta = {f: [r["metadata"] for r in recs[f]] for f in folds}
@@ -621,12 +622,47 @@ BENCHMARKS = {
 }
 
 
+def _warm(model, tasks, templates) -> None:
+  """Every prompt of ``tasks`` through ``templates`` embedded in one call, when ``model``
+  caches its text embeddings (``_TextCache``)."""
+  if not hasattr(model, "warm"):
+    return
+  prompts = [p for t in tasks["multiclass"].values() for p in t.prompts] + \
+      [p for t in tasks["binary"].values() for p in (t.positive_prompt, t.negative_prompt)] + \
+      [p for t in tasks["graded"].values() for p in (t.prompt, t.negative_prompt) if p]
+  phrases = [q for p in prompts for q in ((p,) if isinstance(p, str) else p)]
+  model.warm([t.format(q) for q in phrases for t in templates])
+
+
+class _TextCache:
+  """``model`` whose ``embed_text`` remembers each text: a benchmark asks for the same
+  prompts fold after fold (ESC-50: 60 prototypes x 5 folds), and each call would run
+  the text tower on a padded batch. ``warm`` embeds a list in one call."""
+
+  def __init__(self, model):
+    self.model, self.cache = model, {}
+
+  def warm(self, texts):
+    new = sorted(set(texts) - set(self.cache))
+    if new:
+      self.cache.update(zip(new, np.asarray(self.model.embed_text(new))))
+
+  def embed_text(self, texts):
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    self.warm(texts)
+    return np.stack([self.cache[t] for t in texts])
+
+  def embed_audio(self, *args, **kwargs):
+    return self.model.embed_audio(*args, **kwargs)
+
+
 def run_benchmark(model, name: str, path: str, templates: Sequence[str] | None = None) -> dict:
   """The sections of benchmark ``name`` on the corpus at ``path`` for ``model``."""
   if name not in BENCHMARKS:
     raise ValueError(f"benchmark {name!r}; use one of {sorted(BENCHMARKS)}")
   fn = BENCHMARKS[name][0]
-  return fn(model, path) if templates is None else fn(model, path, templates=templates)
+  cached = _TextCache(model)
+  return fn(cached, path) if templates is None else fn(cached, path, templates=templates)
 
 
 def main(argv=None) -> int:
@@ -667,6 +703,31 @@ def main(argv=None) -> int:
                "step": args.step}, f, indent=2)
   print(f"wrote {out}/report.md")
   return 0
+
+
+def report_run(workdir: str, config, results: dict, model=None) -> str:
+  """``<workdir>/report/`` for a finished training run (``python -m jaxclap.main`` calls
+  it): its end-of-training ``results``, the training curves of its metrics.jsonl and the
+  similarity matrix of a few clips of its evaluation split (by ``jaxclap.load(workdir)``
+  unless ``model`` is given). Returns the path of report.md."""
+  import os
+  from jaxclap import report
+  order = list(TITLES)
+  layout = sorted(((name, dict(e)["type"], None) for name, e in dict(config.evals).items()),
+                  key=lambda x: (order.index(x[1]) if x[1] in order else len(order), x[0]))
+  path = config.input.sources[0]["path"]
+  similarity = None
+  if path != "@corpus":   # resolved by training; "@corpus" only if it never started
+    if model is None:
+      from jaxclap import inference
+      model = inference.load(workdir)
+    similarity = similarity_sample(model, path, str(config.eval.split))
+  return report.write(os.path.join(workdir, "report"), results,
+                      title=f"evaluation of {workdir}",
+                      table=format_table(results, layout, tasks=None if similarity is None
+                                         else records.read_tasks(path)),
+                      metrics_jsonl=os.path.join(workdir, "metrics.jsonl"),
+                      similarity=similarity)
 
 
 def _report_split(path: str, benchmark: str) -> str:

@@ -180,13 +180,16 @@ def test_crema_d_emotion_and_sex_zero_shot_and_probe(tmp_path, capsys):
   assert "![multiclass / emotion confusion matrix](confusion_multiclass_emotion.png)" in md
 
 
-def test_clotho_retrieval_counts_every_caption(tmp_path, capsys):
-  """Four test clips with five captions each; clip B was recorded at clip A's tone."""
+_CLOTHO_FREQ = {"A": 300.0, "B": 500.0, "C": 700.0, "D": 900.0, "t1": 1100.0, "t2": 1300.0,
+                "v1": 1500.0}
+
+
+def build_clotho(tmp_path):
+  """A fake Clotho download (four test clips with five captions each; clip B recorded
+  at clip A's tone) built by data/clotho.py; returns the corpus path."""
   d = tmp_path / "clotho"
   names = {"development": ["t1.wav", "t2.wav"], "validation": ["v1.wav"],
            "evaluation": ["A.wav", "B.wav", "C.wav", "D.wav"]}
-  freq = {"A": 300.0, "B": 500.0, "C": 700.0, "D": 900.0, "t1": 1100.0, "t2": 1300.0,
-          "v1": 1500.0}
   header = "file_name,caption_1,caption_2,caption_3,caption_4,caption_5\n"
   meta_header = "file_name,keywords,sound_id,sound_link,start_end_samples,manufacturer,license\n"
   for split, files in names.items():
@@ -196,9 +199,14 @@ def test_clotho_retrieval_counts_every_caption(tmp_path, capsys):
         f"{f},x,1,l,\"[0, 1]\",m,lic\n" for f in files))
     for f in files:
       heard = "A" if f == "B.wav" else f[:-4]
-      _wav(d / split / f, sr=44100, seconds=0.5, freq=freq[heard])
-  path = _build(clotho, d, tmp_path / "out")
+      _wav(d / split / f, sr=44100, seconds=0.5, freq=_CLOTHO_FREQ[heard])
+  return _build(clotho, d, tmp_path / "out")
+
+
+def test_clotho_retrieval_counts_every_caption(tmp_path, capsys):
+  path = build_clotho(tmp_path)
   capsys.readouterr()
+  freq = _CLOTHO_FREQ
   order = sorted(freq, key=freq.get)
   model = _ToneModel([freq[n] for n in order],
                      lambda t: [order.index(t.split(" caption")[0])])
@@ -222,3 +230,46 @@ def test_multi_caption_retrieval_reduces_to_paired_rows():
   assert evaluate.retrieval(a, t, caption_owner=np.arange(6)) == evaluate.retrieval(a, t)
   with pytest.raises(ValueError, match="caption_owner must give one clip index"):
     evaluate.retrieval(a, t, caption_owner=[0, 1])
+
+
+def test_runlocal_demo_trains_on_a_built_corpus_and_runs_its_benchmark(tmp_path, capsys):
+  """The runlocal demo trained on a built Clotho (``data=``: a corpus without tasks, so
+  the end prints what ran instead of "mean nan%") with an ESC-50 benchmark evaluator in
+  config.evals; ``python -m jaxclap.evaluate`` on the run gives the same ESC-50 numbers
+  from its checkpoint, and both write the report folder."""
+  import json
+  from jaxclap import configs, train
+  data = build_clotho(tmp_path / "c")
+  esc = build_esc50(tmp_path / "e", confusable=False)
+  capsys.readouterr()
+  c = configs.load("demo", f"runlocal,steps=2,data={data}")
+  c.checkpoint_every = 2
+  c.evals.esc50 = dict(type="benchmark", benchmark="esc50", data=esc)
+  workdir = str(tmp_path / "run")
+  _, results = train.train_and_evaluate(c, workdir)
+  out = capsys.readouterr().out
+  assert "nan" not in out
+  for name, kind in (("zero_shot", "binary"), ("multiclass", "multiclass"),
+                     ("graded", "graded")):
+    assert f"{name}: not run: the corpus declares no {kind} task (its tasks.json)" in out
+  assert results["clips"] == {"test": 4} and "text_to_audio/R@1" in results["retrieval"]
+  bench = results["esc50"]
+  assert len(bench["multiclass"]["esc50"]["folds"]) == 5
+  assert bench["multiclass"]["esc50"]["clips"] == 20
+  report_md = evaluate.report_run(workdir, c, results)
+  assert "the corpus declares: no tasks (evaluated by retrieval)" in open(report_md).read()
+  files = set(os.listdir(os.path.join(workdir, "report")))
+  assert {"results.json", "report.md", "training.png", "similarity.png",
+          "bars_retrieval.png", "bars_esc50_multiclass.png",
+          "confusion_esc50_multiclass_esc50.png"} <= files, files
+  # The command line, on the run's checkpoint: the same model, the same numbers.
+  assert evaluate.main(["--workdir", workdir, "--benchmark", "esc50", "--data", esc]) == 0
+  assert "esc50 on" in capsys.readouterr().out
+  with open(os.path.join(workdir, "report", "esc50", "results.json")) as f:
+    cli = json.load(f)
+  for task in ("esc50", "esc10"):
+    assert cli["multiclass"][task]["folds"] == pytest.approx(
+        bench["multiclass"][task]["folds"], abs=1e-6)
+    assert cli["multiclass"][task]["confusion"] == bench["multiclass"][task]["confusion"]
+  assert cli["linear_probe"]["esc50"]["accuracy"] == pytest.approx(
+      bench["linear_probe"]["esc50"]["accuracy"], abs=1e-6)
