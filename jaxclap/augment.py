@@ -393,3 +393,408 @@ def random_augment(rng: jax.Array, wave: Any, lengths: Any, *, sample_rate: floa
   ones = jnp.ones_like(coef[:, :1])
   return biquad(wave, coef[:, :3], jnp.concatenate([ones, coef[:, 3:]], axis=1), lengths,
                 clip=clip, method=method)
+
+
+# ----------------------------------------------------------------------------- recording chain
+#
+# The recording chain: what happens to a voice between the mouth and the file, so that a
+# model trained on clean synthetic speech hears people recorded in rooms, on phones and
+# through codecs. Stages run in the physical order, each drawn independently per clip
+# with its own probability (so a clip gets none, one or several):
+#
+#   reverb  room reverberation: convolution with an impulse response simulated on the
+#           device as a unit direct path plus Gaussian noise under an exponential decay of
+#           60 dB in a drawn RT60 (Schroeder's statistical model of a diffuse tail; the
+#           same model pyroomacoustics and Habets' generator use for the late part), its
+#           tail energy set to a drawn direct-to-reverberant ratio (DRR).
+#   noise   additive noise at a drawn SNR over the clip's real samples: white, pink
+#           (1/f power) or brown (1/f^2), drawn per clip.
+#   eq      random equalisation: ``eq_bands`` RBJ-cookbook peaking biquads with drawn
+#           centre frequency (log-uniform), gain (uniform in +-eq_gain_db) and Q.
+#   band    a band limit drawn from ``bands`` ((low_hz, high_hz) pairs, 0 = no edge; the
+#           telephone band is (300, 3400)): 4th-order Butterworth high- and low-pass
+#           (two RBJ sections each, Q = 1/(2 sin((2k-1) pi/8)): scipy.signal.butter(4)).
+#   codec   mu-law companding with 8-bit quantisation (G.711's curve, as WaveNet and
+#           librosa.mu_compress/mu_expand(quantize=True) implement it), input clipped.
+#   gain    a level change drawn uniformly in ``gain_db`` (lo, hi), clipped to [-1, 1].
+#
+# ``keep_level`` (default True) rescales every clip, before the gain stage, to the RMS its
+# real samples had on entry: reverb, noise and EQ then leave the level a loudness label
+# describes where it was (the demo's corpus labels quiet / normal / loud 6+ dB apart), and
+# only the gain stage, kept small, moves it.
+#
+# Cost: the linear stages (reverb, EQ, band) are LTI, so each clip's whole linear part is
+# one spectrum: the stages' frequency responses multiplied on one rFFT grid and applied
+# with one rFFT / irFFT pair (reverb before the noise, EQ and band after it: two pairs).
+# An IIR response sampled on an N-point grid is its impulse response aliased modulo N, so
+# N leaves ``tail_pad`` samples (default 4096, 0.26 s at 16 kHz) after the clip and the
+# impulse response: the slowest biquad drawn here (a 12 dB peak at 60 Hz, Q 4) decays
+# below 1e-7 within 4096 samples, so the result is lfilter's to float32 rounding.
+#
+# Padding: the input is masked to each row's real prefix, filters start from zero state
+# at sample 0, every level (SNR, keep_level) is measured over the real samples only, the
+# reverb tail past a clip's end is cut (the clip keeps its length) and the output's
+# padding is zero.
+
+CHAIN_STAGES = ("reverb", "noise", "eq", "band", "codec", "gain")
+NOISE_COLORS = ("white", "pink", "brown")
+TELEPHONE_BAND = (300.0, 3400.0)
+# 4th-order Butterworth as two second-order sections: Q_k = 1 / (2 sin((2k - 1) pi / 8)).
+BUTTERWORTH4_Q = tuple(1.0 / (2.0 * math.sin((2 * k - 1) * math.pi / 8)) for k in (1, 2))
+
+
+def _check_range(value: Any, name: str, lo: float | None = None,
+                 hi: float | None = None) -> tuple[float, float]:
+  """A (low, high) pair of finite numbers, low <= high, inside [lo, hi] where given."""
+  try:
+    a, b = value
+  except (TypeError, ValueError):
+    raise ValueError(f"{name}={value!r} must be a (low, high) pair") from None
+  a, b = _check_number(a, name), _check_number(b, name)
+  if not a <= b or (lo is not None and a < lo) or (hi is not None and b > hi):
+    raise ValueError(f"{name}={value!r} must be (low, high) with low <= high"
+                     + (f" inside [{lo:g}, {hi:g}]" if lo is not None and hi is not None else
+                        f", low >= {lo:g}" if lo is not None else ""))
+  return a, b
+
+
+def _check_probability(value: Any, name: str) -> float:
+  p = _check_number(value, name)
+  if not 0.0 <= p <= 1.0:
+    raise ValueError(f"{name}={value!r} must be a probability in [0, 1]")
+  return p
+
+
+def rbj_coefficients(kind: str, w0: Any, q: Any, gain_db: Any = 0.0):
+  """(b [..., 3], a [..., 3]), a[..., 0] == 1: RBJ Audio-EQ-Cookbook biquads ``lowpass``,
+  ``highpass`` or ``peaking`` for arrays of w0 = 2 pi f / fs (radians/sample), Q and (for
+  peaking) gain in dB, in jnp so they may be drawn on the device."""
+  w0, q = jnp.asarray(w0), jnp.asarray(q)
+  cos_w0, alpha = jnp.cos(w0), jnp.sin(w0) / (2.0 * q)
+  one = jnp.ones_like(w0)
+  if kind == "lowpass":
+    b = [(1 - cos_w0) / 2, 1 - cos_w0, (1 - cos_w0) / 2]
+    a = [1 + alpha, -2 * cos_w0, 1 - alpha]
+  elif kind == "highpass":
+    b = [(1 + cos_w0) / 2, -(1 + cos_w0), (1 + cos_w0) / 2]
+    a = [1 + alpha, -2 * cos_w0, 1 - alpha]
+  elif kind == "peaking":
+    amp = 10.0 ** (jnp.asarray(gain_db) / 40.0)
+    b = [1 + alpha * amp, -2 * cos_w0, 1 - alpha * amp]
+    a = [1 + alpha / amp, -2 * cos_w0, 1 - alpha / amp]
+  else:
+    raise ValueError(f"kind={kind!r} must be 'lowpass', 'highpass' or 'peaking'")
+  b = jnp.stack([c * one for c in b], -1)
+  a = jnp.stack([c * one for c in a], -1)
+  return b / a[..., :1], a / a[..., :1]
+
+
+def biquad_response(b: jax.Array, a: jax.Array, n_fft: int) -> jax.Array:
+  """[..., n_fft // 2 + 1] complex frequency response of biquads (b, a) [..., 3] on the
+  rFFT grid of n_fft points: scipy.signal.freqz(b, a, worN=n_fft // 2 + 1,
+  include_nyquist=True)."""
+  w = 2.0 * jnp.pi * jnp.arange(n_fft // 2 + 1) / n_fft
+  z1 = jnp.exp(-1j * w)                                             # z^-1
+  z2 = z1 * z1
+  num = b[..., 0:1] + b[..., 1:2] * z1 + b[..., 2:3] * z2
+  den = a[..., 0:1] + a[..., 1:2] * z1 + a[..., 2:3] * z2
+  return num / den
+
+
+def fft_size(n: int) -> int:
+  """The smallest 2^a 3^b 5^c >= n: FFTs of these sizes are as fast per point as powers of
+  two, and a 3 s clip plus a 0.5 s impulse response (55,999 samples) takes 56,250 points
+  rather than 65,536."""
+  best = 1 << max(n - 1, 0).bit_length()
+  p5 = 1
+  while p5 < best:
+    p35 = p5
+    while p35 < best:
+      m = p35
+      while m < n:
+        m *= 2
+      best = min(best, m)
+      p35 *= 3
+    p5 *= 5
+  return best
+
+
+def _rms(x: jax.Array, count: jax.Array) -> jax.Array:
+  """[..., 1] RMS over a row's real samples (x already masked; count = their number)."""
+  return jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) / jnp.maximum(count, 1))
+
+
+def _lengths_or_full(wave: jax.Array, lengths: Any) -> jax.Array:
+  if lengths is None:
+    return jnp.full(wave.shape[:-1], wave.shape[-1], jnp.int32)
+  _mask(wave, lengths)  # checks the shape
+  return jnp.asarray(lengths)
+
+
+def reverb(wave: Any, ir: Any, lengths: Any = None) -> jax.Array:
+  """scipy.signal.fftconvolve(wave[i, :lengths[i]], ir[i])[:lengths[i]] for every row:
+  convolution with an impulse response ([ir_len] for all rows or [batch, ir_len]), the
+  tail past each clip's end cut, the padding zero."""
+  wave = _as_float(wave, "wave")
+  ir = jnp.asarray(ir, wave.dtype)
+  mask = _mask(wave, lengths)
+  x = _zero_padding(wave, mask)
+  n = x.shape[-1]
+  n_fft = fft_size(n + ir.shape[-1] - 1)                            # linear, not circular
+  y = jnp.fft.irfft(jnp.fft.rfft(x, n_fft) * jnp.fft.rfft(ir, n_fft), n_fft)[..., :n]
+  return _zero_padding(y.astype(wave.dtype), mask)
+
+
+def simulated_ir(rng: jax.Array, rt60: Any, drr_db: Any, *, sample_rate: float,
+                 ir_seconds: float = 0.5) -> jax.Array:
+  """[batch, ir_seconds * sample_rate] room impulse responses, one per (rt60, drr_db) row.
+
+  h[0] = 1 (the direct path); h[k] = c e[k] 10**(-3 k / (rt60 fs)) for k >= 1, e white
+  Gaussian: the energy decays 60 dB in rt60 seconds. c sets the tail's energy to
+  10**(-drr_db / 10), the direct-to-reverberant ratio drr_db.
+  """
+  sr = _check_number(sample_rate, "sample_rate", positive=True)
+  n = int(round(_check_number(ir_seconds, "ir_seconds", positive=True) * sr))
+  if n < 2:
+    raise ValueError(f"ir_seconds={ir_seconds!r} is shorter than 2 samples at {sr:g} Hz")
+  rt60 = jnp.asarray(rt60, jnp.float32)[:, None]
+  drr_db = jnp.asarray(drr_db, jnp.float32)[:, None]
+  k = jnp.arange(1, n, dtype=jnp.float32)
+  tail = jax.random.normal(rng, (rt60.shape[0], n - 1)) * 10.0 ** (-3.0 * k / (rt60 * sr))
+  energy = jnp.sum(tail * tail, axis=-1, keepdims=True)
+  tail = tail * jnp.sqrt(10.0 ** (-drr_db / 10.0) / jnp.maximum(energy, 1e-30))
+  return jnp.concatenate([jnp.ones_like(rt60), tail], axis=-1)
+
+
+def colored_noise(rng: jax.Array, shape: tuple[int, int], exponent: Any) -> jax.Array:
+  """[batch, samples] Gaussian noise whose power spectrum goes as 1/f**exponent per row
+  (0 white, 1 pink, 2 brown), DC removed; unit RMS before any masking. Shaped in the
+  frequency domain: a complex Gaussian spectrum times f**(-exponent / 2), one irFFT."""
+  batch, n = shape
+  n_fft = fft_size(max(n, 2))
+  bins = n_fft // 2 + 1
+  re, im = jax.random.normal(rng, (2, batch, bins))
+  f = jnp.arange(bins, dtype=jnp.float32)
+  exponent = jnp.asarray(exponent, jnp.float32).reshape(-1, 1)
+  shape_f = jnp.where(f > 0, jnp.maximum(f, 1.0) ** (-exponent / 2.0), 0.0)
+  noise = jnp.fft.irfft((re + 1j * im) * shape_f, n_fft)[..., :n]
+  return noise / jnp.maximum(jnp.sqrt(jnp.mean(noise * noise, -1, keepdims=True)), 1e-30)
+
+
+def add_noise(wave: Any, noise: Any, snr_db: Any, lengths: Any = None) -> jax.Array:
+  """wave + s * noise with s per row such that 10 log10(P_wave / P_(s noise)) = snr_db,
+  both powers over the row's real samples; a silent row stays silent."""
+  wave = _as_float(wave, "wave")
+  mask = _mask(wave, lengths)
+  count = _lengths_or_full(wave, lengths)[..., None]
+  x = _zero_padding(wave, mask)
+  nz = _zero_padding(jnp.asarray(noise, wave.dtype), mask)
+  snr = jnp.asarray(snr_db, wave.dtype).reshape(-1, 1)
+  scale = _rms(x, count) / jnp.maximum(_rms(nz, count), 1e-30) * 10.0 ** (-snr / 20.0)
+  return _zero_padding(x + scale * nz, mask)
+
+
+def mu_law(wave: Any, lengths: Any = None, *, mu: int = 255) -> jax.Array:
+  """8-bit mu-law codec round trip: librosa.mu_expand(librosa.mu_compress(clip(x, -1, 1),
+  mu, quantize=True), mu, quantize=True). Companded y = sign(x) ln(1 + mu|x|) / ln(1 + mu)
+  is quantised to the mu + 1 bins of numpy.digitize(y, linspace(-1, 1, mu + 1),
+  right=True), then decoded."""
+  if isinstance(mu, bool) or not isinstance(mu, (int, np.integer)) or mu < 1:
+    raise ValueError(f"mu={mu!r} must be a positive integer (255: 8-bit mu-law)")
+  wave = _as_float(wave, "wave")
+  mask = _mask(wave, lengths)
+  x = jnp.clip(_zero_padding(wave, mask), -1.0, 1.0)
+  y = jnp.sign(x) * jnp.log1p(mu * jnp.abs(x)) / math.log1p(mu)
+  # digitize(right=True) over the edges -1 + 2 i / mu is i = ceil((y + 1) mu / 2), by
+  # arithmetic rather than a search (a search over 256 edges costs 4x the whole codec).
+  # 1e-4 bin of slack: XLA's float32 log1p puts full scale at |y| = 1 - 6e-8, which would
+  # otherwise move -1 into the next bin; samples that close to another edge are ~1e-4.
+  code = jnp.clip(jnp.ceil((y + 1.0) * (mu / 2.0) - 1e-4), 0, mu) - (mu + 1) // 2
+  y = code.astype(wave.dtype) * (2.0 / (1 + mu))
+  x = jnp.sign(y) / mu * jnp.expm1(jnp.abs(y) * math.log1p(mu))   # (1 + mu)^|y| - 1
+  return _zero_padding(x.astype(wave.dtype), mask)
+
+
+def band_coefficients(low_hz: float, high_hz: float, sample_rate: float):
+  """(b [4, 3], a [4, 3]) float64: 4th-order Butterworth high-pass at low_hz then low-pass
+  at high_hz as RBJ sections (identity where an edge is 0): the ``band`` stage."""
+  sr = _check_number(sample_rate, "sample_rate", positive=True)
+  b, a = [], []
+  for kind, fc in (("highpass", low_hz), ("lowpass", high_hz)):
+    for q in BUTTERWORTH4_Q:
+      if fc:
+        bb, aa = biquad_coefficients(kind, sample_rate=sr, cutoff_hz=fc, q=q)
+      else:
+        bb, aa = np.array([1.0, 0, 0]), np.array([1.0, 0, 0])
+      b.append(bb)
+      a.append(aa)
+  return np.stack(b), np.stack(a)
+
+
+def _check_bands(bands: Any, sample_rate: float) -> tuple[tuple[float, float], ...]:
+  try:
+    bands = tuple((float(lo), float(hi)) for lo, hi in bands)
+  except (TypeError, ValueError):
+    raise ValueError(f"bands={bands!r} must be (low_hz, high_hz) pairs, e.g. "
+                     f"({TELEPHONE_BAND},)") from None
+  if not bands:
+    raise ValueError("bands must hold at least one (low_hz, high_hz) pair")
+  for lo, hi in bands:
+    if not (0 <= lo < sample_rate / 2 and 0 <= hi < sample_rate / 2
+            and (not lo or not hi or lo < hi) and (lo or hi)):
+      raise ValueError(f"bands={bands!r}: ({lo:g}, {hi:g}) must have 0 <= low < high < "
+                       f"Nyquist {sample_rate / 2:g} Hz (0 = no edge, not both 0)")
+  return bands
+
+
+def draw_chain(rng: jax.Array, batch: int, *, sample_rate: float,
+               p_reverb: float = 0.0, rt60: Sequence[float] = (0.2, 0.8),
+               drr_db: Sequence[float] = (0.0, 12.0),
+               p_noise: float = 0.0, snr_db: Sequence[float] = (5.0, 30.0),
+               noise_colors: Sequence[str] = NOISE_COLORS,
+               p_eq: float = 0.0, eq_bands: int = 2, eq_hz: Sequence[float] = (60.0, 6000.0),
+               eq_gain_db: float = 6.0, eq_q: Sequence[float] = (0.5, 4.0),
+               p_band: float = 0.0, bands: Sequence[Sequence[float]] = (TELEPHONE_BAND,),
+               p_codec: float = 0.0, p_gain: float = 0.0,
+               gain_db: Sequence[float] = (-2.0, 2.0)) -> dict:
+  """Every clip's draw for ``recording_chain``: which stages it gets and their parameters.
+
+  Returns a dict of [batch] arrays (bools ``<stage>`` for each of CHAIN_STAGES, and rt60,
+  drr_db, snr_db, noise_exponent, band_index (into bands), gain_db) plus eq_w0, eq_q,
+  eq_gain_db [batch, eq_bands]. A pure function of rng: the run is reproducible.
+  """
+  sr = _check_number(sample_rate, "sample_rate", positive=True)
+  probs = {s: _check_probability(p, f"p_{s}") for s, p in zip(CHAIN_STAGES, (
+      p_reverb, p_noise, p_eq, p_band, p_codec, p_gain))}
+  rt60 = _check_range(rt60, "rt60", 1e-3)
+  drr_db = _check_range(drr_db, "drr_db")
+  snr_db = _check_range(snr_db, "snr_db")
+  colors = (noise_colors,) if isinstance(noise_colors, str) else tuple(noise_colors)
+  if not colors or any(c not in NOISE_COLORS for c in colors):
+    raise ValueError(f"noise_colors={noise_colors!r} must name some of {NOISE_COLORS}")
+  if isinstance(eq_bands, bool) or not isinstance(eq_bands, (int, np.integer)) or eq_bands < 0:
+    raise ValueError(f"eq_bands={eq_bands!r} must be a non-negative integer")
+  eq_hz = _check_range(eq_hz, "eq_hz", 1e-3, sr / 2 * 0.999)
+  eq_gain_db = _check_number(eq_gain_db, "eq_gain_db")
+  eq_q = _check_range(eq_q, "eq_q", 1e-3)
+  bands = _check_bands(bands, sr)
+  gain_db = _check_range(gain_db, "gain_db")
+  keys = jax.random.split(rng, 14)
+  u = lambda k, r, shape=(batch,): jax.random.uniform(k, shape, jnp.float32, r[0], r[1])
+  loguniform = lambda k, r, shape: jnp.exp(u(k, (math.log(r[0]), math.log(r[1])), shape))
+  draw = {s: jax.random.bernoulli(keys[i], probs[s], (batch,))
+          for i, s in enumerate(CHAIN_STAGES)}
+  exponents = jnp.asarray([NOISE_COLORS.index(c) for c in colors], jnp.float32)
+  draw.update(
+      rt60=u(keys[6], rt60), drr_db=u(keys[7], drr_db), snr_db=u(keys[8], snr_db),
+      noise_exponent=exponents[jax.random.randint(keys[9], (batch,), 0, len(colors))],
+      band_index=jax.random.randint(keys[10], (batch,), 0, len(bands)),
+      gain_db=u(keys[11], gain_db),
+      eq_w0=2 * math.pi / sr * loguniform(keys[12], eq_hz, (batch, int(eq_bands))),
+      eq_q=loguniform(jax.random.fold_in(keys[13], 0), eq_q, (batch, int(eq_bands))),
+      eq_gain_db=u(jax.random.fold_in(keys[13], 1), (-abs(eq_gain_db), abs(eq_gain_db)),
+                   (batch, int(eq_bands))))
+  return draw
+
+
+def recording_chain(rng: jax.Array, wave: Any, lengths: Any, *, sample_rate: float,
+                    rows: float = 1.0, ir_seconds: float = 0.5, mu: int = 255,
+                    keep_level: bool = True, tail_pad: int = 4096, clip: bool = True,
+                    **draw_kwargs) -> jax.Array:
+  """The recording chain (see the comment above CHAIN_STAGES) on [batch, samples] waves.
+
+  ``rows``: the share of the batch that enters the chain, round(rows * batch) clips
+  drawn uniformly without replacement each call; the others pass unchanged. The chain's
+  cost is per row entered, so rows=0.5 halves it (and halves every stage's rate).
+  ``draw_kwargs`` are draw_chain's (p_<stage> probabilities, all 0 by default, and each
+  stage's parameter ranges). A row entered is exactly reverb -> add_noise -> peaking
+  biquads -> band biquads -> mu_law -> gain applied to it with the parameters draw_chain
+  drew for it (see chain_rows), the level restored before the gain if ``keep_level``,
+  clipped to [-1, 1] if ``clip``.
+  """
+  wave = _as_float(wave, "wave")
+  if wave.ndim != 2:
+    raise ValueError(f"wave must be [batch, samples], got shape {wave.shape}")
+  lengths = _lengths_or_full(wave, lengths)
+  picked, rng = chain_picks(rng, wave.shape[0], rows)
+  out = chain_rows(rng, wave[picked], lengths[picked], sample_rate=sample_rate,
+                   ir_seconds=ir_seconds, mu=mu, keep_level=keep_level, tail_pad=tail_pad,
+                   clip=clip, **draw_kwargs)
+  if picked.shape[0] == wave.shape[0]:   # every row, in order
+    return out
+  return _zero_padding(wave, _mask(wave, lengths)).at[picked].set(out)
+
+
+def chain_picks(rng: jax.Array, batch: int, rows: float = 1.0) -> jax.Array:
+  """The rows recording_chain(rng, ...) sends through the chain, in chain_rows' order,
+  and the key chain_rows gets: (rows [k], key)."""
+  pick_rng, rng = jax.random.split(rng)
+  k = int(round(_check_probability(rows, "rows") * batch))
+  if k == batch:
+    return jnp.arange(batch), rng
+  return jax.random.permutation(pick_rng, batch)[:k], rng
+
+
+def chain_rows(rng: jax.Array, wave: Any, lengths: Any, *, sample_rate: float,
+               ir_seconds: float = 0.5, mu: int = 255, keep_level: bool = True,
+               tail_pad: int = 4096, clip: bool = True, **draw_kwargs) -> jax.Array:
+  """recording_chain on every row: rng splits into (draw, ir, noise) keys, the draw is
+  ``draw_chain(draw_key, batch, sample_rate=..., **draw_kwargs)``, the impulse responses
+  ``simulated_ir(ir_key, ...)``, the noise ``colored_noise(noise_key, ...)``."""
+  wave = _as_float(wave, "wave")
+  if wave.ndim != 2:
+    raise ValueError(f"wave must be [batch, samples], got shape {wave.shape}")
+  if isinstance(tail_pad, bool) or not isinstance(tail_pad, (int, np.integer)) or tail_pad < 0:
+    raise ValueError(f"tail_pad={tail_pad!r} must be a non-negative integer (samples)")
+  sr = _check_number(sample_rate, "sample_rate", positive=True)
+  bands = _check_bands(draw_kwargs.get("bands", (TELEPHONE_BAND,)), sr)
+  batch, n = wave.shape
+  draw_rng, ir_rng, noise_rng = jax.random.split(rng, 3)
+  d = draw_chain(draw_rng, batch, sample_rate=sr, **draw_kwargs)
+  mask = _mask(wave, lengths)
+  count = _lengths_or_full(wave, lengths)[..., None]
+  x = _zero_padding(wave, mask)
+  level = _rms(x, count)
+  dtype = x.dtype
+  # reverb: rows without it convolve with the unit impulse (exactly the identity).
+  ir = simulated_ir(ir_rng, d["rt60"], d["drr_db"], sample_rate=sr, ir_seconds=ir_seconds)
+  ir = jnp.where(d["reverb"][:, None], ir, jnp.zeros_like(ir).at[:, 0].set(1.0))
+  x = jnp.where(d["reverb"][:, None], reverb(x, ir, lengths), x)
+  # noise
+  nz = colored_noise(noise_rng, (batch, n), d["noise_exponent"])
+  x = jnp.where(d["noise"][:, None], add_noise(x, nz, d["snr_db"], lengths), x)
+  # eq and band: one spectrum per row, applied with one rFFT pair.
+  n_fft = fft_size(n + tail_pad)
+  resp = jnp.ones((batch, n_fft // 2 + 1), jnp.complex64)
+  if d["eq_w0"].shape[-1]:
+    b, a = rbj_coefficients("peaking", d["eq_w0"], d["eq_q"], d["eq_gain_db"])
+    eq = jnp.prod(biquad_response(b, a, n_fft), axis=-2)             # [batch, bins]
+    resp = jnp.where(d["eq"][:, None], eq, resp)
+  tables = [band_coefficients(lo, hi, sr) for lo, hi in bands]       # float64
+  bb = jnp.asarray(np.stack([t[0] for t in tables]), jnp.float32)    # [bands, 4, 3]
+  aa = jnp.asarray(np.stack([t[1] for t in tables]), jnp.float32)
+  band = jnp.prod(biquad_response(bb, aa, n_fft), axis=-2)[d["band_index"]]
+  resp = jnp.where(d["band"][:, None], resp * band, resp)
+  filtered = jnp.fft.irfft(jnp.fft.rfft(x, n_fft) * resp, n_fft)[..., :n].astype(dtype)
+  x = jnp.where((d["eq"] | d["band"])[:, None], _zero_padding(filtered, mask), x)
+  # codec
+  x = jnp.where(d["codec"][:, None], mu_law(x, lengths, mu=mu), x)
+  if keep_level:  # back to the entry level (a silent row stays silent)
+    x = x * (level / jnp.maximum(_rms(x, count), 1e-30))
+  x = x * jnp.where(d["gain"], 10.0 ** (d["gain_db"] / 20.0), 1.0)[:, None].astype(dtype)
+  return _zero_padding(_clip(x, clip), mask)
+
+
+RECIPES = ("acula", "recording_chain")
+
+
+def apply(rng: jax.Array, wave: Any, lengths: Any, *, sample_rate: float,
+          recipe: str = "acula", **kwargs) -> jax.Array:
+  """config.augment's entry point: ``recipe`` "acula" (default) is random_augment (one
+  of KINDS per clip), "recording_chain" is recording_chain; the other keys are that
+  function's keywords."""
+  if recipe == "acula":
+    return random_augment(rng, wave, lengths, sample_rate=sample_rate, **kwargs)
+  if recipe == "recording_chain":
+    return recording_chain(rng, wave, lengths, sample_rate=sample_rate, **kwargs)
+  raise ValueError(f"augment.recipe={recipe!r} must be one of {RECIPES}")

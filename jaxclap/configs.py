@@ -15,8 +15,17 @@ Field reference (``--config.<path>=value`` overrides any of them):
   init_from            another run's workdir: start from its latest params (CLSP stage 2)
   required             top-level fields the run refuses to start without (CLSP stage 2:
                        ("init_from",)), named in the error
-  augment              None, or dict(kinds=(...), gain_db=, lowpass_hz=, highpass_hz=):
-                       one waveform transform per clip on the device (jaxclap.augment)
+  augment              None, or a dict of on-device waveform augmentations (jaxclap.augment
+                       .apply), seeded, in the jitted step, padding-aware. recipe "acula"
+                       (default): dict(kinds=(...), gain_db=, lowpass_hz=, highpass_hz=),
+                       one transform per clip (AcuLa). recipe "recording_chain": rows (share
+                       of the batch entered), then per clip, each drawn with its p_<stage>
+                       (default 0): reverb (simulated room IR: rt60=(lo, hi) s, drr_db,
+                       ir_seconds), noise (snr_db=(lo, hi), noise_colors of white / pink /
+                       brown), eq (eq_bands peaking biquads: eq_hz, eq_gain_db, eq_q), band
+                       (one of bands=((low_hz, high_hz), ...), 0 = no edge; telephone
+                       (300, 3400)), codec (8-bit mu-law, mu), gain (gain_db=(lo, hi));
+                       keep_level restores each clip's RMS before the gain, clip, tail_pad
   corpus.*             the embedded corpus (jaxclap.corpus.speech_corpus): data_dir, seed,
                        scale (size multiplier), num_workers (synthesis processes)
   input.sources        corpora to mix: dict(path, split, weight[, subset, redraw_every]);

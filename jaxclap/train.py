@@ -219,9 +219,9 @@ class Trainer:
     wave = batch["audio"]
     if self.config.augment:
       from jaxclap import augment
-      wave = augment.random_augment(aug_rng, wave, batch["audio_len"],
-                                    sample_rate=int(self.config.features.sample_rate),
-                                    **dict(self.config.augment))
+      wave = augment.apply(aug_rng, wave, batch["audio_len"],
+                           sample_rate=int(self.config.features.sample_rate),
+                           **dict(self.config.augment))
     spec, frames = two_towers.spectrogram(self.config.features, wave, batch["audio_len"])
     ids, mask = batch["text_ids"], batch["text_mask"]
     per_clip = ids.shape[1] if ids.ndim == 3 else 1
