@@ -92,7 +92,13 @@ def main(argv):
   if arg:
     name += "_" + arg.replace(",", "_").replace("/", "_")
   workdir = _WORKDIR.value or os.path.join("workdirs", name)
-  train.train_and_evaluate(config, workdir)
+  _, results = train.train_and_evaluate(config, workdir)
+  import jax
+  if results and jax.process_index() == 0 and jax.process_count() == 1:
+    # <workdir>/report/: results.json, plots, report.md (jaxclap.evaluate.report_run);
+    # one process only: it reloads the model from the checkpoint on its own device.
+    from jaxclap import evaluate
+    print(f"report: {evaluate.report_run(workdir, config, results)}", flush=True)
 
 
 if __name__ == "__main__":
