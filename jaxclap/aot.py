@@ -5,6 +5,8 @@ r"""Ahead-of-time compilation of the train step for a TPU slice, from any host (
       --config.global_batch_size=256
   python -m jaxclap.aot --config=configs/demo.py:runlocal --topology=v5e:2x2 \
       --serialize=/tmp/step.bin
+  python -m jaxclap.aot --loss=info_nce --mode=chunked --topology=v5e:16x16 \
+      --global_batch=32768 --embed_dim=1024
 
   --config       a config file as for jaxclap.main, with --config.X=Y overrides
   --topology     the slice: <chip>:<chips per axis>, e.g. v5e:2x2, v5e:4x4, v5e:16x16,
@@ -14,6 +16,11 @@ r"""Ahead-of-time compilation of the train step for a TPU slice, from any host (
   --serialize    write the compiled executable there (jax.experimental.serialize_executable,
                  pickled with its argument trees); nothing is written otherwise
   --json         write the figures printed below as JSON there
+  --loss         instead of a config's step: the contrastive loss alone (info_nce,
+                 multi_positive, sigmoid), value and gradient with respect to both towers'
+                 embeddings, the batch split over every device of the slice; with
+                 --mode (gather | chunked, as loss.mode), --global_batch, --embed_dim.
+                 What a global batch costs per device in each mode, without any tower
 
 What it does: ``libtpu`` (the ``tpu`` extra: ``pip install -e '.[tpu]'``) describes the
 slice's chips as compile-only devices; the mesh is the config's ``mesh`` section over
@@ -259,6 +266,72 @@ def compile_step(config: Any, topology: str, num_slices: int = 1,
   return result
 
 
+# The contrastive losses --loss compiles: (audio, text) -> scalar, with the paper's
+# scalars at their initial values (CLIP's temperature 0.07; SigLIP's scale 10, bias -10).
+def _loss_fns(mesh, mode):
+  from jaxclap import losses
+  kw = dict(mesh=mesh, batch_axes=("data",), mode=mode)
+  log_scale = math.log(1 / 0.07)
+  return {
+      "info_nce": lambda a, t: losses.info_nce(a, t, log_scale, **kw)[0],
+      "multi_positive": lambda a, t: losses.multi_positive_info_nce(
+          a, t.reshape(t.shape[0], 2, -1), log_scale, **kw)[0],
+      "sigmoid": lambda a, t: losses.sigmoid_loss(a, t, math.log(10.0), -10.0, **kw)[0],
+  }
+
+
+LOSSES = ("info_nce", "multi_positive", "sigmoid")
+
+
+def compile_loss(topology: str, loss: str = "info_nce", mode: str = "chunked",
+                 global_batch: int = 32768, embed_dim: int = 1024,
+                 num_slices: int = 1) -> dict:
+  """Compiles the contrastive ``loss`` alone (value and gradients with respect to both
+  [global_batch, embed_dim] float32 embedding matrices, split over all devices of the
+  slice) in ``mode``; returns per-device memory figures and the compiled FLOPs.
+
+  The FLOPs are ``cost_analysis()``'s, which counts the body of a loop the compiler keeps
+  rolled once: for ``chunked`` (a ring of one step per device, unrolled only on small
+  slices) the figure is a lower bound. Temporaries are what the program keeps in HBM:
+  a TPU keeps small ones in its on-chip VMEM, so a block of a few MiB may count 0."""
+  if loss not in LOSSES:
+    raise ValueError(f"--loss={loss!r}; use one of {LOSSES}")
+  devices = topology_devices(topology, num_slices)
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+  if global_batch % len(devices):
+    raise ValueError(f"--global_batch={global_batch} is not divisible by the {len(devices)} "
+                     f"devices of {topology}")
+  width = embed_dim * (2 if loss == "multi_positive" else 1)   # two captions per clip
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  audio = jax.ShapeDtypeStruct((global_batch, embed_dim), np.float32, sharding=split)
+  text = jax.ShapeDtypeStruct((global_batch, width), np.float32, sharding=split)
+  fn = _loss_fns(mesh, mode)[loss]
+  t0 = time.time()
+  compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(audio, text).compile()
+  mem = compiled.memory_analysis()
+  kind = devices[0].device_kind
+  return dict(topology=topology, devices=len(devices), loss=loss, mode=mode,
+              global_batch=global_batch, embed_dim=embed_dim, compile_s=time.time() - t0,
+              argument_bytes=int(mem.argument_size_in_bytes),
+              temp_bytes=int(mem.temp_size_in_bytes),
+              output_bytes=int(mem.output_size_in_bytes),
+              hbm=CHIPS[kind].usable_hbm if kind in CHIPS else None,
+              flops=float(_cost(compiled).get("flops", 0.0)))
+
+
+def loss_report(f: dict) -> str:
+  per = f["global_batch"] // f["devices"]
+  return (f"{f['loss']} ({f['mode']}) at global batch {f['global_batch']} x {f['embed_dim']} "
+          f"on {f['topology']} ({f['devices']} devices, {per} rows each): per device "
+          f"arguments {_gib(f['argument_bytes'])}, temporaries {_gib(f['temp_bytes'])}, "
+          f"outputs {_gib(f['output_bytes'])}; compiled {f['flops'] / 1e9:.3g} GFLOP"
+          + (" (a lower bound: a rolled ring loop counts once)" if f["mode"] == "chunked"
+             else "")
+          + f"; compile {f['compile_s']:.1f} s\n"
+          f"row: | {f['loss']} | {f['mode']} | {f['global_batch']} x {f['embed_dim']} | "
+          f"{f['topology']} ({f['devices']}) | {_gib(f['temp_bytes'])} |")
+
+
 def _frozen_params(trainer, params) -> int:
   frozen = list(trainer.config.optim.frozen or [])
   if not frozen:
@@ -357,6 +430,11 @@ def _define_flags():
   flags.DEFINE_integer("num_slices", 1, "Slices joined by DCN; the data axis spans them.")
   flags.DEFINE_string("serialize", None, "Write the compiled executable to this file.")
   flags.DEFINE_string("json", None, "Write the printed figures as JSON to this file.")
+  flags.DEFINE_enum("loss", None, list(LOSSES), "Compile this contrastive loss alone "
+                    "instead of a config's train step.")
+  flags.DEFINE_enum("mode", "chunked", ["gather", "chunked"], "--loss: as loss.mode.")
+  flags.DEFINE_integer("global_batch", 32768, "--loss: rows of each tower's embeddings.")
+  flags.DEFINE_integer("embed_dim", 1024, "--loss: width of the shared space.")
 
 
 def main(argv):
@@ -364,12 +442,24 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   FLAGS = flags.FLAGS
-  if FLAGS.config is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/slap.py")
   if not FLAGS.topology:
     raise app.UsageError("--topology is required, e.g. --topology=v5e:16x16")
   # The host's own accelerators (a TPU VM's chips) stay with whoever uses them.
   jax.config.update("jax_platforms", "cpu")
+  if FLAGS.loss:
+    try:
+      f = compile_loss(FLAGS.topology, FLAGS.loss, FLAGS.mode, FLAGS.global_batch,
+                       FLAGS.embed_dim, FLAGS.num_slices)
+    except ValueError as e:
+      print(str(e), file=sys.stderr, flush=True)
+      return 2
+    print(loss_report(f), flush=True)
+    if FLAGS.json:
+      with open(FLAGS.json, "w") as fh:
+        json.dump(f, fh, indent=2)
+    return 0
+  if FLAGS.config is None:
+    raise app.UsageError("--config (or --loss) is required, e.g. --config=configs/slap.py")
   try:
     result = compile_step(FLAGS.config, FLAGS.topology, FLAGS.num_slices,
                           progress=lambda m: print(m, file=sys.stderr, flush=True))
@@ -393,5 +483,5 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app, flags
   _define_flags()
-  flags.mark_flags_as_required(["config", "topology"])
+  flags.mark_flags_as_required(["topology"])
   app.run(lambda argv: sys.exit(main(argv)))

@@ -167,3 +167,25 @@ def test_topologies_and_slices():
   assert slices == [0] * 4 + [1] * 4
   with pytest.raises(ValueError, match="multiple of --num_slices=2"):
     aot.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)), devices, 2)
+
+
+def test_contrastive_loss_alone_gather_against_chunked():
+  """The loss alone at 16,384 x 256 on 4 devices (4,096 rows each): gather holds at least
+  one [4096, 16384] float32 logits block per device (256 MiB) and does at least the
+  forward's two [n, d] x [d, N] products (one per direction) and their backward; chunked
+  holds an n x n block (64 MiB), not n x N. The CLI prints the figures and the row."""
+  from jaxclap import aot
+  n, big, d = 4096, 16384, 256
+  gather = aot.compile_loss(TOPOLOGY, "info_nce", "gather", big, d)
+  chunked = aot.compile_loss(TOPOLOGY, "info_nce", "chunked", big, d)
+  assert gather["devices"] == DEVICES
+  assert gather["temp_bytes"] >= n * big * 4, gather
+  assert n * n * 4 <= chunked["temp_bytes"] < n * big * 4 / 2, chunked
+  forward = 2 * 2 * n * big * d
+  assert 2 * forward <= gather["flops"] <= 6 * forward, (gather["flops"], forward)
+  out = subprocess.run(
+      [sys.executable, "-m", "jaxclap.aot", "--loss=sigmoid", "--mode=gather",
+       f"--topology={TOPOLOGY}", "--global_batch=4096", "--embed_dim=256"],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "row: | sigmoid | gather | 4096 x 256 | v5e:2x2 (4) |" in out.stdout, out.stdout
