@@ -28,6 +28,10 @@ What a reader of a run folder can rely on:
 * A checkpoint that does not fit the model (another ``model.*``) is not broken: it is
   left alone and the error names the first parameter that differs, with both shapes.
 
+* The training loop writes through ``Saver`` (never non-finite parameters; a failed
+  write raises ``SaveError`` naming the folder, the space free and the checkpoint kept)
+  and holds the folder with ``lock_run`` (``Lock`` on process 0, agreed by every process).
+
 It depends on the models and on nothing that trains, so inference and export never
 import the trainer.
 """
@@ -39,6 +43,7 @@ import fcntl
 import json
 import logging
 import re
+import shutil
 import os
 import socket
 import time
@@ -75,6 +80,11 @@ class RunFolderError(RuntimeError):
 
 class ConfigMismatch(RunFolderError, ValueError):
   """A config (or model) that the run folder's checkpoints were not trained with."""
+
+
+class SaveError(RunFolderError):
+  """A checkpoint was not written (a write error, or non-finite parameters); the message
+  names the folder and the checkpoint kept."""
 
 
 def folder(workdir: str) -> str:
@@ -409,6 +419,28 @@ class Lock:
       self.fd = None
 
 
+def lock_run(workdir: str) -> Lock | None:
+  """Takes ``workdir``'s ``Lock`` on process 0 (returned; None on the others); every
+  process learns whether it got it and raises ``RunFolderError`` if not."""
+  lock, err = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = Lock(workdir)
+    except RunFolderError as e:
+      err = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    import numpy as np
+    if not multihost_utils.process_allgather(np.int32(err is None)).all() and err is None:
+      err = RunFolderError(f"{workdir} is in use by another run (process 0 "
+                                       "could not take its lock)")
+  if err is not None:
+    if lock is not None:
+      lock.release()
+    raise err
+  return lock
+
+
 @contextlib.contextmanager
 def _quiet(workdir: str):
   """Yields whether no run holds ``workdir`` (a shared lock while inside, so that none
@@ -566,3 +598,64 @@ def init_variables(model: Any, config: Any, rng: jax.Array, mae_rng: jax.Array) 
   spec, frames = two_towers.spectrogram(config.features, batch["audio"], batch["audio_len"])
   return model.init(rng, spec, frames, batch["text_ids"], batch["text_mask"],
                     mae_rng if terms.uses_decoder(config) else None)
+
+
+# --------------------------------------------------------------- saving in the loop
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every element of every leaf is finite."""
+  return jax.tree_util.tree_reduce(lambda ok, x: ok & jnp.all(jnp.isfinite(x)), tree,
+                                   jnp.array(True))
+
+
+class Saver:
+  """The training loop's checkpoint writes: never non-finite parameters, and a failed write
+  (disk full, permissions, quota) stops the run with one line naming the folder, the
+  space there and the checkpoint kept, instead of training on unsaved. Orbax writes in
+  the background, so a failure surfaces at the next save, log step or the end."""
+
+  def __init__(self, workdir: str, config: Any):
+    self.workdir, self.folder = workdir, folder(workdir)
+    self.mgr = manager(workdir, config)
+    self.finite = jax.jit(all_finite)
+    self.in_flight, self.failed = None, False
+
+  def save(self, state: Any, data_iter) -> None:
+    step = int(state.step)
+    if not bool(self.finite(state.variables())):
+      raise SaveError(f"step {step}: the parameters are not finite, so no checkpoint was "
+                  f"written; the last one in {self.folder} is kept")
+    self._guard(lambda: save(self.mgr, state, data_iter), step)
+    self.in_flight = step
+
+  def check(self) -> None:
+    self._guard(self.mgr.check_for_errors, self.in_flight)
+
+  def wait(self) -> None:
+    self._guard(self.mgr.wait_until_finished, self.in_flight)
+
+  def _guard(self, fn, step) -> None:
+    try:
+      fn()
+    except SaveError:
+      raise
+    except Exception as e:   # whatever the filesystem, Orbax or tensorstore raise
+      self.failed = True
+      raise self._failed(step, e) from e
+
+  def _failed(self, step, err) -> SaveError:
+    kept = sorted(int(n) for n in os.listdir(self.folder) if n.isdigit()) \
+        if os.path.isdir(self.folder) else []
+    kept = [k for k in kept if k != step] if step is not None else kept
+    size = 0
+    if kept:
+      for root, _, files in os.walk(os.path.join(self.folder, str(kept[-1]))):
+        size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    free = shutil.disk_usage(self.folder).free if os.path.isdir(self.folder) else 0
+    what = _describe(err)
+    return SaveError(
+        f"could not write checkpoint {step} in {self.folder}: {what}; {free / 2**20:.0f} MiB "
+        f"free there, a checkpoint takes about {size / 2**20:.0f} MiB; "
+        + (f"checkpoint {kept[-1]} is kept" if kept else "no earlier checkpoint")
+        + "; the run stopped: make room (or use another --workdir) and re-run to resume")

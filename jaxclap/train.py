@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -43,6 +42,8 @@ import numpy as np
 import optax
 
 from jaxclap import checkpoints, losses, sharding, terms
+# Shared with the saver, which never writes non-finite parameters.
+from jaxclap.checkpoints import all_finite
 from jaxclap.models import convert, two_towers
 # Optimisers and schedules live in jaxclap.optim (train.make_optimizer still resolves).
 from jaxclap.optim import _check_patterns, _path_labels, make_optimizer
@@ -60,12 +61,6 @@ class TrainState:
 
   def variables(self) -> dict:
     return {"params": self.params, **self.model_state}
-
-
-def all_finite(tree) -> jax.Array:
-  """True when every element of every leaf is finite."""
-  return jax.tree_util.tree_reduce(lambda ok, x: ok & jnp.all(jnp.isfinite(x)), tree,
-                                   jnp.array(True))
 
 
 # --------------------------------------------------------------------------- trainer
@@ -536,58 +531,6 @@ class _Progress:
       self.writer = None
 
 
-class _Saver:
-  """The loop's checkpoint writes: never non-finite parameters, and a failed write
-  (disk full, permissions, quota) stops the run with one line naming the folder, the
-  space there and the checkpoint kept, instead of training on unsaved. Orbax writes in
-  the background, so a failure surfaces at the next save, log step or the end."""
-
-  def __init__(self, workdir: str, config: Any):
-    self.workdir, self.folder = workdir, checkpoints.folder(workdir)
-    self.mgr = checkpoints.manager(workdir, config)
-    self.finite = jax.jit(all_finite)
-    self.in_flight, self.failed = None, False
-
-  def save(self, state: TrainState, data_iter) -> None:
-    step = int(state.step)
-    if not bool(self.finite(state.variables())):
-      raise _stop(f"step {step}: the parameters are not finite, so no checkpoint was "
-                  f"written; the last one in {self.folder} is kept")
-    self._guard(lambda: checkpoints.save(self.mgr, state, data_iter), step)
-    self.in_flight = step
-
-  def check(self) -> None:
-    self._guard(self.mgr.check_for_errors, self.in_flight)
-
-  def wait(self) -> None:
-    self._guard(self.mgr.wait_until_finished, self.in_flight)
-
-  def _guard(self, fn, step) -> None:
-    try:
-      fn()
-    except Stopped:
-      raise
-    except Exception as e:   # whatever the filesystem, Orbax or tensorstore raise
-      self.failed = True
-      raise self._failed(step, e) from e
-
-  def _failed(self, step, err) -> Stopped:
-    kept = sorted(int(n) for n in os.listdir(self.folder) if n.isdigit()) \
-        if os.path.isdir(self.folder) else []
-    kept = [k for k in kept if k != step] if step is not None else kept
-    size = 0
-    if kept:
-      for root, _, files in os.walk(os.path.join(self.folder, str(kept[-1]))):
-        size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    free = shutil.disk_usage(self.folder).free if os.path.isdir(self.folder) else 0
-    what = checkpoints._describe(err)
-    return _stop(
-        f"could not write checkpoint {step} in {self.folder}: {what}; {free / 2**20:.0f} MiB "
-        f"free there, a checkpoint takes about {size / 2**20:.0f} MiB; "
-        + (f"checkpoint {kept[-1]} is kept" if kept else "no earlier checkpoint")
-        + "; the run stopped: make room (or use another --workdir) and re-run to resume")
-
-
 def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), running the
   evaluators of ``config.evals`` every their ``every`` steps and at the end; the end's
@@ -598,33 +541,13 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | No
   os.makedirs(workdir, exist_ok=True)
   lock = None
   try:
-    lock = _lock(workdir)
+    lock = checkpoints.lock_run(workdir)
     return _train(config, workdir)
   except checkpoints.RunFolderError as e:
     raise _stop(str(e)) from e
   finally:
     if lock is not None:
       lock.release()
-
-
-def _lock(workdir: str):
-  """Process 0 holds the folder's lock; every process learns whether it got it."""
-  lock, err = None, None
-  if jax.process_index() == 0:
-    try:
-      lock = checkpoints.Lock(workdir)
-    except checkpoints.RunFolderError as e:
-      err = e
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    if not multihost_utils.process_allgather(np.int32(err is None)).all() and err is None:
-      err = checkpoints.RunFolderError(f"{workdir} is in use by another run (process 0 "
-                                       "could not take its lock)")
-  if err is not None:
-    if lock is not None:
-      lock.release()
-    raise err
-  return lock
 
 
 def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
@@ -664,7 +587,7 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
     print(f"{n_params / 1e6:.1f}M parameters on mesh {dict(mesh.shape)}; "
           f"steps {start} -> {total}; workdir {workdir}", flush=True)
-  saver = _Saver(workdir, config)
+  saver = checkpoints.Saver(workdir, config)
   progress = _Progress(workdir, total, start, is_main, int(config.max_nonfinite_steps))
   preemption = _Preemption()
   log_every = int(config.log_every)
