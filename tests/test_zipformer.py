@@ -121,3 +121,18 @@ def test_bad_checkpoint_names_key_and_shapes():
   del short[key]
   with pytest.raises(Z.CheckpointMismatch, match="lacks 1"):
     Z.import_torch(short, shapes)
+
+
+@pytest.mark.parametrize("preset", ["small", "large"])
+def test_preset_param_count_matches_reference(preset):
+  """Shape-only count of each icefall preset equals the reference modules' own count."""
+  zf, ss = _reference()
+  fields = Z.PRESETS[preset]
+  ours = Z.param_count(**fields)
+  kw = {k: fields.get(k, getattr(Z.Zipformer, k)) for k in (
+      "downsampling_factor", "encoder_dim", "num_encoder_layers", "query_head_dim", "pos_head_dim",
+      "value_head_dim", "num_heads", "feedforward_dim", "cnn_module_kernel", "pos_dim")}
+  ref = zf.Zipformer(encoder_unmasked_dim=192, **kw)
+  embed = ss.Conv2dSubsampling(80, Z._tuple(kw["encoder_dim"], 6)[0])
+  want = sum(p.numel() for p in ref.parameters()) + sum(p.numel() for p in embed.parameters())
+  assert ours == want

@@ -329,3 +329,24 @@ def import_torch(state_dict: Mapping[str, np.ndarray], params: Mapping) -> dict:
   if missing:
     raise CheckpointMismatch(f"checkpoint lacks {len(missing)} Zipformer parameters, e.g. {missing[:3]}")
   return traverse_util.unflatten_dict({tuples[k]: v for k, v in out.items()})
+
+
+# icefall egs/librispeech/ASR/zipformer (README and train.py defaults): the small / medium /
+# large recipes' encoder fields; the shared defaults are the class defaults above.
+# icefall's published counts (23.2M / 65.5M / 148.4M) are for the whole transducer
+# (encoder + decoder + joiner); ``param_count`` gives the encoder's alone: 22.0M / 64.0M /
+# 146.6M (equal to the reference modules' own count, tests/test_zipformer.py).
+PRESETS = {
+    "small": dict(num_encoder_layers=(2, 2, 2, 2, 2, 2), feedforward_dim=(512, 768, 768, 768, 768, 768),
+                  encoder_dim=(192, 256, 256, 256, 256, 256)),
+    "medium": dict(),
+    "large": dict(num_encoder_layers=(2, 2, 4, 5, 4, 2), feedforward_dim=(512, 768, 1536, 2048, 1536, 768),
+                  encoder_dim=(192, 256, 512, 768, 512, 256)),
+}
+
+
+def param_count(**fields) -> int:
+  """Parameters of ``Zipformer(**fields)``, from shapes only (jax.eval_shape)."""
+  m = Zipformer(**fields)
+  shapes = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 100, m.feature_dim)), jnp.array([100]))
+  return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes))
