@@ -20,20 +20,9 @@ import time
 import numpy as np
 import pytest
 
+import runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _main(workdir, data_dir, steps=8, extra=()):
-  return [sys.executable, "-m", "jaxclap.main", f"--config=configs/demo.py:runlocal,steps={steps}",
-          f"--workdir={workdir}", f"--config.corpus.data_dir={data_dir}",
-          "--config.log_every=1", "--config.checkpoint_every=3",
-          "--config.log_data_indices=True", *extra]
-
-
-def _env():
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  return env
 
 
 def _rows(workdir):
@@ -50,7 +39,7 @@ def data_dir(tmp_path_factory):
 def ref(tmp_path_factory, data_dir):
   """An uninterrupted run: 8 steps, checkpoints 6 and 8."""
   workdir = tmp_path_factory.mktemp("ref") / "run"
-  subprocess.run(_main(workdir, data_dir), cwd=ROOT, env=_env(), check=True, timeout=900,
+  subprocess.run(runs.main_command(workdir, data_dir), cwd=ROOT, env=runs.clean_env(), check=True, timeout=900,
                  stdout=subprocess.DEVNULL)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "8"]
   return workdir
@@ -73,8 +62,8 @@ def _stderr_line(stderr, needle):
 def test_sigterm_saves_the_current_step_and_resumes_with_no_step_lost(tmp_path, data_dir, ref):
   run = tmp_path / "run"
   # No periodic checkpoint before the end: all that survives is what SIGTERM saves.
-  cmd = _main(run, data_dir, extra=["--config.checkpoint_every=100"])
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+  cmd = runs.main_command(run, data_dir, extra=["--config.checkpoint_every=100"])
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=runs.clean_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600
   while time.time() < deadline:
@@ -95,7 +84,7 @@ def test_sigterm_saves_the_current_step_and_resumes_with_no_step_lost(tmp_path, 
   assert [r["step"] for r in _rows(run)] == list(range(1, saved + 1))
   assert not (run / "results.json").exists()
 
-  out = subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, timeout=900,
+  out = subprocess.run(cmd, cwd=ROOT, env=runs.clean_env(), check=True, timeout=900,
                        capture_output=True, text=True).stdout
   assert f"resuming from step {saved}" in out
   got, expected = _rows(run), {r["step"]: r for r in _rows(ref)}
@@ -116,12 +105,12 @@ def test_a_second_run_on_a_held_folder_is_refused_and_a_killed_holder_frees_it(t
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sys, time; from jaxclap import checkpoints; "
        f"checkpoints.Lock({str(run)!r}); print('held', flush=True); time.sleep(600)"],
-      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
+      cwd=ROOT, env=runs.clean_env(), stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "held"
   with pytest.raises(checkpoints.RunFolderError, match=r"in use by another run \(pid "
                      f"{holder.pid} on "):
     checkpoints.Lock(run)
-  res = subprocess.run(_main(run, data_dir), cwd=ROOT, env=_env(), timeout=600,
+  res = subprocess.run(runs.main_command(run, data_dir), cwd=ROOT, env=runs.clean_env(), timeout=600,
                        capture_output=True, text=True)
   assert res.returncode == 1
   assert f"in use by another run (pid {holder.pid}" in res.stderr.strip().splitlines()[-1]
@@ -134,9 +123,9 @@ def test_a_second_run_on_a_held_folder_is_refused_and_a_killed_holder_frees_it(t
 def test_a_changed_model_is_refused_and_config_json_kept(tmp_path, data_dir, ref):
   run = _copy(ref, tmp_path)
   before = {p: (run / p).read_bytes() for p in ("config.json", "metrics.jsonl")}
-  res = subprocess.run(_main(run, data_dir, extra=["--config.model.embed_dim=64",
+  res = subprocess.run(runs.main_command(run, data_dir, extra=["--config.model.embed_dim=64",
                                                    "--config.total_steps=20"]),
-                       cwd=ROOT, env=_env(), timeout=600, capture_output=True, text=True)
+                       cwd=ROOT, env=runs.clean_env(), timeout=600, capture_output=True, text=True)
   assert res.returncode == 1
   last = res.stderr.strip().splitlines()[-1]
   assert "holds a run trained with another config: model.embed_dim: 32 there, 64 now" in last
@@ -250,8 +239,8 @@ def test_training_falls_back_past_a_broken_checkpoint_and_a_failed_save_stops_it
              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
              "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); "
              "os.execv(sys.executable, [sys.executable] + sys.argv[1:])"]
-  cmd = _main(run, data_dir, extra=["--config.checkpoint_every=100"])
-  res = subprocess.run(limited + cmd[1:], cwd=ROOT, env=_env(), timeout=900,
+  cmd = runs.main_command(run, data_dir, extra=["--config.checkpoint_every=100"])
+  res = subprocess.run(limited + cmd[1:], cwd=ROOT, env=runs.clean_env(), timeout=900,
                        capture_output=True, text=True)
   assert "resuming from step 6" in res.stdout, res.stderr[-3000:]
   assert res.returncode == 1, res.stderr[-3000:]
@@ -274,10 +263,10 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, data_dir
   from jaxclap import checkpoints
   run = tmp_path / "run"
   res = subprocess.run(
-      _main(run, data_dir, steps=12, extra=["--config.optim.lr=1e30",
+      runs.main_command(run, data_dir, steps=12, extra=["--config.optim.lr=1e30",
                                             "--config.max_nonfinite_steps=3",
                                             "--config.checkpoint_every=2"]),
-      cwd=ROOT, env=_env(), timeout=900, capture_output=True, text=True)
+      cwd=ROOT, env=runs.clean_env(), timeout=900, capture_output=True, text=True)
   assert res.returncode == 1, res.stderr[-3000:]
   rows = _rows(run)
   bad = [r["step"] for r in rows if r["nonfinite"]]

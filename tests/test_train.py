@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+import runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,19 +22,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def data_dir(tmp_path_factory):
   """The embedded corpus at the runlocal scale, built once for the module."""
   return str(tmp_path_factory.mktemp("datasets"))
-
-
-def _main(workdir, data_dir, steps=8, extra=()):
-  return [sys.executable, "-m", "jaxclap.main", f"--config=configs/demo.py:runlocal,steps={steps}",
-          f"--workdir={workdir}", f"--config.corpus.data_dir={data_dir}",
-          "--config.log_every=1", "--config.checkpoint_every=3",
-          "--config.log_data_indices=True", *extra]
-
-
-def _env():
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  return env
 
 
 def _per_step(workdir):
@@ -69,14 +58,14 @@ def _tensorboard_steps(workdir, tag="train/loss"):
 
 def test_sigkill_and_resume_is_exact(tmp_path, data_dir):
   ref = tmp_path / "ref"
-  subprocess.run(_main(ref, data_dir), cwd=ROOT, env=_env(), check=True, timeout=900,
+  subprocess.run(runs.main_command(ref, data_dir), cwd=ROOT, env=runs.clean_env(), check=True, timeout=900,
                  stdout=subprocess.DEVNULL)
   expected = _per_step(ref)
   assert sorted(expected) == list(range(1, 9))
   assert os.path.exists(ref / "results.json")
 
   run = tmp_path / "killed"
-  proc = subprocess.Popen(_main(run, data_dir), cwd=ROOT, env=_env(),
+  proc = subprocess.Popen(runs.main_command(run, data_dir), cwd=ROOT, env=runs.clean_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
   # Kill after the step-3 checkpoint exists and training has gone past it.
@@ -91,7 +80,7 @@ def test_sigkill_and_resume_is_exact(tmp_path, data_dir):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (run / "results.json").exists()
-  out = subprocess.run(_main(run, data_dir), cwd=ROOT, env=_env(), check=True, timeout=900,
+  out = subprocess.run(runs.main_command(run, data_dir), cwd=ROOT, env=runs.clean_env(), check=True, timeout=900,
                        capture_output=True, text=True).stdout
   assert "resuming from step" in out
   got = _per_step(run)       # each step once: the killed run's steps past 3 dropped
@@ -144,7 +133,7 @@ MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_eight_devices_match_one():
-  env = _env()
+  env = runs.clean_env()
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   res = subprocess.run([sys.executable, "-c", MESH_SCRIPT], cwd=ROOT, env=env, check=True,
                        capture_output=True, text=True, timeout=900)
@@ -197,7 +186,7 @@ ACCUM_SCRIPT = textwrap.dedent("""
 
 
 def test_gradient_accumulation_averages_micro_batches():
-  res = subprocess.run([sys.executable, "-c", ACCUM_SCRIPT], cwd=ROOT, env=_env(), check=True,
+  res = subprocess.run([sys.executable, "-c", ACCUM_SCRIPT], cwd=ROOT, env=runs.clean_env(), check=True,
                        capture_output=True, text=True, timeout=600)
   out = json.loads(res.stdout.strip().splitlines()[-1])
   assert abs(out["step"] - out["ref"]) <= 1e-5 * max(1.0, abs(out["ref"]))
@@ -265,7 +254,7 @@ def test_demo_trains_other_towers_by_one_override(tmp_path, data_dir, towers):
   cmd = [sys.executable, "-m", "jaxclap.main",
          f"--config=configs/demo.py:runlocal,steps=6,{towers}", f"--workdir={workdir}",
          f"--config.corpus.data_dir={data_dir}", "--config.log_every=1"]
-  subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, timeout=900, stdout=subprocess.DEVNULL)
+  subprocess.run(cmd, cwd=ROOT, env=runs.clean_env(), check=True, timeout=900, stdout=subprocess.DEVNULL)
   rows = _per_step(workdir)
   assert sorted(rows) == list(range(1, 7))
   assert all(abs(r["loss"]) < 1e3 for r in rows.values())
@@ -281,7 +270,7 @@ def test_demo_trains_other_towers_by_one_override(tmp_path, data_dir, towers):
       print(json.dumps({{"var": var, "tok": m.config.tokenizer.get("path") or "",
                         "norm": float(np.linalg.norm(e))}}))
   """)
-  out = json.loads(subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=_env(),
+  out = json.loads(subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=runs.clean_env(),
                                   check=True, capture_output=True, text=True,
                                   timeout=600).stdout.strip().splitlines()[-1])
   assert abs(out["norm"] - 1.0) < 1e-4
