@@ -394,16 +394,19 @@ class _Preemption:
 
   def __init__(self):
     self.multi = jax.process_count() > 1
-    self.flag, self.previous = False, None
+    self.flag, self.signal, self.previous = False, "SIGTERM", {}
     if not self.multi:
+      # Ctrl-C (SIGINT) too: without it a KeyboardInterrupt drops every step since the
+      # last periodic checkpoint; with it, it saves and stops as a preemption does.
       try:
-        self.previous = signal.signal(signal.SIGTERM, self._handler)
-      except ValueError:   # not the main thread: SIGTERM keeps its default action
-        logging.warning("train_and_evaluate outside the main thread: SIGTERM will not "
-                        "save a checkpoint")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+          self.previous[sig] = signal.signal(sig, self._handler)
+      except ValueError:   # not the main thread: the signals keep their default action
+        logging.warning("train_and_evaluate outside the main thread: SIGTERM and SIGINT "
+                        "will not save a checkpoint")
 
   def _handler(self, signum, frame):
-    self.flag = True
+    self.flag, self.signal = True, signal.Signals(signum).name
 
   def reached(self, step: int) -> bool:
     if not self.multi:
@@ -415,9 +418,9 @@ class _Preemption:
       return False
 
   def close(self):
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
-      self.previous = None
+    for sig, previous in self.previous.items():
+      signal.signal(sig, previous)
+    self.previous = {}
 
 
 def _keep_rows(path: str, last_step: int) -> None:
@@ -627,7 +630,7 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
         saver.save(state, data_iter)
       if preempted:
         saver.wait()
-        raise _stop(f"preempted (SIGTERM) at step {step}: checkpoint saved in "
+        raise _stop(f"preempted ({preemption.signal}) at step {step}: checkpoint saved in "
                     f"{saver.folder}; re-run the same command to resume from it",
                     PREEMPTED)
     if evals and start >= total:   # a finished run is evaluated again

@@ -283,3 +283,19 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, data_dir
   for s in steps:   # every checkpoint written holds finite parameters
     params = checkpoints.open_run(run, step=s)[1]["params"]
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def test_ctrl_c_is_taken_as_a_preemption_and_the_handlers_restored():
+  """SIGINT (Ctrl-C) sets the same flag SIGTERM does, so the loop saves the current step
+  and stops (the save-and-stop path itself is the SIGTERM test's); closing restores both
+  previous handlers."""
+  from jaxclap import train
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  p = train._Preemption()
+  try:
+    assert not p.reached(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert p.reached(1) and p.signal == "SIGINT"
+  finally:
+    p.close()
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
