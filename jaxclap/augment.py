@@ -785,15 +785,16 @@ def chain_rows(rng: jax.Array, wave: Any, lengths: Any, *, sample_rate: float,
   return _zero_padding(_clip(x, clip), mask)
 
 
-RECIPES = ("acula", "recording_chain")
+# Named by what they do, not by the recipe that uses them (AcuLa's is "one_of").
+RECIPES = ("one_of", "recording_chain")
 
 
 def apply(rng: jax.Array, wave: Any, lengths: Any, *, sample_rate: float,
-          recipe: str = "acula", **kwargs) -> jax.Array:
-  """config.augment's entry point: ``recipe`` "acula" (default) is random_augment (one
+          recipe: str = "one_of", **kwargs) -> jax.Array:
+  """config.augment's entry point: ``recipe`` "one_of" (default) is random_augment (one
   of KINDS per clip), "recording_chain" is recording_chain; the other keys are that
   function's keywords."""
-  if recipe == "acula":
+  if recipe == "one_of":
     return random_augment(rng, wave, lengths, sample_rate=sample_rate, **kwargs)
   if recipe == "recording_chain":
     return recording_chain(rng, wave, lengths, sample_rate=sample_rate, **kwargs)

@@ -16,8 +16,8 @@ Field reference (``--config.<path>=value`` overrides any of them):
   required             top-level fields the run refuses to start without (CLSP stage 2:
                        ("init_from",)), named in the error
   augment              None, or a dict of on-device waveform augmentations (jaxclap.augment
-                       .apply), seeded, in the jitted step, padding-aware. recipe "acula"
-                       (default): dict(kinds=(...), gain_db=, lowpass_hz=, highpass_hz=),
+                       .apply), seeded, in the jitted step, padding-aware. recipe "one_of"
+                       (default; AcuLa's): dict(kinds=(...), gain_db=, lowpass_hz=, highpass_hz=),
                        one transform per clip (AcuLa). recipe "recording_chain": rows (share
                        of the batch entered), then per clip, each drawn with its p_<stage>
                        (default 0): reverb (simulated room IR: rt60=(lo, hi) s, drr_db,
