@@ -121,7 +121,7 @@ def test_duplicate_ids_are_skipped_naming_the_first_line(files, caplog):
     ("steps=0", r"steps=0 must be > 0"),
     ("batch=4.5", r"batch='4.5' is not a number \(int\)"),
     ("runlocal=yes", r"runlocal is a flag and takes no value"),
-    ("audio=resnet", r"audio='resnet'; use one of \['vit', 'cnn14', 'htsat'\]"),
+    ("audio=resnet", r"audio='resnet'; use one of \['vit', 'cnn14', 'htsat', 'zipformer'\]"),
     ("stepz=3", r"unknown argument\(s\) \['stepz'\]"),
 ])
 def test_config_arguments_name_the_argument(arg, message):

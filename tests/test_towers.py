@@ -34,7 +34,8 @@ def _dispatch(name: str) -> re.Pattern:
 
 def test_every_tower_has_a_complete_record():
   registered = towers.all_towers()
-  assert set(registered) == {"vit", "htsat", "cnn14", "bert", "roberta", "qwen3", "gemma3"}
+  assert set(registered) == {"vit", "htsat", "cnn14", "zipformer", "bert", "roberta", "qwen3",
+                              "gemma3"}
   for name, t in registered.items():
     assert t.side in towers.SIDES and t.name == name
     assert callable(t.module) and callable(t.import_torch), name
@@ -110,14 +111,14 @@ def test_the_registry_finds_the_tower_files_itself():
   registering = sorted(f"jaxclap.models.{f[:-3]}" for f in os.listdir(folder)
                        if f.endswith(".py") and re.search(r"^\s*towers\.register\(",
                                                           open(os.path.join(folder, f)).read(), re.M))
-  assert list(towers.tower_modules()) == registering and len(registering) == 5
+  assert list(towers.tower_modules()) == registering and len(registering) == 6
   homes = {t.export_torch.__module__ for t in towers.all_towers().values()}
   assert homes == set(registering)
   assert not hasattr(towers, "MODULES")
 
 
 def test_lookups_name_the_field_and_the_known_towers():
-  with pytest.raises(ValueError, match=r"model\.audio\.name='bert'; known: \['cnn14', 'htsat', 'vit'\]"):
+  with pytest.raises(ValueError, match=r"model\.audio\.name='bert'; known: \['cnn14', 'htsat', 'vit', 'zipformer'\]"):
     towers.get("bert", "audio")
   with pytest.raises(ValueError, match=r"model\.text\.preset='nope'"):
     towers.module({"name": "qwen3", "preset": "nope"})
@@ -127,8 +128,9 @@ def test_lookups_name_the_field_and_the_known_towers():
 
 def test_config_tables_and_presets_come_from_the_registry():
   from jaxclap import configs
-  # The order of the tower files' names (audiomae, ..., cnn14, ..., htsat): deterministic.
-  assert list(configs.AUDIO) == ["vit", "cnn14", "htsat"]
+  # The order of the tower files' names (audiomae, ..., cnn14, ..., htsat, zipformer):
+  # deterministic.
+  assert list(configs.AUDIO) == ["vit", "cnn14", "htsat", "zipformer"]
   assert list(configs.TEXT) == ["minilm", "bert", "roberta", "qwen3", "gemma3"]
   c = configs.preset_tower("gemma3", "medgemma-4b")
   assert towers.fields(c)["depth"] == 34 and towers.fields(c)["family"] == "gemma3"
