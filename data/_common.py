@@ -3,7 +3,8 @@
 A builder is a ``Corpus``: its name, a ``list_clips(args, skips)`` that reads the user's
 download (CSV files, file names) into ``Clip``s per split, and the tasks it declares.
 ``main`` parses the shared flags (and the builder's own, ``add_flags``); ``build``
-decodes each clip with ``jaxclap.prepare``'s reader, resamples it to training's rate,
+decodes each clip with ``jaxclap.clip_reader`` (``python -m jaxclap.prepare``'s reader),
+in this process or on Apache Beam's workers (``--beam``), resamples it to training's rate,
 checks audio and captions with ``jaxclap.corpus.records``' checks and writes the corpus
 with ``records.write_tfds`` and ``records.write_tasks``. Nothing reaches the network.
 
@@ -30,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:   # run from a checkout as `python data/<corpus>.py`
   sys.path.insert(0, ROOT)
 
-from jaxclap import prepare  # noqa: E402
+from jaxclap import prepare, prepare_beam  # noqa: E402
 from jaxclap.corpus import records  # noqa: E402
 
 BadRecord = records.BadRecord
@@ -122,13 +123,11 @@ def words(label: str) -> str:
 # ------------------------------------------------------------------------- one clip
 
 
-# One clip is read exactly as ``python -m jaxclap.prepare`` reads it.
-load_audio = prepare.load_audio
-
-
-def _examples(clips: list[Clip], root: str, skips: records.SkipCounter, *,
-              sample_rate: int, max_seconds: float, max_caption_chars: int):
-  seen = set()
+def _items(clips: list[Clip], root: str, skips: records.SkipCounter, *,
+           max_caption_chars: int) -> list[prepare.Item]:
+  """The clips whose listing is good (no known error, an id not listed before, good
+  captions) as ``prepare.Item``s, in order; the others go to ``skips``."""
+  seen, items = set(), []
   for clip in clips:
     rel = os.path.relpath(clip.path, root) if clip.path else None
     where = f"{clip.id} ({rel})" if rel else clip.id
@@ -138,16 +137,14 @@ def _examples(clips: list[Clip], root: str, skips: records.SkipCounter, *,
       if clip.id in seen:
         raise BadRecord(f"id {clip.id!r} is listed twice")
       captions = records.check_captions(list(clip.captions), max_chars=max_caption_chars)
-      wave, sr = load_audio(clip.path, clip.start, clip.end, sample_rate=sample_rate,
-                            max_seconds=max_seconds)
     except BadRecord as e:
       skips.skip(where, e)
       continue
     seen.add(clip.id)
-    skips.kept += 1
-    meta = dict(clip.metadata, file=rel, original_sample_rate=int(sr))
-    yield clip.id, records.make_record(id=clip.id, wave=wave, sample_rate=sample_rate,
-                                       captions=captions, metadata=meta)
+    items.append(prepare.Item(key=clip.id, where=where, id=clip.id, path=clip.path,
+                              start=clip.start, end=clip.end, captions=tuple(captions),
+                              fine_captions=(), metadata=dict(clip.metadata, file=rel)))
+  return items
 
 
 # ------------------------------------------------------------------------ the build
@@ -156,8 +153,6 @@ def _examples(clips: list[Clip], root: str, skips: records.SkipCounter, *,
 def build(corpus: Corpus, args: argparse.Namespace):
   """Lists, decodes and writes ``corpus`` from ``args`` (``parser``'s flags); returns
   (dataset directory, {"files" | split: SkipCounter})."""
-  import shutil
-
   args.download_dir = os.path.abspath(os.path.expanduser(args.download_dir))
   args.out = os.path.abspath(os.path.expanduser(args.out))
   if not os.path.isdir(args.download_dir):
@@ -169,32 +164,21 @@ def build(corpus: Corpus, args: argparse.Namespace):
     raise ValueError(f"--download_dir {args.download_dir}: found no clips of {corpus.name} "
                      "(see the expected layout in the builder's --help)")
   target = os.path.join(args.out, args.name, "1.0.0")
-  if os.path.exists(target):
-    if not args.overwrite:
-      raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-    shutil.rmtree(target)
+  if os.path.exists(target) and not args.overwrite:   # before any audio is read
+    raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
   counters = {s: records.SkipCounter(f"{s} clip", args.on_error) for s in splits}
-
-  # TFDS cannot write an empty split: each split's first good clip is read before
-  # anything is written, and a split with none (say, AudioCaps' test clips not obtained)
-  # is left out, with its skips reported.
-  generators = {}
-  for split in splits:
-    gen = _examples(splits[split], args.download_dir, counters[split],
-                    sample_rate=args.sample_rate, max_seconds=args.max_seconds,
-                    max_caption_chars=args.max_caption_chars)
-    first = next(gen, None)
-    if first is None:
-      logging.warning("split %s: every one of its %d clips was skipped; it is left out",
-                      split, len(splits[split]))
-    else:
-      generators[split] = (lambda first, gen: lambda: itertools.chain([first], gen))(first, gen)
-  if not generators:
-    raise ValueError(f"--download_dir {args.download_dir}: every clip was skipped:\n" +
-                     "\n".join(c.summary() for c in counters.values()))
-  path = records.write_tfds(args.name, generators, args.out,
-                            description=corpus.doc.strip().split("\n\n")[0] +
-                            f"\nBuilt by data/{corpus.name}.py from {args.download_dir}")
+  items = {s: _items(splits[s], args.download_dir, counters[s],
+                     max_caption_chars=args.max_caption_chars) for s in splits}
+  description = (corpus.doc.strip().split("\n\n")[0] +
+                 f"\nBuilt by data/{corpus.name}.py from {args.download_dir}")
+  if getattr(args, "beam_args", None) is not None:
+    path = prepare_beam.write(args.name, {s: i for s, i in items.items() if i}, args.out,
+                              counters, sample_rate=args.sample_rate,
+                              max_seconds=args.max_seconds, description=description,
+                              beam_args=args.beam_args, shard_clips=args.shard_clips,
+                              overwrite=args.overwrite)
+  else:
+    path = _write_here(args, items, counters, description)
   if any(corpus.tasks.values()):
     records.write_tasks(path, corpus.tasks)
   missing = [(s, c) for s, clips in splits.items() for c in clips
@@ -204,6 +188,27 @@ def build(corpus: Corpus, args: argparse.Namespace):
       f.write("split\tid\treason\n")
       f.writelines(f"{s}\t{c.id}\t{c.error or 'no file ' + c.path}\n" for s, c in missing)
   return path, {"files": listing, **counters}
+
+
+def _write_here(args, items, counters, description):
+  """The single-process path: this process decodes and TFDS's writer writes."""
+  prepare.replace_existing(os.path.join(args.out, args.name, "1.0.0"), args.overwrite)
+  # TFDS cannot write an empty split: each split's first good clip is read before
+  # anything is written, and a split with none (say, AudioCaps' test clips not obtained)
+  # is left out, with its skips reported.
+  generators = {}
+  for split in items:
+    gen = prepare.decoded(items[split], counters[split], sample_rate=args.sample_rate,
+                          max_seconds=args.max_seconds)
+    first = next(gen, None)
+    if first is None:
+      logging.warning("split %s: every one of its clips was skipped; it is left out", split)
+    else:
+      generators[split] = (lambda first, gen: lambda: itertools.chain([first], gen))(first, gen)
+  if not generators:
+    raise ValueError(f"--download_dir {args.download_dir}: every clip was skipped:\n" +
+                     "\n".join(c.summary() for c in counters.values()))
+  return records.write_tfds(args.name, generators, args.out, description=description)
 
 
 MISSING_FILE = "missing_audio.tsv"
@@ -229,13 +234,14 @@ def parser(corpus: Corpus) -> argparse.ArgumentParser:
   p.add_argument("--on_error", choices=("skip", "raise"), default="skip",
                  help="skip bad files (counted, logged) or stop at the first (default skip)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+  prepare_beam.add_flags(p)
   if corpus.add_flags:
     corpus.add_flags(p)
   return p
 
 
 def main(corpus: Corpus, argv=None) -> int:
-  args = parser(corpus).parse_args(argv)
+  args, args.beam_args = prepare_beam.parse_args(parser(corpus), argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   try:
     path, counters = build(corpus, args)

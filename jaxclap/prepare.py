@@ -29,6 +29,9 @@ symlink, holds empty/silent/NaN/over-long audio or empty/over-long/non-UTF-8 cap
 repeats an id, is skipped, counted and logged with its line number
 (``--on_error=skip``, the default), or stops the run with that message
 (``--on_error=raise``). The run ends with a report of what was kept and skipped.
+``--beam`` does the audio work on Apache Beam (``jaxclap.prepare_beam``: DirectRunner
+with N worker processes, Dataflow / Flink / Spark on a cluster; sharded, resumable, the
+same records and report); flags this command does not know are Beam's options.
 The sample rate and caption limit default to training's (``configs.base``'s ``input``), so
 a corpus prepared with the defaults is one training reads.
 """
@@ -43,9 +46,9 @@ import re
 import sys
 from typing import Iterator
 
-import numpy as np
 
 from jaxclap import configs
+from jaxclap.clip_reader import Item, decode
 from jaxclap.corpus import records
 
 # Training's input settings: restating them here is how the two drifted apart.
@@ -54,101 +57,14 @@ SAMPLE_RATE = int(_TRAINING_INPUT.sample_rate)
 MAX_CAPTION_CHARS = int(_TRAINING_INPUT.max_caption_chars)
 
 
-def _wav_truncation(path: str) -> str | None:
-  """Why a RIFF/WAVE file is truncated (its ``data`` chunk declares more bytes than the
-  file holds), else None. libsndfile reads such a file as a shorter clip without a word,
-  so the header is checked here; other containers are left to their decoders."""
-  with open(path, "rb") as f:
-    head = f.read(12)
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-      return None
-    size = os.fstat(f.fileno()).st_size
-    while True:
-      chunk = f.read(8)
-      if len(chunk) < 8:
-        return None
-      cid, n = chunk[:4], int.from_bytes(chunk[4:], "little")
-      if cid == b"data":
-        have = size - f.tell()
-        return (f"WAV file is truncated: its header declares {n} bytes of audio, the file "
-                f"holds {have}") if have < n else None
-      f.seek(n + (n & 1), 1)
-
-
-def _not_a_file(path: str) -> str:
-  if os.path.isdir(path):
-    return f"audio path is a directory, not a file: {path}"
-  if os.path.islink(path):
-    try:
-      os.stat(path)
-    except OSError as e:   # ELOOP for a loop, ENOENT for a dangling link
-      return f"audio path is a broken symlink ({e.strerror}): {path}"
-  return f"audio file not found: {path}"
-
-
-def _read_audio(path: str, start: float | None, end: float | None,
-                max_seconds: float) -> tuple[np.ndarray, int]:
-  """Decodes (a segment of) a file as float32 [samples, channels] or [samples].
-
-  An over-long segment is refused from the header, before hours of audio are decoded.
-  """
-  import soundfile as sf
-
-  truncated = _wav_truncation(path)
-  if truncated:
-    raise records.BadRecord(truncated)
-  try:
-    info = sf.info(path)
-    first = int(round((start or 0.0) * info.samplerate))
-    last = int(round(end * info.samplerate)) if end is not None else -1
-    frames = (last if last >= 0 else info.frames) - first
-    if info.frames > 0 and frames / info.samplerate > max_seconds:
-      raise records.BadRecord(
-          f"audio is {frames / info.samplerate:.1f} s long, longer than max_seconds="
-          f"{max_seconds} (cut long recordings into segments with start/end)")
-    wave, sr = sf.read(path, start=first, stop=None if last < 0 else last, dtype="float32",
-                       always_2d=False)
-    return wave, sr
-  except (sf.LibsndfileError, RuntimeError, TypeError) as sf_err:
-    # libsndfile lacks some codecs on some systems; librosa falls back to audioread.
-    import librosa
-    try:
-      duration = None if end is None else end - (start or 0.0)
-      wave, sr = librosa.load(path, sr=None, mono=False, offset=start or 0.0,
-                              duration=duration, dtype=np.float32)
-      return wave.T, sr
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
-      raise records.BadRecord(f"cannot decode audio ({sf_err}; {type(e).__name__}: {e})") from None
-
-
-def load_audio(path: str, start: float | None, end: float | None, *, sample_rate: int,
-               max_seconds: float) -> tuple[np.ndarray, int]:
-  """One clip's file (or its ``start``-``end`` segment) -> (mono float32 waveform at
-  ``sample_rate``, the file's own rate); raises ``records.BadRecord`` naming what is
-  wrong. What ``prepare`` and the ``data/`` builders read every clip with."""
-  import librosa
-
-  if not os.path.isfile(path):
-    raise records.BadRecord(_not_a_file(path))
-  if os.path.getsize(path) == 0:
-    raise records.BadRecord(f"audio file is empty (0 bytes): {path}")
-  wave, sr = _read_audio(path, start, end, max_seconds)
-  wave = records.check_waveform(wave, sr, max_seconds=max_seconds)
-  if sr != sample_rate:
-    wave = librosa.resample(wave, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
-  peak = float(np.max(np.abs(wave)))
-  if peak > 1.0:   # resampling overshoot or float files above full scale: scale, don't clip
-    wave = wave / peak
-  return wave, sr
-
-
-def examples(manifest: str, split: str, *, sample_rate: int, max_seconds: float,
-             max_caption_chars: int, skips: records.SkipCounter) -> Iterator[tuple[str, dict]]:
-  """Yields ``(key, record)`` for each good line of ``manifest``; bad lines go to
-  ``skips`` (which raises instead when its policy is 'raise')."""
-
+def list_manifest(manifest: str, split: str, *, max_caption_chars: int,
+                  skips: records.SkipCounter) -> list[Item]:
+  """The good lines of ``manifest`` as ``Item``s, without reading audio; bad lines (not
+  JSON, no audio, bad captions, an id already used by an earlier line) go to ``skips``
+  (which raises instead when its policy is 'raise')."""
   root = os.path.dirname(os.path.abspath(manifest))
   seen_ids: dict[str, int] = {}
+  items = []
   with open(manifest, "rb") as f:
     for lineno, raw in enumerate(f, start=1):
       where = f"{manifest}:{lineno}"
@@ -165,60 +81,98 @@ def examples(manifest: str, split: str, *, sample_rate: int, max_seconds: float,
           raise records.BadRecord(f"line is a JSON {type(line).__name__}, not an object")
         if "audio" not in line:
           raise records.BadRecord("line has no 'audio' key")
-        path = os.path.join(root, str(line["audio"]))
         where = f"{manifest}:{lineno} ({line['audio']})"
         captions = records.check_captions(line.get("captions"), max_chars=max_caption_chars)
         fine = records.check_captions(line.get("fine_captions"), max_chars=max_caption_chars,
                                       field="fine_captions", required=False)
-        wave, sr = load_audio(path, line.get("start"), line.get("end"),
-                              sample_rate=sample_rate, max_seconds=max_seconds)
         clip_id = str(line.get("id", f"{split}/{lineno}"))
         if clip_id in seen_ids:
           raise records.BadRecord(f"id {clip_id!r} already used on line {seen_ids[clip_id]}")
-        seen_ids[clip_id] = lineno
-        meta = {k: v for k, v in line.items()
-                if k not in ("captions", "fine_captions", "id")}
-        meta["original_sample_rate"] = sr
       except records.BadRecord as e:
         skips.skip(where, e)
         continue
-      skips.kept += 1
-      yield f"{lineno:09d}", records.make_record(
-          id=clip_id, wave=wave, sample_rate=sample_rate, captions=captions,
-          fine_captions=fine, metadata=meta)
+      seen_ids[clip_id] = lineno
+      items.append(Item(
+          key=f"{lineno:09d}", where=where, id=clip_id,
+          path=os.path.join(root, str(line["audio"])), start=line.get("start"),
+          end=line.get("end"), captions=tuple(captions), fine_captions=tuple(fine),
+          metadata={k: v for k, v in line.items()
+                    if k not in ("captions", "fine_captions", "id")}))
+  return items
+
+
+def decoded(items: list[Item], skips: records.SkipCounter, *, sample_rate: int,
+            max_seconds: float) -> Iterator[tuple[str, dict]]:
+  """Yields ``(key, record)`` for each item whose audio is good, in order; the others go
+  to ``skips``. The single-process path (``jaxclap.prepare_beam`` is the parallel one)."""
+  for item in items:
+    try:
+      record = decode(item, sample_rate=sample_rate, max_seconds=max_seconds)
+    except records.BadRecord as e:
+      skips.skip(item.where, e)
+      continue
+    skips.kept += 1
+    yield item.key, record
+
+
+def examples(manifest: str, split: str, *, sample_rate: int, max_seconds: float,
+             max_caption_chars: int, skips: records.SkipCounter) -> Iterator[tuple[str, dict]]:
+  """Yields ``(key, record)`` for each good line of ``manifest``; bad lines go to
+  ``skips`` (which raises instead when its policy is 'raise')."""
+  items = list_manifest(manifest, split, max_caption_chars=max_caption_chars, skips=skips)
+  yield from decoded(items, skips, sample_rate=sample_rate, max_seconds=max_seconds)
 
 
 def prepare(manifests: dict[str, str], out: str, name: str, *,
             sample_rate: int = SAMPLE_RATE, max_seconds: float = 600.0,
             max_caption_chars: int = MAX_CAPTION_CHARS, on_error: str = "skip",
-            overwrite: bool = False, tasks: str | None = None) -> tuple[str, dict]:
+            overwrite: bool = False, tasks: str | None = None,
+            beam_args: list[str] | None = None,
+            shard_clips: int | None = None) -> tuple[str, dict]:
   """Writes the manifests (split -> path) as a corpus; returns (dataset dir, skip counters).
-  ``tasks``: a tasks JSON file (``records.read_tasks``' format) to declare with it."""
+  ``tasks``: a tasks JSON file (``records.read_tasks``' format) to declare with it.
+  ``beam_args``: run the audio work on Apache Beam with these pipeline options
+  (``jaxclap.prepare_beam``; ``[]`` is DirectRunner, one worker per core), writing
+  ``shard_clips`` clips a shard; None: this process, through TFDS's writer."""
   if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
     raise ValueError(f"--name {name!r}: use lower-case letters, digits and underscores")
   for split, path in manifests.items():
     if not os.path.isfile(path):
       raise FileNotFoundError(f"--manifest {split}={path}: no such file")
   declared = _read_tasks_file(tasks) if tasks else None  # before hours of audio are read
-  target = os.path.join(out, name, "1.0.0")
+  counters = {s: records.SkipCounter(f"{s} clip", on_error) for s in manifests}
+  description = f"Prepared by jaxclap.prepare from {sorted(manifests.values())}"
+  if beam_args is not None:
+    from jaxclap import prepare_beam
+
+    items = {s: list_manifest(m, s, max_caption_chars=max_caption_chars, skips=counters[s])
+             for s, m in manifests.items()}
+    path = prepare_beam.write(name, items, out, counters, sample_rate=sample_rate,
+                              max_seconds=max_seconds, description=description,
+                              beam_args=beam_args, shard_clips=shard_clips,
+                              overwrite=overwrite)
+  else:
+    replace_existing(os.path.join(out, name, "1.0.0"), overwrite)
+
+    def split_fn(split):
+      return lambda: examples(manifests[split], split, sample_rate=sample_rate,
+                              max_seconds=max_seconds, max_caption_chars=max_caption_chars,
+                              skips=counters[split])
+
+    path = records.write_tfds(name, {s: split_fn(s) for s in manifests}, out,
+                              description=description)
+  if declared:
+    records.write_tasks(path, declared)
+  return path, counters
+
+
+def replace_existing(target: str, overwrite: bool):
+  """Refuses to write over a finished dataset unless ``overwrite``, which removes it."""
   if os.path.exists(target):
     if not overwrite:
       raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     import shutil
     shutil.rmtree(target)
-  counters = {s: records.SkipCounter(f"{s} clip", on_error) for s in manifests}
-
-  def split_fn(split):
-    return lambda: examples(manifests[split], split, sample_rate=sample_rate,
-                            max_seconds=max_seconds, max_caption_chars=max_caption_chars,
-                            skips=counters[split])
-
-  path = records.write_tfds(
-      name, {s: split_fn(s) for s in manifests}, out,
-      description=f"Prepared by jaxclap.prepare from {sorted(manifests.values())}")
-  if declared:
-    records.write_tasks(path, declared)
-  return path, counters
 
 
 def _read_tasks_file(path: str) -> dict:
@@ -270,11 +224,15 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--tasks", default=None, metavar="FILE",
                  help="JSON file declaring the corpus's evaluation tasks (see "
                       "jaxclap.corpus.records), written beside the splits as tasks.json")
+  from jaxclap import prepare_beam   # its flags only; apache_beam is imported with --beam
+  prepare_beam.add_flags(p)
   return p
 
 
 def main(argv=None):
-  args = _parser().parse_args(argv)
+  from jaxclap import prepare_beam
+
+  args, beam_args = prepare_beam.parse_args(_parser(), argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   manifests = _parse_manifests(args.manifest)
   name = args.name or re.sub(r"[^a-z0-9_]", "_",
@@ -286,7 +244,8 @@ def main(argv=None):
                              max_seconds=args.max_seconds,
                              max_caption_chars=args.max_caption_chars,
                              on_error=args.on_error, overwrite=args.overwrite,
-                             tasks=args.tasks)
+                             tasks=args.tasks, beam_args=beam_args,
+                             shard_clips=args.shard_clips)
   except (records.BadRecord, FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
