@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from data import (_common, audiocaps, clotho, coswara, coughvid, crema_d, esc50,  # noqa: E402
-                  icbhi, libritts_p, ravdess)
+                  icbhi, libritts_p, paraspeechcaps, ravdess)
 from jaxclap.corpus import records  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def _splits(path):
     return sorted(s["name"] for s in json.load(f)["splits"])
 
 
-def test_esc50(tmp_path, capsys):
+def _esc50_tree(tmp_path):
   d = tmp_path / "ESC-50-master"
   rows = [("1-100032-A-0.wav", 1, 0, "dog", "True", "100032", "A"),
           ("1-115545-A-48.wav", 1, 48, "fireworks", "False", "115545", "A"),
@@ -69,6 +69,11 @@ def test_esc50(tmp_path, capsys):
       _wav(d / "audio" / r[0], sr=44100, seconds=0.25, freq=300 + 50 * i)
   sf.write(d / "audio" / "4-2-A-30.wav", np.zeros(4410, np.float32), 44100)
   _wav(d / "audio" / "9-999-A-9.wav", sr=44100)   # not in the CSV
+  return d
+
+
+def test_esc50(tmp_path, capsys):
+  d = _esc50_tree(tmp_path)
   path = _build(esc50, d, tmp_path / "out")
   out = capsys.readouterr().out
   assert "listed files kept: 8, skipped: 2" in out
@@ -98,6 +103,32 @@ def test_esc50(tmp_path, capsys):
   assert _common.main(esc50.CORPUS, ["--download_dir", str(tmp_path), "--out", str(tmp_path / "o2")]) == 2
   assert "meta/esc50.csv: no such file" in capsys.readouterr().err
 
+
+
+def test_a_builder_on_beam_writes_the_same_corpus(tmp_path, capsys):
+  """--beam (here Beam's in-process DirectRunner) gives the single-process corpus: the
+  records in order, tasks.json, missing_audio.tsv and the report. ~5 s."""
+  pytest.importorskip("apache_beam", reason="apache-beam is the 'beam' extra")
+  d = _esc50_tree(tmp_path)
+  one = _build(esc50, d, tmp_path / "one")
+  report_one = capsys.readouterr().out
+  two = _build(esc50, d, tmp_path / "two", "--beam", "--shard_clips=1",
+               "--direct_running_mode=in_memory", "--direct_num_workers=1")
+  report_two = capsys.readouterr().out
+  assert _splits(one) == _splits(two)
+  for split in _splits(one):
+    a, b = records.open_split(one, split), records.open_split(two, split)
+    assert [records.decode(a[i])["id"] for i in range(len(a))] == \
+        [records.decode(b[i])["id"] for i in range(len(b))]
+    for i in range(len(a)):
+      x, y = records.decode(a[i]), records.decode(b[i])
+      assert x["metadata"] == y["metadata"] and x["captions"] == y["captions"]
+      np.testing.assert_array_equal(x["audio"], y["audio"])
+  assert records.read_tasks(one) == records.read_tasks(two)
+  for f in (_common.MISSING_FILE,):
+    assert open(os.path.join(one, f)).read() == open(os.path.join(two, f)).read()
+  cut = lambda out: out[out.index("fold1 clips"):out.index("clips whose audio")]
+  assert cut(report_one) == cut(report_two)
 
 def test_esc50_on_error_raise_names_the_file(tmp_path):
   d = tmp_path / "ESC-50-master"
@@ -432,3 +463,79 @@ def test_libritts_p(tmp_path, capsys):
       gender="female", pitch="normal", speed="fast", energy="low")
   with pytest.raises(ValueError):
     libritts_p.parse_key("M_p-low_s-slow")
+
+
+def test_paraspeechcaps(tmp_path, capsys):
+  """The release's parquet files (its real columns) and audio from three of the four
+  source corpora, laid out as its dataset/README.md says; Expresso's root not given."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  d = tmp_path / "paraspeechcaps"
+  roots = {s: tmp_path / s for s in ("voxceleb", "ears", "emilia")}
+
+  def row(source, rel, captions, spk, gender="male", pitch="low-pitched", rate="slow speed",
+          intrinsic=None, situational=None):
+    return dict(source=source, relative_audio_path=rel, text_description=captions,
+                transcription="some words", intrinsic_tags=intrinsic,
+                situational_tags=situational, basic_tags=[pitch, rate],
+                all_tags=(intrinsic or []) + (situational or []) + [pitch, rate],
+                speakerid=spk, name=f"name of {spk}", duration=0.3, gender=gender,
+                accent=None, pitch=pitch, speaking_rate=rate, noise="clean environment",
+                utterance_pitch_mean=110.5, snr=41.0, phonemes="s ʌ m")
+
+  vox = "voxceleb1/dev/wav/id10001/1zcIwhmdeo4/00001.wav"
+  emilia = "EN/EN_B00030/EN_B00030_S01984/mp3/EN_B00030_S01984_W000037.mp3"
+  files = {
+      "train_base-00000-of-00001": [
+          row("voxceleb", vox, ["A man with a guttural voice.", "A deep, guttural voice."],
+              "id10001", intrinsic=["guttural"]),
+          row("ears", "p001/emo_adoration_freeform.wav", ["A woman speaking adoringly."],
+              "p001", gender="female", pitch="high-pitched", situational=["adoring"]),
+          row("expresso", "audio_48khz/read/ex01/happy/base/ex01_happy_00001.wav",
+              ["Happy."], "ex01"),                                  # root not given
+          row("voxceleb", "voxceleb1/dev/wav/id10002/abc/00001.wav", ["Gone."], "id10002"),
+          row("librispeech", "a/b.wav", ["Not a source."], "x"),     # unknown source
+          row("ears", "../../etc/passwd", ["Escapes."], "p002"),    # not inside the root
+      ],
+      "dev-00000-of-00001": [row("emilia", emilia, ["A fast, clear voice."], "EN_B00030_S01984",
+                                 rate="fast speed")],
+      "holdout-00000-of-00001": [row("ears", "p107/sentences_01_loud.wav", [], "p107")],
+  }
+  for name, rows in files.items():
+    os.makedirs(d / "data", exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), d / "data" / f"{name}.parquet")
+  _wav(roots["voxceleb"] / vox, sr=16000)
+  _wav(roots["ears"] / "p001/emo_adoration_freeform.wav", sr=48000, freq=400)
+  _wav(roots["ears"] / "p107/sentences_01_loud.wav", sr=48000)
+  os.makedirs(os.path.dirname(roots["emilia"] / emilia))
+  t = np.arange(4800) / 24000
+  sf.write(roots["emilia"] / emilia, 0.4 * np.sin(2 * np.pi * 300 * t), 24000, format="MP3")
+  flags = [f"--{s}_root={r}" for s, r in roots.items()]
+  path = _build(paraspeechcaps, d, tmp_path / "out", "--splits=train_base,dev,holdout", *flags)
+  out = capsys.readouterr().out
+  assert "listed files kept: 6, skipped: 2" in out          # unknown source, '..' path
+  assert "train clips kept: 2, skipped: 2" in out            # expresso root, missing file
+  assert "test clips kept: 0, skipped: 1" in out             # no caption
+  assert _splits(path) == ["train", "validation"]            # test: every clip skipped
+  train = _read(path, "train")
+  assert sorted(train) == ["ears/p001/emo_adoration_freeform.wav", f"voxceleb/{vox}"]
+  r = train[f"voxceleb/{vox}"]
+  assert r["captions"] == ["A man with a guttural voice.", "A deep, guttural voice."]
+  m = r["metadata"]
+  assert (m["speaker"], m["gender"], m["pitch"], m["speaking_rate"], m["source"]) == \
+      ("id10001", "male", "low-pitched", "slow speed", "voxceleb")
+  assert m["intrinsic_tags"] == ["guttural"] and m["situational_tags"] == []
+  assert m["utterance_pitch_mean"] == 110.5 and "phonemes" not in m
+  assert m["original_sample_rate"] == 16000 and len(r["audio"]) == int(0.3 * 16000)
+  assert train["ears/p001/emo_adoration_freeform.wav"]["metadata"]["original_sample_rate"] == 48000
+  v = _read(path, "validation")[f"emilia/{emilia}"]
+  assert v["metadata"]["speaking_rate"] == "fast speed" and v["sample_rate"] == 16000
+  missing = open(os.path.join(path, _common.MISSING_FILE)).read()
+  assert "no --expresso_root given" in missing and "id10002" in missing
+  tasks = records.read_tasks(path)
+  assert tasks["multiclass"]["pitch"].classes == paraspeechcaps.PITCH
+  assert set(tasks["graded"]) == {"utterance_pitch", "snr"} and "gender" in tasks["binary"]
+  with pytest.raises(FileNotFoundError, match="train_scaled"):
+    _common.build(paraspeechcaps.CORPUS, _common.parser(paraspeechcaps.CORPUS).parse_args(
+        ["--download_dir", str(d), "--out", str(tmp_path / "o2")]))
