@@ -107,6 +107,34 @@ def test_unknown_voice_is_named():
 # ---------------------------------------------------------------- the built corpus
 
 
+def test_a_worker_that_dies_fails_the_build_naming_it(tmp_path):
+  """A render worker killed mid-build (here SIGKILL; a crash in native code looks the
+  same) stops the build with an error saying so and what to do, instead of the pool
+  waiting forever for the dead worker's chunk; nothing is marked complete."""
+  import signal
+  import threading
+  import psutil
+  me = psutil.Process()
+
+  def kill_a_worker():
+    deadline = time.time() + 120
+    while time.time() < deadline:
+      workers = [p for p in me.children() if "spawn_main" in " ".join(p.cmdline())]
+      if workers:
+        time.sleep(1.0)   # let it take a chunk
+        os.kill(workers[0].pid, signal.SIGKILL)
+        return
+      time.sleep(0.05)
+
+  killer = threading.Thread(target=kill_a_worker, daemon=True)
+  killer.start()
+  with pytest.raises(RuntimeError, match="a corpus worker process died while rendering"):
+    sc.build(str(tmp_path), scale=0.02, num_workers=2)
+  killer.join()
+  built = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path) for f in fs if f == sc._MARKER]
+  assert not built
+
+
 def test_builds_are_identical(builds):
   for split in SPLITS:
     a, b = _read(builds[0], split), _read(builds[1], split)

@@ -241,6 +241,14 @@ def render(clip: dict) -> tuple[str, dict]:
                                          captions=caps, fine_captions=fine, metadata=meta)
 
 
+def warm_up():
+  """Runs the numba-compiled code a render uses (librosa's YIN) once, in the process
+  that starts the workers: numba caches it beside librosa on first use, and workers that
+  all compile and write that cache at once can leave it corrupt (later loads segfault).
+  Written once here, the workers only read it."""
+  voiced_f0(np.sin(np.linspace(0, 2000, SAMPLE_RATE // 2)).astype(np.float32), "male")
+
+
 def init_worker(scratch: str):
   """A build's pool initializer: the worker's private espeak data copy goes under the
   build's scratch folder, which the build removes even if the worker is killed."""

@@ -313,18 +313,32 @@ def build(data_dir: str | None = None, *, seed: int = 0, scale: float = 1.0,
   by_split = collections.OrderedDict((s, [c for c in plan if c["split"] == s]) for s in SPLIT_CLIPS)
   pool, scratch = None, None
   if num_workers > 0:
+    import concurrent.futures
     import multiprocessing
     import tempfile
+    render_lib.warm_up()
     # Workers' espeak copies live here, removed below even if the workers are killed.
     scratch = tempfile.mkdtemp(prefix="jaxclap-corpus-")
-    pool = multiprocessing.get_context("spawn").Pool(num_workers, initializer=render_lib.init_worker,
-                                                     initargs=(scratch,))
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies (a signal, a
+    # crash in native code) fails the build with BrokenProcessPool; Pool would replace
+    # the worker and wait for its lost task forever.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=render_lib.init_worker, initargs=(scratch,))
 
   def generator(clips):
     chunks = [clips[i:i + _CHUNK] for i in range(0, len(clips), _CHUNK)]
-    results = pool.imap(render_lib.render_chunk, chunks) if pool else map(render_lib.render_chunk, chunks)
-    for rendered in results:
-      yield from rendered
+    results = pool.map(render_lib.render_chunk, chunks) if pool else map(render_lib.render_chunk, chunks)
+    try:
+      for rendered in results:
+        yield from rendered
+    except concurrent.futures.process.BrokenProcessPool as e:
+      raise RuntimeError(
+          f"a corpus worker process died while rendering {clips[0]['split']} clips (it "
+          f"was killed, or crashed in native code: a segmentation fault in numba's cached "
+          f"code is cleared by deleting the *.nbi / *.nbc files under librosa's "
+          f"__pycache__ folders); nothing was kept: re-run to rebuild, or pass "
+          f"--config.corpus.num_workers=0 to render in this process") from e
 
   try:
     out = records.write_tfds(
@@ -333,8 +347,7 @@ def build(data_dir: str | None = None, *, seed: int = 0, scale: float = 1.0,
                     f"scale={scale}, plan {digest})", version=_version(seed, scale))
   finally:
     if pool:
-      pool.terminate()
-      pool.join()
+      pool.shutdown(wait=True, cancel_futures=True)
       shutil.rmtree(scratch, ignore_errors=True)
   records.write_tasks(out, speech_tasks.TASKS)
   with open(os.path.join(out, _MARKER), "w") as f:  # last: it marks the build complete
