@@ -102,17 +102,11 @@ def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, A
   _check(audio_emb, "zero_shot", "audio embeddings", split, "clips")
   acc, bal, f1, macro_f1, counts = {}, {}, {}, {}, {}
   for name, task in tasks.items():
-    labels = [task_label(task, m) for m in metadata]
-    idx = np.array([i for i, l in enumerate(labels) if l is not None])
-    if idx.size == 0:
+    called = _binary_calls(audio_emb, metadata, task, embed_text, templates,
+                           _where(f"zero_shot task {name!r}", split))
+    if called is None:
       continue
-    y = np.array([labels[i] for i in idx])
-    where = _where(f"zero_shot task {name!r}", split)
-    pos = prototypes(embed_text, task.positive_prompt, templates, where)
-    neg = prototypes(embed_text, task.negative_prompt, templates, where)
-    s_pos, s_neg = audio_emb[idx] @ pos, audio_emb[idx] @ neg
-    windows.check_finite(np.stack([s_pos, s_neg], 1), f"{where}: similarities", "clips")
-    pred = (s_pos > s_neg).astype(int)
+    idx, y, pred = called
     acc[name] = float(np.mean(pred == y))
     bal[name] = float(balanced_accuracy_score(y, pred)) if 0 < y.sum() < y.size else acc[name]
     # zero_division=0: no positive clip and none predicted scores 0, not a warning.
@@ -121,6 +115,73 @@ def zero_shot(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, A
     counts[name] = {"clips": int(idx.size), "positive": int(y.sum())}
   return {"balanced_accuracy": bal, "accuracy": acc, "f1": f1, "macro_f1": macro_f1,
           "counts": counts}
+
+
+def _binary_calls(audio_emb, metadata, task, embed_text, templates, where):
+  """(clip indices, 0/1 labels, 0/1 calls) of a binary task's labelled clips (None if it
+  has none): each clip is called by the nearer of the two prototypes, a tie negative."""
+  labels = [task_label(task, m) for m in metadata]
+  idx = np.array([i for i, l in enumerate(labels) if l is not None])
+  if idx.size == 0:
+    return None
+  y = np.array([labels[i] for i in idx])
+  pos = prototypes(embed_text, task.positive_prompt, templates, where)
+  neg = prototypes(embed_text, task.negative_prompt, templates, where)
+  s_pos, s_neg = audio_emb[idx] @ pos, audio_emb[idx] @ neg
+  windows.check_finite(np.stack([s_pos, s_neg], 1), f"{where}: similarities", "clips")
+  return idx, y, (s_pos > s_neg).astype(int)
+
+
+def _multiclass_calls(audio_emb, metadata, task, embed_text, templates, where):
+  """(clip indices, class labels, calls) of a multi-class task's labelled clips (None if
+  it has none): the nearest prototype, a tie to the first class."""
+  labels = [multiclass_label(task, m) for m in metadata]
+  idx = np.array([i for i, l in enumerate(labels) if l is not None])
+  if idx.size == 0:
+    return None
+  y = np.array([labels[i] for i in idx])
+  protos = np.stack([prototypes(embed_text, p, templates, where) for p in task.prompts])
+  sim = audio_emb[idx] @ protos.T
+  windows.check_finite(sim, f"{where}: similarities", "clips")
+  return idx, y, np.argmax(sim, axis=1)
+
+
+# The metadata key that names a clip's speaker: the data/ builders' and the embedded
+# corpus's (one id per voice).
+SPEAKER_KEYS = ("speaker", "voice_id")
+
+
+def per_speaker(audio_emb: np.ndarray, metadata: list[dict], tasks: Mapping[str, Mapping],
+                embed_text, templates: Sequence[str] = DEFAULT_TEMPLATES, *,
+                split: str | None = None) -> dict | None:
+  """Which voices fail: for each binary and multi-class zero-shot task (``tasks``:
+  ``records.read_tasks``' shape), each speaker's labelled clips and how many the model
+  called right (the calls ``zero_shot`` / ``zero_shot_multiclass`` score). The speaker
+  is the first of ``SPEAKER_KEYS`` the clips carry (clips without it are left out);
+  None when no clip carries one.
+  {"key", "tasks": {task: {"kind", "chance", "speakers": {speaker: {"clips",
+  "correct"}}}}}; "chance" is a uniform guess's accuracy (1/2, 1/classes)."""
+  key = next((k for k in SPEAKER_KEYS if any(m.get(k) is not None for m in metadata)), None)
+  if key is None:
+    return None
+  _check(audio_emb, "per_speaker", "audio embeddings", split, "clips")
+  out = {"key": key, "tasks": {}}
+  for kind, calls in (("binary", _binary_calls), ("multiclass", _multiclass_calls)):
+    for name, task in tasks.get(kind, {}).items():
+      called = calls(audio_emb, metadata, task, embed_text, templates,
+                     _where(f"per_speaker task {name!r}", split))
+      if called is None:
+        continue
+      speakers: dict[str, dict[str, int]] = {}
+      for i, yi, pi in zip(*called):
+        if metadata[i].get(key) is None:   # a clip that names no speaker
+          continue
+        c = speakers.setdefault(str(metadata[i][key]), {"clips": 0, "correct": 0})
+        c["clips"] += 1
+        c["correct"] += int(yi == pi)
+      out["tasks"][name] = {"kind": kind, "speakers": dict(sorted(speakers.items())),
+                            "chance": 0.5 if kind == "binary" else 1 / len(task.classes)}
+  return out if out["tasks"] else None
 
 
 def multiclass_label(task: Any, metadata: dict) -> int | None:
@@ -143,16 +204,11 @@ def zero_shot_multiclass(audio_emb: np.ndarray, metadata: list[dict], tasks: Map
   _check(audio_emb, "multiclass", "audio embeddings", split, "clips")
   out = {}
   for name, task in tasks.items():
-    labels = [multiclass_label(task, m) for m in metadata]
-    idx = np.array([i for i, l in enumerate(labels) if l is not None])
-    if idx.size == 0:
+    called = _multiclass_calls(audio_emb, metadata, task, embed_text, templates,
+                               _where(f"multiclass task {name!r}", split))
+    if called is None:
       continue
-    y = np.array([labels[i] for i in idx])
-    where = _where(f"multiclass task {name!r}", split)
-    protos = np.stack([prototypes(embed_text, p, templates, where) for p in task.prompts])
-    sim = audio_emb[idx] @ protos.T
-    windows.check_finite(sim, f"{where}: similarities", "clips")
-    pred = np.argmax(sim, axis=1)
+    idx, y, pred = called
     # A class absent from the split has no recall to average (it can still be predicted,
     # and then costs the true class its recall).
     present = np.unique(y)
@@ -186,7 +242,7 @@ def linear_probe(train_emb: np.ndarray, train_labels: Sequence, test_emb: np.nda
   row (balanced accuracy and AUROC 0.5). ``split`` / ``train_split`` name the test /
   train split in errors (``NonFiniteError``)."""
   from sklearn.linear_model import LogisticRegression
-  from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+  from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score, roc_curve
   from sklearn.pipeline import make_pipeline
   from sklearn.preprocessing import StandardScaler
   _check(train_emb, "linear_probe", "train embeddings", train_split, "clips")
@@ -219,6 +275,8 @@ def linear_probe(train_emb: np.ndarray, train_labels: Sequence, test_emb: np.nda
     out["auroc"] = float("nan")
   elif binary:
     out["auroc"] = float(roc_auc_score(y == classes[1], proba[:, 1]))
+    fpr, tpr, _ = roc_curve(y == classes[1], proba[:, 1])   # the report's ROC curve
+    out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
   elif present.size == classes.size:
     out["auroc"] = float(roc_auc_score(y, proba, multi_class="ovr", average="macro",
                                        labels=classes))
@@ -512,6 +570,9 @@ def evaluate_split(model, path: str, split: str, *, train_split: str | None = No
                                              templates, split=split)
   if tasks["graded"]:
     out["graded"] = graded(emb, meta, tasks["graded"], model.embed_text, templates, split=split)
+  speakers = per_speaker(emb, meta, tasks, model.embed_text, templates, split=split)
+  if speakers:
+    out["per_speaker"] = speakers
   texts, owner = _captions(recs)
   out["retrieval"] = retrieval(emb, model.embed_text(texts), split=split, caption_owner=owner)
   if train_split and (tasks["binary"] or tasks["multiclass"]):
@@ -539,7 +600,8 @@ def _mean_of(parts: list[dict]) -> dict:
       out[key] = vals[0]   # names
     elif isinstance(vals[0], list):
       out[key] = np.sum(np.asarray(vals), axis=0).tolist()
-    elif isinstance(vals[0], dict):
+    elif isinstance(vals[0], dict) and all(isinstance(x, (int, float)) for v in vals
+                                           for x in v.values()):   # not a fold's ROC curve
       keys = sorted({k for v in vals for k in v})
       out[key] = {k: sum(v.get(k, 0) for v in vals) for k in keys}
   return out
@@ -722,12 +784,28 @@ def report_run(workdir: str, config, results: dict, model=None) -> str:
       from jaxclap import inference
       model = inference.load(workdir)
     similarity = similarity_sample(model, path, str(config.eval.split))
+    speakers = speaker_breakdown(model, path, str(config.eval.split))
+    if speakers:
+      results = dict(results, per_speaker=speakers)
   return report.write(os.path.join(workdir, "report"), results,
                       title=f"evaluation of {workdir}",
                       table=format_table(results, layout, tasks=None if similarity is None
                                          else records.read_tasks(path)),
                       metrics_jsonl=os.path.join(workdir, "metrics.jsonl"),
                       similarity=similarity)
+
+
+def speaker_breakdown(model, path: str, split: str,
+                      templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict | None:
+  """``per_speaker`` of ``split`` for ``model`` with the corpus's declared tasks (None
+  when its clips name no speaker or it declares no binary / multi-class task)."""
+  tasks = records.read_tasks(path)
+  if not (tasks["binary"] or tasks["multiclass"]):
+    return None
+  recs = split_records(path, split)
+  emb = embed_records(model, recs, f"{path} split {split!r}")
+  return per_speaker(emb, [r["metadata"] for r in recs], tasks, model.embed_text, templates,
+                     split=split)
 
 
 def _report_split(path: str, benchmark: str) -> str:

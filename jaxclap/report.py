@@ -11,6 +11,12 @@ recognised by its shape, not its name, so a config's own evaluator names plot as
   chance 0.5; retrieval: R@1/5/10 each way, chance k / clips).
 * ``confusion_<section>_<task>.png``: each multi-class task's confusion matrix, rows
   normalised (true class), so the diagonal is each class's recall.
+* ``roc_<section>.png``: the ROC curve of each binary linear-probe task (AUROC tasks),
+  with the chance diagonal.
+* ``speakers_<task>.png``: which voices fail (``results["per_speaker"]``,
+  ``jaxclap.evaluate.per_speaker``): each speaker's accuracy on a zero-shot task, worst
+  first (the worst 30 where there are more), with the chance line; report.md names the
+  worst five per task.
 * ``similarity.png``: audio x caption cosine similarities of a few clips (given
   ``similarity``, ``jaxclap.evaluate.similarity_sample``): a trained model's diagonal
   stands out.
@@ -156,6 +162,63 @@ def _confusion(plt, out_dir, name, task, r) -> tuple[str, str]:
   return file, f"{name} / {task} confusion matrix"
 
 
+def _roc(plt, out_dir, name, v) -> tuple[str, str] | None:
+  tasks = [t for t, r in v.items() if isinstance(r, dict) and "roc" in r]
+  if not tasks:
+    return None
+  fig, ax = plt.subplots(figsize=(4.8, 4.4))
+  for t in tasks:
+    ax.plot(v[t]["roc"]["fpr"], v[t]["roc"]["tpr"], lw=1.4, drawstyle="steps-post",
+            label=f"{t}: AUROC {v[t]['auroc']:.3f}")
+  ax.plot([0, 1], [0, 1], color="#c44e52", ls="--", lw=1, label="chance 0.5")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.01)
+  ax.set_xlabel("false positive rate")
+  ax.set_ylabel("true positive rate")
+  ax.set_title(f"{name}: ROC (binary tasks)", fontsize=10)
+  ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  file = f"roc_{_safe(name)}.png"
+  fig.savefig(os.path.join(out_dir, file), dpi=110)
+  plt.close(fig)
+  return file, f"{name} ROC curves"
+
+
+_WORST_SHOWN = 30
+
+
+def worst_speakers(task: dict, n: int = 5) -> list[tuple[str, int, int]]:
+  """(speaker, correct, clips) of a ``per_speaker`` task's ``n`` worst speakers: lowest
+  accuracy first, more clips first among equals, then by name."""
+  rows = [(s, c["correct"], c["clips"]) for s, c in task["speakers"].items()]
+  return sorted(rows, key=lambda r: (r[1] / r[2], -r[2], r[0]))[:n]
+
+
+def _speakers(plt, out_dir, key, name, task) -> tuple[str, str]:
+  rows = worst_speakers(task, _WORST_SHOWN)
+  n_all = len(task["speakers"])
+  fig, ax = plt.subplots(figsize=(6.0, 1.2 + 0.22 * len(rows)))
+  y = np.arange(len(rows))
+  acc = [c / n for _, c, n in rows]
+  ax.barh(y, acc, color=["#c44e52" if a < task["chance"] else "#4c72b0" for a in acc])
+  ax.axvline(task["chance"], color="#c44e52", ls="--", lw=1,
+             label=f"chance {task['chance']:.2g}")
+  for yi, (_, c, n) in zip(y, rows):
+    ax.text(min(c / n, 0.92) + 0.01, yi, f"{c}/{n}", va="center", fontsize=6)
+  ax.set_yticks(y, [str(s)[:28] for s, _, _ in rows], fontsize=6)
+  ax.invert_yaxis()   # worst on top
+  ax.set_xlim(0, 1.05)
+  ax.set_xlabel("accuracy on the speaker's clips")
+  shown = "" if n_all <= len(rows) else f", the worst {len(rows)} of {n_all}"
+  ax.set_title(f"{name} ({task['kind']}) per {key}{shown}", fontsize=9)
+  ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  file = f"speakers_{_safe(name)}.png"
+  fig.savefig(os.path.join(out_dir, file), dpi=110)
+  plt.close(fig)
+  return file, f"{name}: which voices fail ({key})"
+
+
 def _similarity(plt, out_dir, sim) -> tuple[str, str]:
   m = np.asarray(sim["matrix"])
   fig, ax = plt.subplots(figsize=(7.5, 6.5))
@@ -234,6 +297,17 @@ def write(out_dir: str, results: dict, *, title: str = "evaluation",
     if kind == "multiclass":
       figures += [_confusion(plt, out_dir, name, task, r) for task, r in v.items()
                   if "confusion" in r]
+    if kind == "linear_probe":
+      roc = _roc(plt, out_dir, name, v)
+      if roc:
+        figures.append(roc)
+  speakers = results.get("per_speaker")
+  worst = []
+  if speakers:
+    for task_name, task in speakers["tasks"].items():
+      figures.append(_speakers(plt, out_dir, speakers["key"], task_name, task))
+      worst.append(f"- `{task_name}`: " + ", ".join(
+          f"{s} {c}/{n}" for s, c, n in worst_speakers(task)))
   if similarity:
     figures.append(_similarity(plt, out_dir, similarity))
   if metrics_jsonl and os.path.exists(metrics_jsonl):
@@ -245,6 +319,9 @@ def write(out_dir: str, results: dict, *, title: str = "evaluation",
     lines += ["", "```", table, "```"]
   for why in (results.get("skipped") or {}).items():
     lines += ["", f"Not run: `{why[0]}`: {why[1]}."]
+  if worst:
+    lines += ["", f"Worst voices (by `{speakers['key']}`; correct / clips, zero-shot):", ""]
+    lines += worst
   for file, caption in figures:
     lines += ["", f"## {caption}", "", f"![{caption}]({file})"]
   path = os.path.join(out_dir, "report.md")
