@@ -87,6 +87,10 @@ def _bars(plt, path, title, labels, values, chance, ylabel):
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=8, loc="upper right")
+  _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -127,9 +131,7 @@ def _section_bars(plt, out_dir, name, kind, v) -> tuple[str, str] | None:
     ax.set_ylabel("Spearman rho")
     ax.set_title(f"{name}: similarity vs measured value", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
   return file, f"{name} ({kind})"
 
 
@@ -155,10 +157,8 @@ def _confusion(plt, out_dir, name, task, r) -> tuple[str, str]:
   ax.set_ylabel("true (row-normalised)")
   ax.set_title(f"{name} / {task}: UA {r['UA']:.1%}, WA {r['WA']:.1%}", fontsize=10)
   fig.colorbar(im, fraction=0.046)
-  fig.tight_layout()
   file = f"confusion_{_safe(name)}_{_safe(task)}.png"
-  fig.savefig(os.path.join(out_dir, file), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(out_dir, file))
   return file, f"{name} / {task} confusion matrix"
 
 
@@ -177,10 +177,8 @@ def _roc(plt, out_dir, name, v) -> tuple[str, str] | None:
   ax.set_ylabel("true positive rate")
   ax.set_title(f"{name}: ROC (binary tasks)", fontsize=10)
   ax.legend(fontsize=7, loc="lower right")
-  fig.tight_layout()
   file = f"roc_{_safe(name)}.png"
-  fig.savefig(os.path.join(out_dir, file), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(out_dir, file))
   return file, f"{name} ROC curves"
 
 
@@ -212,10 +210,8 @@ def _speakers(plt, out_dir, key, name, task) -> tuple[str, str]:
   shown = "" if n_all <= len(rows) else f", the worst {len(rows)} of {n_all}"
   ax.set_title(f"{name} ({task['kind']}) per {key}{shown}", fontsize=9)
   ax.legend(fontsize=7, loc="lower right")
-  fig.tight_layout()
   file = f"speakers_{_safe(name)}.png"
-  fig.savefig(os.path.join(out_dir, file), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(out_dir, file))
   return file, f"{name}: which voices fail ({key})"
 
 
@@ -233,9 +229,7 @@ def _similarity(plt, out_dir, sim) -> tuple[str, str]:
   ax.set_title(f"audio-text cosine similarity, split {sim.get('split')}: diagonal "
                f"{diag:.3f}, off-diagonal {off:.3f}", fontsize=9)
   fig.colorbar(im, fraction=0.046)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "similarity.png"), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(out_dir, "similarity.png"))
   return "similarity.png", "audio-text similarity matrix"
 
 
@@ -274,9 +268,7 @@ def _training(plt, out_dir, rows) -> tuple[str, str] | None:
     ax.tick_params(labelsize=7)
   for ax in list(axes.flat)[len(keys):]:
     ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "training.png"), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(out_dir, "training.png"))
   return "training.png", "training curves (metrics.jsonl)"
 
 
