@@ -784,7 +784,9 @@ def report_run(workdir: str, config, results: dict, model=None) -> str:
       from jaxclap import inference
       model = inference.load(workdir)
     similarity = similarity_sample(model, path, str(config.eval.split))
-    speakers = speaker_breakdown(model, path, str(config.eval.split))
+    # The evaluators' templates, so the per-speaker calls are the ones they scored.
+    templates = tuple(config.eval.get("templates") or DEFAULT_TEMPLATES)
+    speakers = speaker_breakdown(model, path, str(config.eval.split), templates)
     if speakers:
       results = dict(results, per_speaker=speakers)
   return report.write(os.path.join(workdir, "report"), results,

@@ -101,3 +101,23 @@ def test_report_shows_the_worst_voices_and_roc(tmp_path):
   assert "- `sex`: s3 2/4, s2 5/5, s1 3/3" in md   # ties: more clips first and "- `pitch`: s2 3/5," in md
   assert "![sex: which voices fail (speaker)](speakers_sex.png)" in md
   assert "![linear_probe ROC curves](roc_linear_probe.png)" in md
+
+
+def test_a_built_corpus_benchmark_breaks_down_by_speaker(tmp_path):
+  """CREMA-D's fake download with the tone model whose answers are known: test actor
+  1009's happy clip and 1010's sad clip are recorded in the angry tone, so each has one
+  emotion wrong and every sex right. ~6 s."""
+  import sys
+  sys.path.insert(0, os.path.dirname(__file__))
+  import test_benchmarks as tb
+
+  path = tb._crema_path(tmp_path, wrong={(1010, "sad"), (1009, "happy")})
+  r = evaluate.run_benchmark(tb._crema_model(), "crema_d", path)
+  ps = r["per_speaker"]
+  assert ps["key"] == "speaker"
+  assert ps["tasks"]["emotion"]["speakers"] == {"1009": {"clips": 3, "correct": 2},
+                                                "1010": {"clips": 3, "correct": 2}}
+  assert ps["tasks"]["sex"]["speakers"] == {"1009": {"clips": 3, "correct": 3},
+                                            "1010": {"clips": 3, "correct": 3}}
+  assert evaluate.speaker_breakdown(tb._crema_model(), path, "test") == ps
+  assert r["linear_probe"]["sex"]["roc"]["tpr"][-1] == 1.0
