@@ -38,6 +38,7 @@ mounted on the workers.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -75,6 +76,10 @@ def parse_args(p, argv=None):
     if rest:
       p.error(f"unrecognized arguments: {' '.join(rest)} (Beam options need --beam)")
     return args, None
+  try:
+    importlib.import_module("apache_beam")
+  except ImportError as e:
+    p.error(f"--beam needs Apache Beam ({e}): pip install 'jaxclap[beam]'")
   if args.shard_clips < 1:
     p.error(f"--shard_clips={args.shard_clips}: must be at least 1")
   return args, rest

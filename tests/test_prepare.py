@@ -234,3 +234,11 @@ def test_caption_training_refuses_is_refused_by_default(manifest, tmp_path):
   bad.write_text(json.dumps({"audio": "audio/a.wav", "captions": ["y" * (limit + 1)]}))
   with pytest.raises(records.BadRecord, match=f"more than max_chars={limit}"):
     prepare.prepare({"train": str(bad)}, str(tmp_path / "o"), "long", on_error="raise")
+
+
+def test_beam_without_apache_beam_says_what_to_install(monkeypatch, capsys):
+  import sys
+  monkeypatch.setitem(sys.modules, "apache_beam", None)   # as if not installed
+  with pytest.raises(SystemExit):
+    prepare.main(["--manifest", "m.jsonl", "--out", "o", "--beam"])
+  assert "pip install 'jaxclap[beam]'" in capsys.readouterr().err
