@@ -172,7 +172,7 @@ def build(corpus: Corpus, args: argparse.Namespace):
   description = (corpus.doc.strip().split("\n\n")[0] +
                  f"\nBuilt by data/{corpus.name}.py from {args.download_dir}")
   if getattr(args, "beam_args", None) is not None:
-    path = prepare_beam.write(args.name, {s: i for s, i in items.items() if i}, args.out,
+    path = prepare_beam.write(args.name, items, args.out,
                               counters, sample_rate=args.sample_rate,
                               max_seconds=args.max_seconds, description=description,
                               beam_args=args.beam_args, shard_clips=args.shard_clips,
