@@ -54,7 +54,8 @@ sys.path.insert(0, ROOT)
 
 
 def make_batch(config, batch: int, seed: int = 0):
-  """Random host batch with the config's shapes: full-length clips, captions of 8..L tokens."""
+  """Random host batch in the input pipeline's layout (text ``[b, 1, L]``: one caption
+  per clip): full-length clips, captions of 8..L tokens."""
   import numpy as np
   rng = np.random.default_rng(seed)
   samples = int(round(float(config.input.clip_seconds) * int(config.input.sample_rate)))
@@ -67,7 +68,7 @@ def make_batch(config, batch: int, seed: int = 0):
   ids[np.arange(batch), lens - 1] = 102
   return {"audio": (0.1 * rng.standard_normal((batch, samples))).astype(np.float32),
           "audio_len": np.full((batch,), samples, np.int32),
-          "text_ids": ids, "text_mask": mask}
+          "text_ids": ids[:, None, :], "text_mask": mask[:, None, :]}
 
 
 def median_time(fn, n: int) -> list[float]:
@@ -135,7 +136,7 @@ class JaxSide:
 
     mae_part = sub_grad(("audio",), mae)
     text = sub_grad(("text", "text_head"), lambda p: jnp.sum(model.apply(
-        {"params": p}, b["text_ids"], b["text_mask"], method=model.embed_text)))
+        {"params": p}, b["text_ids"][:, 0], b["text_mask"][:, 0], method=model.embed_text)))
     feats = jax.jit(tr.features)
     model_state = self.state.model_state
     loss_fwd = jax.jit(lambda p, bb, r: tr.loss_fn(p, model_state, bb, r)[0])
@@ -382,7 +383,9 @@ class TorchSide:
     self.batch = [torch.from_numpy(host_batch[k]) for k in
                   ("audio", "audio_len", "text_ids", "text_mask")]
     self.batch[1] = self.batch[1].long()
-    self.batch[2] = self.batch[2].long()
+    # The reference model takes one caption per clip: [b, L].
+    self.batch[2] = self.batch[2][:, 0].long()
+    self.batch[3] = self.batch[3][:, 0]
     self.loss = torch.compile(self.model) if compile_ else self.model
 
   def num_params(self) -> int:
@@ -498,7 +501,7 @@ def main(argv=None):
         f"({torch.get_num_threads()} threads, OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}); host CPUs {threads}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"batch {batch_size} x {host['audio'].shape[1]} samples, text {host['text_ids'].shape[1]} "
+  print(f"batch {batch_size} x {host['audio'].shape[1]} samples, text {host['text_ids'].shape[-1]} "
         f"tokens; {args.rounds} rounds x {args.steps} steps; load average "
         f"{os.getloadavg()[0]:.1f}", flush=True)
 

@@ -85,9 +85,9 @@ def make_host_batch(config, batch: int):
   import numpy as np
   from train_step import make_batch
   host = make_batch(config, batch)
-  mask = host["text_mask"]
+  mask = host["text_mask"][:, 0]
   lens = mask.sum(1)
-  ids = np.where(mask > 0, host["text_ids"], PAD).astype(np.int32)
+  ids = np.where(mask > 0, host["text_ids"][:, 0], PAD).astype(np.int32)
   ids[:, 0] = BOS
   ids[np.arange(batch), lens - 1] = EOS
   host.update(text_ids=ids[:, None, :], text_mask=mask[:, None, :],

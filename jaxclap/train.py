@@ -219,9 +219,14 @@ class Trainer:
                            **dict(self.config.augment))
     spec, frames = two_towers.spectrogram(self.config.features, wave, batch["audio_len"])
     ids, mask = batch["text_ids"], batch["text_mask"]
-    per_clip = ids.shape[1] if ids.ndim == 3 else 1
-    if ids.ndim == 3:  # [b, k, L] -> [b * k, L]: rows stay on their device
-      ids, mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
+    if ids.ndim != 3 or mask.shape != ids.shape:   # checked when the step is traced
+      raise ValueError(
+          f"batch text_ids {tuple(ids.shape)}, text_mask {tuple(mask.shape)}: the step takes "
+          "both as [batch, captions per clip, tokens], the input pipeline's layout (one "
+          "caption per clip: [b, 1, L])")
+    per_clip = ids.shape[1]
+    # [b, k, L] -> [b * k, L]: rows stay on their device
+    ids, mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
     variables = {"params": params, **model_state}
     # Batch-norm towers update their running statistics as a side output.
     mutable = list(model_state) or False

@@ -1,5 +1,6 @@
-"""No lost work, no wrong numbers (issue 15), on the runlocal demo: SIGTERM saves and
-resumes bitwise; a run folder held by a live run, or holding another config's
+"""No lost work, no wrong numbers (issue 15), on the runlocal demo: kill -9 at 5 random
+points of one run, each resumed, ends bitwise where the uninterrupted run does; SIGTERM
+saves and resumes bitwise; a run folder held by a live run, or holding another config's
 checkpoints, refuses a second run and keeps its config.json; an unreadable checkpoint
 (truncated, zeroed, a file deleted, an unfinished save) is set aside and the one before
 it used; a failed checkpoint write stops the run naming the folder; lr=1e30 skips the
@@ -310,6 +311,27 @@ def test_ctrl_c_is_taken_as_a_preemption_and_the_handlers_restored():
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def _tensorboard_steps(workdir, tag="train/loss"):
+  """The steps of ``tag`` that TensorBoard shows: it reads the event files in order and
+  a SessionLog START at step s hides the earlier events from step s on (a resume's
+  purge)."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  steps = []
+  for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
+    data, pos = open(path, "rb").read(), 0
+    while pos < len(data):
+      n = struct.unpack("<Q", data[pos:pos + 8])[0]
+      ev = event_pb2.Event()
+      ev.ParseFromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      if ev.HasField("session_log") and ev.session_log.status == ev.session_log.START:
+        steps = [s for s in steps if s < ev.step]
+      steps += [ev.step for v in ev.summary.value if v.tag == tag]
+  return steps
+
+
 def _latest(ckpts):
   """The newest finished checkpoint's step (0: none)."""
   return max((int(n) for n in os.listdir(ckpts) if n.isdigit()), default=0) \
@@ -324,7 +346,7 @@ def test_kill_9_at_random_points_loses_nothing_and_changes_no_number(
   final parameters and the results equal the uninterrupted run's bitwise, metrics.jsonl
   holds each step once, each step read the same samples (so each sample was seen as
   often), and no kill left a checkpoint that does not read (only unfinished saves, set
-  aside). A checkpoint every 2 steps gives 4 saves to land in. About 2.5 min on 2 cores
+  aside); TensorBoard shows each step once. A checkpoint every 2 steps gives 4 saves to land in. About 2.5 min on 2 cores
   (the restarts load the step from ref's compilation cache)."""
   run, total = tmp_path / "run", 8
   ckpts = run / "checkpoints"
@@ -379,6 +401,9 @@ def test_kill_9_at_random_points_loses_nothing_and_changes_no_number(
       assert r[key] == e[key], (r["step"], key, killed)          # bitwise on CPU
   seen = lambda rows: collections.Counter(i for r in rows for i in r["data_index"])
   assert seen(got) == seen(expected)
+  batch = len(got[0]["data_index"])
+  assert sorted(seen(got)) == list(range(total * batch))   # none skipped or repeated
+  assert sorted(_tensorboard_steps(run)) == list(range(1, total + 1))
   import jax
   from jaxclap import checkpoints
   final = jax.device_get(checkpoints.open_run(run, step=total)[1]["params"])
