@@ -15,15 +15,26 @@ What a pod does, on a laptop: every process runs the same command and sees
   --devices_per_process M  CPU devices each sees (default 4)
   --port P                 coordinator port (default: a free one)
   --log_dir DIR            also write process i's output to DIR/process_<i>.log
-  --grace S                seconds the others get to exit after one fails or a signal
-                           arrives, before they are killed (default 30)
+  --grace S                seconds the processes get to exit after one fails or stops, or
+                           after a signal, before they are killed (default 30)
 
-Every output line is prefixed ``[i]`` (stdout and stderr of process i, merged). When a
-process fails the others get SIGTERM (then SIGKILL after ``--grace``) and this launcher
-exits with the failing process's status; SIGTERM / SIGINT sent to the launcher are
-forwarded to every process (jaxclap's trainer then saves a checkpoint and stops where it
-handles them), and it exits with the first non-zero status. Only the standard library
-is used, so it runs before any environment is set up.
+Every output line is prefixed ``[i]`` (stdout and stderr of process i, merged); the
+launcher's own lines (the pids at the start, each process's exit status at the end) go
+to stderr. Signals and failures:
+
+* SIGTERM or SIGINT (Ctrl-C) to the launcher sends SIGTERM to every process: jaxclap's
+  trainer takes SIGTERM on any process as a preemption (JAX's preemption sync point), so
+  all save a checkpoint at the same step and exit with status 143. A Python SIGINT would
+  be a KeyboardInterrupt in a multi-process run, which saves nothing, hence the
+  translation. A second signal kills them (SIGKILL).
+* A process that exits with 143 was preempted: the others stop at the same step on their
+  own, and get ``--grace`` seconds for it before they are killed.
+* A process that fails otherwise: the others get SIGTERM at once (then SIGKILL after
+  ``--grace``).
+
+The launcher exits with the first non-zero status (a shell's 128 + s for a process
+killed by signal s), else 0. Only the standard library is used, so it runs before any
+environment is set up.
 """
 
 from __future__ import annotations
@@ -70,6 +81,11 @@ def _pump(i: int, stream, log, lock: threading.Lock):
   stream.close()
 
 
+# jaxclap's trainer exits with this after saving on SIGTERM (128 + SIGTERM, as a shell
+# reports a process the signal ended).
+PREEMPTED = 128 + signal.SIGTERM
+
+
 def _status(rc: int) -> int:
   return 128 - rc if rc < 0 else rc   # killed by signal s: 128 + s, as a shell reports
 
@@ -90,8 +106,8 @@ def run(command: list[str], *, processes: int, devices_per_process: int,
   procs, pumps, logs = [], [], []
   for i in range(processes):
     log = open(os.path.join(log_dir, f"process_{i}.log"), "w") if log_dir else None
-    # A session of its own: a terminal's Ctrl-C reaches the launcher once, which forwards
-    # it, instead of every process twice.
+    # A session of its own: a terminal's Ctrl-C reaches the launcher alone, which turns
+    # it into SIGTERM for every process (see the module docstring).
     p = subprocess.Popen(command, env=child_env(os.environ, process_id=i,
                                                 processes=processes,
                                                 devices=devices_per_process, port=port),
@@ -103,37 +119,54 @@ def run(command: list[str], *, processes: int, devices_per_process: int,
     pumps.append(t)
     logs.append(log)
 
-  stopping = {"since": None, "signal": None}
+  with lock:
+    print(f"launch/local.py: {processes} processes, pids "
+          + " ".join(str(p.pid) for p in procs) + f", coordinator 127.0.0.1:{port}",
+          file=sys.stderr, flush=True)
+  stopping = {"since": None, "signals": 0}
 
   def stop_all(sig=signal.SIGTERM):
     if stopping["since"] is None:
       stopping["since"] = time.time()
     for p in procs:
-      if p.poll() is None:
+      if p.poll() is None and sig is not None:
         p.send_signal(sig)
 
   def on_signal(sig, _frame):
-    stopping["signal"] = sig
+    stopping["signals"] += 1
+    again = stopping["signals"] > 1
     with lock:
-      print(f"launch/local.py: got {signal.Signals(sig).name}, forwarding to "
-            f"{processes} processes", file=sys.stderr, flush=True)
-    stop_all(sig)
+      print(f"launch/local.py: got {signal.Signals(sig).name}, "
+            + ("killing" if again else "sending SIGTERM to") + f" the {processes} "
+            "processes" + ("" if again else " (again to kill them)"),
+            file=sys.stderr, flush=True)
+    stop_all(signal.SIGKILL if again else signal.SIGTERM)
 
   old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-  status = 0
+  status, seen, killed = 0, set(), set()
   try:
     while any(p.poll() is None for p in procs):
       for i, p in enumerate(procs):
         rc = p.poll()
-        if rc not in (None, 0) and status == 0:
+        if rc in (None, 0) or i in seen:
+          continue
+        seen.add(i)
+        if status == 0:
           status = _status(rc)
+        if _status(rc) == PREEMPTED:   # the others stop at the same step by themselves
+          stop_all(None)
+        elif stopping["since"] is None:
           with lock:
-            print(f"launch/local.py: process {i} exited with status {status}; stopping "
-                  "the others", file=sys.stderr, flush=True)
+            print(f"launch/local.py: process {i} exited with status {_status(rc)}; "
+                  "stopping the others", file=sys.stderr, flush=True)
           stop_all()
       if stopping["since"] is not None and time.time() - stopping["since"] > grace:
-        for p in procs:
-          if p.poll() is None:
+        for i, p in enumerate(procs):
+          if p.poll() is None and i not in killed:
+            killed.add(i)
+            with lock:
+              print(f"launch/local.py: process {i} still running {grace:g} s later; "
+                    "killing it", file=sys.stderr, flush=True)
             p.kill()
       time.sleep(0.1)
   finally:
@@ -147,6 +180,9 @@ def run(command: list[str], *, processes: int, devices_per_process: int,
   for p in procs:
     if status == 0 and p.returncode != 0:
       status = _status(p.returncode)
+  print("launch/local.py: exit status " + " ".join(
+      f"[{i}] {_status(p.returncode)}" for i, p in enumerate(procs)),
+      file=sys.stderr, flush=True)
   return status
 
 
@@ -168,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--log_dir", default=None,
                       help="also write process i's output to LOG_DIR/process_<i>.log")
   parser.add_argument("--grace", type=float, default=30.0,
-                      help="seconds before the others are killed once one fails")
+                      help="seconds the processes get to exit after one fails or stops, "
+                      "or after a signal, before they are killed")
   args = parser.parse_args(own)
   return run(command, processes=args.processes,
              devices_per_process=args.devices_per_process, port=args.port,

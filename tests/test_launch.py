@@ -188,14 +188,21 @@ _CHILD = textwrap.dedent("""
     mode = sys.argv[1]
     if mode == "fail" and pid == 1:
       sys.exit(3)
-    if mode == "term":
-      def bye(*_):
-        print("got SIGTERM", flush=True)
+    def got(sig, _):
+      print("got", signal.Signals(sig).name, flush=True)
+      if mode != "stubborn":
         sys.exit(0)
-      signal.signal(signal.SIGTERM, bye)
+    if mode in ("term", "stubborn", "preempt"):
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, got)
       print("ready", flush=True)
-    if mode in ("fail", "term"):
-      time.sleep(120)
+    if mode == "preempt":   # as jaxclap's processes do: each saves and exits with 143
+      time.sleep(0 if pid == 0 else 3)
+      sys.exit(143)
+    if mode in ("fail", "term", "stubborn"):
+      deadline = time.time() + 120
+      while time.time() < deadline:
+        time.sleep(0.1)
     """)
 
 
@@ -239,22 +246,55 @@ def test_local_launcher_stops_all_when_one_fails(tmp_path):
   assert time.time() - t < 30                  # the others did not sleep their 120 s
 
 
-def test_local_launcher_forwards_sigterm(tmp_path):
-  p = _launch(tmp_path, "term")
-  ready = 0
-  deadline = time.time() + 60
-  lines = []
-  while ready < 3 and time.time() < deadline:
+def _ready(p, n=3):
+  ready, lines, deadline = 0, [], time.time() + 60
+  while ready < n and time.time() < deadline:
     line = p.stdout.readline()
     lines.append(line)
     ready += line.rstrip().endswith("ready")
-  assert ready == 3, lines
-  p.send_signal(signal.SIGTERM)
+  assert ready == n, lines
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_local_launcher_sends_sigterm_on_sigterm_and_ctrl_c(tmp_path, sig):
+  """Ctrl-C too becomes SIGTERM for every process: the signal jaxclap's processes take
+  as a preemption all together (a SIGINT would be a KeyboardInterrupt in each)."""
+  p = _launch(tmp_path, "term")
+  _ready(p)
+  p.send_signal(sig)
   out, err = p.communicate(timeout=30)
-  assert "got SIGTERM, forwarding to 3 processes" in err
-  assert sorted(l for l in out.splitlines() if "got SIGTERM" in l) == [
+  assert f"got {sig.name}, sending SIGTERM to the 3 processes" in err
+  assert sorted(l for l in out.splitlines() if " got " in l) == [
       f"[{i}] got SIGTERM" for i in range(3)]
   assert p.returncode == 0                     # every process exited cleanly (its status)
+  assert "exit status [0] 0 [1] 0 [2] 0" in err
+
+
+def test_a_second_signal_kills(tmp_path):
+  p = _launch(tmp_path, "stubborn")
+  _ready(p)
+  p.send_signal(signal.SIGINT)
+  deadline = time.time() + 30
+  got = 0
+  while got < 3 and time.time() < deadline:   # every process took the first one
+    got += " got SIGTERM" in p.stdout.readline()
+  assert got == 3
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=30)
+  assert "got SIGINT, killing the 3 processes" in err
+  assert p.returncode == 128 + signal.SIGKILL
+  assert "exit status [0] 137 [1] 137 [2] 137" in err
+
+
+def test_a_preempted_process_leaves_the_others_to_stop_by_themselves(tmp_path):
+  """Process 0 exits with 143 (saved and stopped at the preemption step) first; the
+  others, at the same step, finish their own save: they get no SIGTERM in between."""
+  p = _launch(tmp_path, "preempt")
+  out, err = p.communicate(timeout=60)
+  assert " got " not in out, out
+  assert p.returncode == 143
+  assert "exit status [0] 143 [1] 143 [2] 143" in err
+  assert "stopping the others" not in err
 
 
 def test_local_launcher_wants_a_command():
