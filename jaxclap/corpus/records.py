@@ -240,7 +240,8 @@ def _camel(name: str) -> str:
 def open_split(path: str, split: str):
   """A random-access source over one split of a dataset written by ``write_tfds`` (or any
   array_record TFDS dataset with our features). ``path`` is the version directory, or a
-  folder holding exactly one ``<name>/<version>`` tree."""
+  folder holding exactly one ``<name>/<version>`` tree; a local folder or a ``gs://``
+  URI (see ``dataset_dir``)."""
   import tensorflow_datasets as tfds
 
   path = dataset_dir(path)
@@ -253,17 +254,30 @@ def open_split(path: str, split: str):
   return builder.as_data_source(split)
 
 
+# How deep ``dataset_dir`` looks for the version directory: ``<path>/<name>/<version>``
+# and a level above (on a bucket each level is one listing request per folder).
+_SEARCH_DEPTH = 3
+
+
 def dataset_dir(path: str) -> str:
   """The version directory of a dataset: ``path`` itself, or the one ``<name>/<version>``
-  tree under it."""
-  if not os.path.exists(os.path.join(path, "dataset_info.json")):
-    found = [os.path.join(r) for r, _, files in os.walk(path) if "dataset_info.json" in files]
-    if len(found) != 1:
-      raise FileNotFoundError(
-          f"{path}: expected one TFDS dataset (a folder with dataset_info.json) under it, "
-          f"found {len(found)}: {found[:5]}")
-    path = found[0]
-  return path
+  tree under it (at most ``_SEARCH_DEPTH`` levels down).
+
+  ``path`` is anything etils' epath opens: a local folder, or ``gs://bucket/...`` (epath
+  lists it with gcsfs, then TFDS reads the dataset's metadata through epath and
+  array_record reads the records with its own Cloud Storage client; credentials come
+  from the environment, as for ``gcloud``)."""
+  from etils import epath
+  root = epath.Path(path)
+  if (root / "dataset_info.json").exists():
+    return os.fspath(root)
+  found = sorted({os.fspath(p.parent) for depth in range(1, _SEARCH_DEPTH + 1)
+                  for p in root.glob("/".join(["*"] * depth) + "/dataset_info.json")})
+  if len(found) != 1:
+    raise FileNotFoundError(
+        f"{path}: expected one TFDS dataset (a folder with dataset_info.json) in it or "
+        f"up to {_SEARCH_DEPTH} levels below, found {len(found)}: {found[:5]}")
+  return found[0]
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -436,12 +450,12 @@ def read_tasks(path: str) -> dict[str, dict[str, Any]]:
   """The tasks a corpus declares: ``{"binary": {name: BinaryTask}, "multiclass": {name:
   MultiClassTask}, "graded": {name: GradedTask}}``, each kind empty when it declares none
   (or has no tasks.json). ``path`` as for ``open_split``."""
-  file = os.path.join(dataset_dir(path), TASKS_FILE)
-  if not os.path.exists(file):
+  from etils import epath
+  file = epath.Path(dataset_dir(path)) / TASKS_FILE
+  if not file.exists():
     return {kind: {} for kind in TASK_KINDS}
-  with open(file, encoding="utf-8") as f:
-    try:
-      obj = json.load(f)
-    except ValueError as e:
-      raise ValueError(f"{file}: not JSON ({e})") from None
-  return parse_tasks(obj, file)
+  try:
+    obj = json.loads(file.read_text(encoding="utf-8"))
+  except ValueError as e:
+    raise ValueError(f"{file}: not JSON ({e})") from None
+  return parse_tasks(obj, os.fspath(file))
