@@ -87,20 +87,21 @@ def parse_args(p, argv=None):
 
 def pipeline_options(beam_args: Sequence[str]):
   """Beam ``PipelineOptions`` from the user's flags; DirectRunner defaults to one worker
-  process per core (Beam's own default is one thread, no faster than the plain path)."""
+  process per core (Beam's own default is one thread, no faster than the plain path), and
+  workers log at WARNING (at INFO they log every bundle)."""
   from apache_beam.options.pipeline_options import PipelineOptions
 
-  args = list(beam_args)
-  names = {a.split("=")[0] for a in args}
-  runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), "DirectRunner")
-  if "--default_sdk_harness_log_level" not in names:   # workers log each bundle at INFO
-    args.append("--default_sdk_harness_log_level=WARNING")
-  if runner in ("DirectRunner", "direct"):
-    if "--direct_running_mode" not in names:
-      args.append("--direct_running_mode=multi_processing")
-    if "--direct_num_workers" not in names:
-      args.append(f"--direct_num_workers={os.cpu_count() or 1}")
-  return PipelineOptions(args)
+  named = {a.split("=")[0].lstrip("-") for a in beam_args if a.startswith("--")}
+  runner = PipelineOptions(list(beam_args)).get_all_options()["runner"]
+  extra = []
+  if "default_sdk_harness_log_level" not in named:
+    extra.append("--default_sdk_harness_log_level=WARNING")
+  if runner in (None, "DirectRunner", "direct"):
+    if "direct_running_mode" not in named:
+      extra.append("--direct_running_mode=multi_processing")
+    if "direct_num_workers" not in named:
+      extra.append(f"--direct_num_workers={os.cpu_count() or 1}")
+  return PipelineOptions(list(beam_args) + extra)
 
 
 def _fs():
@@ -185,12 +186,13 @@ def _progress(staging: str, total: int, done0: int, stop: threading.Event):
   works for any runner whose workers write where the driver can read)."""
   from tqdm import tqdm
 
+  def done():
+    return len(_fs().match([_join(staging, "*-[0-9][0-9][0-9][0-9][0-9].json")])[0].metadata_list)
+
   with tqdm(total=total, initial=done0, unit="shard", desc="preparing", disable=None) as bar:
     while not stop.wait(1.0):
-      n = len(_fs().match([_join(staging, "*-[0-9][0-9][0-9][0-9][0-9].json")])[0].metadata_list)
-      bar.update(n - bar.n)
-    n = len(_fs().match([_join(staging, "*-[0-9][0-9][0-9][0-9][0-9].json")])[0].metadata_list)
-    bar.update(n - bar.n)
+      bar.update(done() - bar.n)
+    bar.update(done() - bar.n)
 
 
 def write(name: str, splits: Mapping[str, Sequence[clip_reader.Item]], out: str,

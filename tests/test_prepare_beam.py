@@ -128,3 +128,17 @@ def test_beam_flags_need_beam(capsys):
   with pytest.raises(SystemExit):
     prepare.main(["--manifest", "m.jsonl", "--out", "o", "--runner=DirectRunner"])
   assert "need --beam" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, want", [
+    ([], {"direct_running_mode": "multi_processing", "direct_num_workers": os.cpu_count()}),
+    (["--direct_num_workers", "3"], {"direct_running_mode": "multi_processing",
+                                     "direct_num_workers": 3}),
+    (["--direct_running_mode=in_memory"], {"direct_running_mode": "in_memory"}),
+    (["--runner", "DataflowRunner"], {"runner": "DataflowRunner"}),
+])
+def test_pipeline_options_default_to_a_worker_per_core_on_direct_runner(given, want):
+  got = prepare_beam.pipeline_options(given).get_all_options()
+  assert {k: got[k] for k in want} == want and got["default_sdk_harness_log_level"] == "WARNING"
+  if "runner" in want:   # another runner's workers are the runner's business
+    assert got["direct_running_mode"] == "in_memory" and got["direct_num_workers"] == 1
