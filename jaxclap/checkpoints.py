@@ -242,9 +242,11 @@ def _newest_readable(workdir: str, read: Callable, abstract: Any, *, set_aside: 
         err = RuntimeError("another process could not read it")
     if err is None:
       return out, step
-    _quiet_closed_loop_noise()
+    _quiet_read_noise()
     path = os.path.join(folder(workdir), str(step))
     what = _describe(err)
+    # The whole traceback for whoever asks (--verbosity=1); the warning has its gist.
+    logging.debug("checkpoint %d: the read failed", step, exc_info=err)
     moved = None
     if set_aside and jax.process_index() == 0:
       moved = _set_aside(path, f"{step}{BROKEN}")
@@ -265,29 +267,52 @@ def _newest_readable(workdir: str, read: Callable, abstract: Any, *, set_aside: 
   return None
 
 
-def _quiet_closed_loop_noise() -> None:
-  """After a failed restore, tensorstore reads still in flight call back into the event
-  loop Orbax has closed, each printing "RuntimeError: Event loop is closed" (dozens of
-  tracebacks, some at exit, after the run's own message). Those alone are dropped."""
+def _quiet_read_noise() -> None:
+  """After a failed restore, what Orbax prints on its own is dropped (to the debug log),
+  so that the user sees our one line and not ~50 tracebacks: its other reads of the
+  checkpoint, still in flight, are closed unfinished, and each turns the GeneratorExit
+  into an Exception (an ``except BaseException`` in Orbax's reader), which Python
+  prints as "Exception ignored in: <coroutine ...>" with a traceback and the
+  TensorStore spec (~60 lines each); tensorstore callbacks into the event loop Orbax has
+  closed print "RuntimeError: Event loop is closed", some at exit. Only those two kinds
+  are dropped: any other exception prints as before."""
+  import asyncio
   import sys
 
   def noise(exc) -> bool:
-    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+      return True
+    inner = exc   # a read closed unfinished: GeneratorExit / CancelledError inside
+    while inner is not None:
+      if isinstance(inner, (GeneratorExit, asyncio.CancelledError)):
+        return True
+      inner = inner.__cause__ or inner.__context__
+    return False
 
   if getattr(sys.excepthook, "_jaxclap", False):
     return
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
 
   def on_exception(kind, value, tb):
-    if not noise(value):
+    if noise(value):
+      logging.debug("dropped after a failed checkpoint read: %s", _first_line(value))
+    else:
       excepthook(kind, value, tb)
 
   def on_unraisable(u):
-    if not noise(u.exc_value):
+    if noise(u.exc_value):
+      logging.debug("dropped after a failed checkpoint read (in %r): %s", u.object,
+                    _first_line(u.exc_value))
+    else:
       unraisablehook(u)
 
   on_exception._jaxclap = True
   sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+
+
+def _first_line(err: BaseException) -> str:
+  text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+  return text if len(text) <= 400 else text[:400] + "..."
 
 
 def _describe(err: BaseException) -> str:
@@ -297,8 +322,7 @@ def _describe(err: BaseException) -> str:
   inner = err
   while inner.__cause__ is not None or inner.__context__ is not None:
     inner = inner.__cause__ or inner.__context__
-  text = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
-  return text if len(text) <= 400 else text[:400] + "..."
+  return _first_line(inner)
 
 
 def _set_aside(path: str, name: str) -> str | None:

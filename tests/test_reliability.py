@@ -216,6 +216,23 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_read(
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_broken_checkpoint_is_our_one_line_not_orbax_tracebacks(tmp_path, ref):
+  """What a user of jaxclap.load sees on stderr for a truncated checkpoint: the one
+  warning, not Orbax's ~50 "Exception ignored in: <coroutine ...>" tracebacks with their
+  TensorStore specs (3,300 lines) from the reads it abandons. About 15 s."""
+  run = _copy(ref, tmp_path)
+  _damage(run, "truncated")
+  script = ("import gc; from jaxclap import checkpoints; "
+            f"checkpoints.open_run({str(run)!r}); gc.collect(); print('read')")
+  res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=runs.clean_env(),
+                       timeout=600, capture_output=True, text=True)
+  assert res.returncode == 0 and res.stdout.strip() == "read", res.stderr[-3000:]
+  assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, \
+      res.stderr[:3000]
+  lines = [l for l in res.stderr.splitlines() if "checkpoint" in l]
+  assert len(lines) == 1 and f"checkpoint 8 in {run / 'checkpoints'} cannot be read" in lines[0]
+
+
 def test_no_readable_checkpoint_stops_naming_the_folder(tmp_path, ref):
   from jaxclap import checkpoints
   run = _copy(ref, tmp_path)
@@ -259,6 +276,8 @@ def test_training_falls_back_past_a_broken_checkpoint_and_a_failed_save_stops_it
   assert last.startswith(f"could not write checkpoint 8 in {ckpts}: "), last
   assert "MiB free there" in last and "checkpoint 6 is kept" in last
   assert "checkpoint 8 in" in res.stderr and "cannot be read" in res.stderr
+  assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, \
+      res.stderr[:3000]
   rows, expected = _rows(run), {r["step"]: r for r in _rows(ref)}
   assert [r["step"] for r in rows] == list(range(1, 9))
   for r in rows:
