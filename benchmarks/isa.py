@@ -31,46 +31,13 @@ import os
 import re
 import sys
 
+# The hardware half lives in the package: the training log states the ISA its CPU MFU
+# assumes from the same reading.
+from jaxclap.perf import cpu_flags, cpu_model, hardware_isa  # noqa: F401 (re-exported)
+
 # Environment variables that restrict a library's vector ISA in this process.
 RESTRICTIONS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
                 "DNNL_MAX_CPU_ISA")
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
-  """The first processor's feature flags (empty where the file is missing: not Linux)."""
-  try:
-    with open(path) as f:
-      for line in f:
-        if line.startswith("flags"):
-          return set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return set()
-
-
-def cpu_model(path: str = "/proc/cpuinfo") -> str:
-  try:
-    with open(path) as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown CPU"
-
-
-def hardware_isa(flags: set[str] | None = None) -> str:
-  """'AVX-512', 'AVX2' (with FMA), 'AVX', 'SSE4.2' or 'unknown' (no /proc/cpuinfo)."""
-  flags = cpu_flags() if flags is None else flags
-  if not flags:
-    return "unknown"
-  if "avx512f" in flags:
-    return "AVX-512"
-  if "avx2" in flags and "fma" in flags:
-    return "AVX2"
-  if "avx" in flags:
-    return "AVX"
-  return "SSE4.2" if "sse4_2" in flags else "older than SSE4.2"
 
 
 def xla_max_isa(xla_flags: str | None = None) -> str | None:

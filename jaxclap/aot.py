@@ -34,7 +34,10 @@ this never calls.
 It prints, per device: the compiled program's argument (train state + batch), output,
 temporary and generated-code bytes and its peak against the HBM the chip gives a
 program; the compiled FLOPs and bytes accessed per step (``cost_analysis()`` of the
-partitioned, per-device program); the roofline bound on the step time
+partitioned, per-device program, which counts a loop's body once), the step's TFLOP over
+all devices counted from the program (``jaxclap.perf.count_flops``: matmuls and
+convolutions, loops such as gradient accumulation times their trip count: the figure the
+table and the training log's MFU use); the roofline bound on the step time
 ``max(FLOPs / peak FLOP/s, bytes / HBM bandwidth)`` (collectives over ICI / DCN are not
 in it) and the best MFU it allows, ``(FLOPs / peak) / bound`` with the compiled FLOPs
 (the optimiser, masks and softmax included) as the work. It exits with status 1 and one
@@ -47,7 +50,6 @@ on a TPU VM it leaves the chips to whatever is training on them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -65,35 +67,10 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import jax
 import numpy as np
 
-from jaxclap import sharding, train
+from jaxclap import perf, sharding, train
 
-GiB = 2 ** 30
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  """One TPU chip as a device of the mesh (v4 and v5p in megacore mode: one device per
-  chip, both TensorCores). ``usable_hbm``: what the compiler lets a program have,
-  measured with libtpu 0.0.42 (its "exceeds available HBM (X)" refusal)."""
-  name: str
-  hbm: int              # bytes per chip (the data sheet)
-  usable_hbm: int       # bytes a program may use (the compiler's limit)
-  peak_flops: float     # dense bf16 FLOP/s per chip
-  hbm_bandwidth: float  # bytes/s per chip
-
-
-# Keyed by jax's device_kind. Sources: the Cloud TPU system architecture pages,
-#   v4:  https://cloud.google.com/tpu/docs/v4   275 TFLOP/s bf16, 32 GiB HBM2, 1,200 GB/s
-#   v5e: https://cloud.google.com/tpu/docs/v5e  197 TFLOP/s bf16, 16 GB HBM2, 819 GB/s
-#   v5p: https://cloud.google.com/tpu/docs/v5p  459 TFLOP/s bf16, 95 GB HBM2e, 2,765 GB/s
-#   v6e: https://cloud.google.com/tpu/docs/v6e  918 TFLOP/s bf16, 32 GB HBM, 1,640 GB/s
-# usable_hbm: 30.75, 15.75, 95.74 and 31.25 GiB, libtpu 0.0.42's limits.
-CHIPS = {
-    "TPU v4": Chip("v4", 32 * GiB, int(30.75 * GiB), 275e12, 1200e9),
-    "TPU v5 lite": Chip("v5e", 16 * GiB, int(15.75 * GiB), 197e12, 819e9),
-    "TPU v5": Chip("v5p", 95 * 10 ** 9, int(95.74 * GiB), 459e12, 2765e9),
-    "TPU v6 lite": Chip("v6e", 32 * GiB, int(31.25 * GiB), 918e12, 1640e9),
-}
+# The chips, their HBM and peaks: one table, shared with the training log's MFU.
+GiB, Chip, CHIPS = perf.GiB, perf.Chip, perf.CHIPS
 
 # libtpu's names for the chips, and the chip config that gives one device per chip.
 _ALIASES = {"v5p": "v5"}
@@ -225,7 +202,9 @@ def compile_step(config: Any, topology: str, num_slices: int = 1,
       hbm=chip.usable_hbm)
   t1 = time.time()
   progress(f"{_label(figures)}: {params / 1e6:.1f}M parameters; lowering")
-  lowered = trainer.step.lower(state, batch)   # the step main runs, not a copy
+  traced = trainer.step.trace(state, batch)   # the step main runs, not a copy
+  counted = perf.count_flops(traced.jaxpr)
+  lowered = traced.lower()
   t2 = time.time()
   progress(f"lowered in {t2 - t1:.1f} s; compiling")
   figures.update(setup_s=t1 - t0, lower_s=t2 - t1)
@@ -255,7 +234,8 @@ def compile_step(config: Any, topology: str, num_slices: int = 1,
   t_flops, t_bytes = flops / chip.peak_flops, accessed / chip.hbm_bandwidth
   bound = max(t_flops, t_bytes)
   figures.update(
-      flops=flops, bytes_accessed=accessed, tflop_per_step=flops * len(devices) / 1e12,
+      flops=flops, bytes_accessed=accessed, counted_flops=counted,
+      tflop_per_step=counted / 1e12,
       compute_s=t_flops, memory_s=t_bytes, bound_s=bound,
       bound_by="compute" if t_flops >= t_bytes else "HBM bandwidth",
       mfu_bound=t_flops / bound if bound > 0 else 0.0)
@@ -385,8 +365,10 @@ def report(f: dict) -> str:
       f"  peak        {_gib(f['peak_bytes']):>12}  of {_gib(f['hbm'])} HBM "
       f"({100 * f['peak_bytes'] / f['hbm']:.0f}%)",
       f"  compiled FLOPs {f['flops'] / 1e12:.4g} TFLOP, bytes accessed "
-      f"{f['bytes_accessed'] / 1e9:.2f} GB per step",
-      f"step: {f['tflop_per_step']:.4g} TFLOP over all devices; roofline "
+      f"{f['bytes_accessed'] / 1e9:.2f} GB per step (XLA's cost analysis: a loop's body "
+      "counted once)",
+      f"step: {f['tflop_per_step']:.4g} TFLOP over all devices (matmuls and convolutions "
+      "counted from the program, loops times their trip count); roofline "
       f"{f['bound_s'] * 1e3:.2f} ms ({f['bound_by']} bound: compute "
       f"{f['compute_s'] * 1e3:.2f} ms, HBM {f['memory_s'] * 1e3:.2f} ms), best MFU "
       f"{100 * f['mfu_bound']:.0f}%",

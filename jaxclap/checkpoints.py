@@ -70,7 +70,7 @@ _ORBAX_TMP = ".orbax-checkpoint-tmp"
 RESUMABLE = ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints",
              "log_data_indices", "max_nonfinite_steps", "eval", "evals",
              "input.num_threads", "input.prefetch", "input.worker_count",
-             "corpus.data_dir", "corpus.num_workers", "model.remat")
+             "corpus.data_dir", "corpus.num_workers", "model.remat", "peak_tflops")
 
 
 class RunFolderError(RuntimeError):

@@ -82,6 +82,9 @@ Field reference (``--config.<path>=value`` overrides any of them):
                        params and optimiser state as they were (metric "nonfinite"); after
                        this many such steps in a row the run stops (0: never), its last
                        checkpoint intact
+  peak_tflops          one device's peak TFLOP/s for the MFU in the log (0: jaxclap.perf's
+                       table: TPU/GPU data sheets' dense bf16; a CPU's cores x clock x f32
+                       FLOP/cycle of its ISA, an assumption the log states)
   eval.split, eval.batch_size, eval.templates   what an evaluator leaves unset: the
                        held-out split ("test"), clips per batch, prompt templates (averaged)
   evals.<name>         dict(type=..., every=N[, split, batch_size, templates, ...]): one
@@ -362,6 +365,7 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.log_data_indices = False
   c.max_nonfinite_steps = 10
+  c.peak_tflops = 0.0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

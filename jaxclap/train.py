@@ -25,6 +25,7 @@ recipes reuse them:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxclap import checkpoints, losses, sharding, terms
+from jaxclap import checkpoints, losses, perf, sharding, terms
 # Shared with the saver, which never writes non-finite parameters.
 from jaxclap.checkpoints import all_finite
 from jaxclap.models import convert, two_towers
@@ -94,6 +95,14 @@ class Trainer:
     self.step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_sharding),
                         out_shardings=(self.state_shardings, sharding.replicated(mesh)),
                         donate_argnums=(0,))
+
+  def compile(self, state: TrainState, batch) -> tuple[Any, int]:
+    """``(compiled, flops)``: ``step`` compiled for these shapes and shardings (the very
+    program the loop then runs, and ``jaxclap.aot`` compiles for a TPU slice) and its
+    matmul and convolution FLOPs over all devices, counted from the traced program
+    (``jaxclap.perf.count_flops``)."""
+    traced = self.step.trace(state, batch)
+    return traced.lower().compile(), perf.count_flops(traced.jaxpr)
 
   # -- shapes and init
 
@@ -460,7 +469,10 @@ class _Progress:
   Resumed at ``start``, each log holds every step once: metrics.jsonl loses its rows
   past ``start``; TensorBoard gets a purge at ``start + 1`` (it then hides the earlier
   files' events from there on). Counts steps skipped as non-finite; ``max_nonfinite``
-  of them in a row raise ``_NonFinite`` (0: never)."""
+  of them in a row raise ``_NonFinite`` (0: never). Once ``set_cost`` has the step's
+  FLOPs and the device's peak, each log step's row and line also carry steps/s, TFLOP/s
+  per device and MFU over the steps since the last log step, timed without the
+  evaluations and checkpoint saves in between (``paused``); the ETA counts those too."""
 
   def __init__(self, workdir: str, total: int, start: int, is_main: bool,
                max_nonfinite: int = 0):
@@ -470,6 +482,8 @@ class _Progress:
     self.writer = None
     self.jsonl = None
     self.max_nonfinite, self.streak, self.skipped = int(max_nonfinite), 0, 0
+    self.flops_per_device, self.peak = 0.0, 0.0
+    self.excluded = 0.0   # seconds of the current window spent in paused()
     if is_main:
       from tensorboardX import SummaryWriter
       tb = os.path.join(workdir, "tensorboard")
@@ -477,6 +491,23 @@ class _Progress:
       path = os.path.join(workdir, "metrics.jsonl")
       _keep_rows(path, start)
       self.jsonl = open(path, "a")
+
+  def set_cost(self, flops: int, devices: int, peak: float):
+    """The step's FLOPs over ``devices`` devices of ``peak`` FLOP/s each (0: unknown);
+    the clock restarts here, so the compile is not counted as a step's time."""
+    self.flops_per_device, self.peak = flops / devices, peak
+    self.last_t = time.time()
+
+  @contextlib.contextmanager
+  def paused(self, state):
+    """Leaves what runs inside (an evaluation, a save) out of the steps' time: the steps
+    dispatched so far are waited for first, so their time stays theirs."""
+    jax.block_until_ready(state)
+    t = time.time()
+    try:
+      yield
+    finally:
+      self.excluded += time.time() - t
 
   def add(self, step: int, metrics, extra: dict | None = None):
     self.pending.append((step, metrics, extra or {}))
@@ -486,8 +517,9 @@ class _Progress:
       return
     fetched = jax.device_get([m for _, m, _ in self.pending])
     now = time.time()
-    rate = (step - self.last_step) / max(now - self.last_t, 1e-9)
-    self.last_t, self.last_step = now, step
+    wall = (step - self.last_step) / max(now - self.last_t, 1e-9)
+    rate = (step - self.last_step) / max(now - self.last_t - self.excluded, 1e-9)
+    self.last_t, self.last_step, self.excluded = now, step, 0.0
     bad, window = None, 0
     for (s, _, _), m in zip(self.pending, fetched):
       if float(m.get("nonfinite", 0.0)):
@@ -496,23 +528,35 @@ class _Progress:
           bad = _NonFinite(s - self.streak + 1, s)
       else:
         self.streak = 0
+    perf_row = {"steps_per_s": rate}
+    if self.flops_per_device:
+      perf_row["tflops_per_device"] = self.flops_per_device * rate / 1e12
+      if self.peak:
+        perf_row["mfu"] = self.flops_per_device * rate / self.peak
+    self.pending[-1][2].update(perf_row)
     if self.is_main:
       for (s, _, extra), m in zip(self.pending, fetched):
         row = {"step": s, **{k: float(v) for k, v in m.items()}, **extra}
         self.jsonl.write(json.dumps(row) + "\n")
         for k, v in m.items():
           self.writer.add_scalar(f"train/{k}", float(v), s)
+      for k, v in perf_row.items():
+        self.writer.add_scalar(f"perf/{k}", v, step)
       # Both logs on disk at every log step: a run killed later loses none of these rows
       # (its resume keeps them up to its checkpoint and re-logs the rest once).
       self.jsonl.flush()
       self.writer.flush()
       last = fetched[-1]
-      eta = (self.total - step) / max(rate, 1e-9)
+      eta = (self.total - step) / max(wall, 1e-9)
       print(f"step {step:6d}/{self.total}  loss {float(last['loss']):.4f}  "
             + "  ".join(f"{k} {float(last[k]):.4f}" for k in ("contrastive", "mae")
                         if k in last)
             + (f"  skipped {window} non-finite ({self.skipped} in all)" if window else "")
-            + f"  {rate:.2f} steps/s  ETA {eta / 60:.1f} min", flush=True)
+            + f"  {rate:.2f} steps/s"
+            + (f"  {perf_row['tflops_per_device']:.3g} TFLOP/s/device"
+               if "tflops_per_device" in perf_row else "")
+            + (f"  MFU {100 * perf_row['mfu']:.2g}%" if "mfu" in perf_row else "")
+            + f"  ETA {eta / 60:.1f} min", flush=True)
     self.pending = []
     if bad is not None:
       raise bad
@@ -602,6 +646,7 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   ckpt_every = int(config.checkpoint_every)
   log_indices = bool(config.log_data_indices)
   results = None
+  step_fn = None
 
   def flush(step):
     try:
@@ -623,16 +668,28 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
     for step in range(start + 1, total + 1):
       local = next(data_iter)
       extra = {"data_index": _global_indices(local["index"])} if log_indices else None
-      state, metrics = trainer.step(state, sharding.global_batch(local, mesh))
+      batch = sharding.global_batch(local, mesh)
+      if step_fn is None:   # compiled here, for the first batch's shapes
+        step_fn, flops = trainer.compile(state, batch)
+        peak, source = perf.device_peak(override_tflops=float(config.peak_tflops))
+        progress.set_cost(flops, mesh.size, peak)
+        if is_main:
+          print(f"{perf.flop_text(flops)} per step (matmuls and convolutions counted "
+                f"from the program; {perf.flop_text(flops / mesh.size)} per device); MFU "
+                f"against {source}", flush=True)
+          print(perf.memory_line(step_fn), flush=True)
+      state, metrics = step_fn(state, batch)
       progress.add(step, metrics, extra)
       preempted = preemption.reached(step)
       save_now = step % ckpt_every == 0 or step == total or preempted
       if not preempted and evals.due(step):   # every evaluator at the last step
-        results = progress.log_eval(step, evals.run(state.variables(), step))
+        with progress.paused(state):
+          results = progress.log_eval(step, evals.run(state.variables(), step))
       if step % log_every == 0 or save_now:
         flush(step)
       if save_now:
-        saver.save(state, data_iter)
+        with progress.paused(state):
+          saver.save(state, data_iter)
       if preempted:
         saver.wait()
         raise _stop(f"preempted ({preemption.signal}) at step {step}: checkpoint saved in "
