@@ -5,16 +5,21 @@ text tower keeps the compile short) on the mesh data=4 x fsdp=2:
   * ``one``: 1 process x 8 CPU devices;
   * ``two``: 2 processes x 4 CPU devices through launch/local.py (gloo collectives),
     what a user runs to try multi-process on one machine.
-Then the checks: the same losses, the same samples, checkpoints and logs written once,
-the same evaluation; and a checkpoint of either restored by the other process count.
+Both log every training example their input pipeline reads (``_READS``). Then the
+checks: the same losses, the same samples, each process reading only its slice of each
+global batch, checkpoints and logs written once, the same evaluation; a checkpoint of
+either restored by the other process count; and SIGTERM sent to one of the two
+processes stops both at the same step, the re-run ending as ``two`` did.
 """
 
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -26,29 +31,82 @@ STEPS, BATCH = 3, 8
 # losses agree to float32 rounding (measured: 1e-7 relative), not bitwise.
 LOSS_RTOL = 1e-5
 
+# python <this> LOG_DIR <jaxclap.main's flags>: jaxclap.main, where the training input
+# pipeline of each process logs to LOG_DIR/process_<i>.jsonl every record it reads (the
+# corpus's read, one row per record read) and every example it makes (the global stream
+# index and the record it came from).
+_READS = """
+import json, os, sys, threading
+from absl import app, flags
+from jaxclap import input_pipeline, main
 
-def _main(workdir, data_dir, steps=STEPS):
-  return [sys.executable, "-m", "jaxclap.main",
-          f"--config=configs/demo.py:runlocal,steps={steps},text=bert",
-          f"--workdir={workdir}", f"--config.corpus.data_dir={data_dir}",
-          "--config.log_every=1", "--config.checkpoint_every=2",
-          "--config.log_data_indices=True", "--config.mesh.data=4", "--config.mesh.fsdp=2"]
+log_dir = sys.argv.pop(1)
+os.makedirs(log_dir, exist_ok=True)
+out = open(os.path.join(log_dir, f"process_{os.environ.get('JAX_PROCESS_ID', '0')}.jsonl"),
+           "a", buffering=1)
+lock = threading.Lock()   # grain reads on several threads
+read, make = input_pipeline._Records.__getitem__, input_pipeline._Example.__call__
+
+def log(**row):
+  with lock:
+    out.write(json.dumps(row) + "\\n")
+
+def logged_read(self, index):
+  got = read(self, index)
+  if not isinstance(index, slice) and self._spec.split == "train":
+    log(read=int(got["record"]))
+  return got
+
+def logged_make(self, index, example, rng):
+  if self.random_crop:   # the training stream's (evaluation cuts windows, no crop)
+    log(index=int(index), record=int(example["record"]))
+  return make(self, index, example, rng)
+
+input_pipeline._Records.__getitem__ = logged_read
+input_pipeline._Example.__call__ = logged_make
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main.main)
+"""
+
+
+def _main(workdir, data_dir, steps=STEPS, reads=None):
+  """jaxclap.main on the demo; with ``reads`` (a folder), through ``_READS``."""
+  if reads is None:
+    head = [sys.executable, "-m", "jaxclap.main"]
+  else:
+    script = os.path.join(os.path.dirname(os.fspath(reads)), "main_logging_reads.py")
+    with open(script, "w") as f:
+      f.write(_READS)
+    head = [sys.executable, script, os.fspath(reads)]
+  return head + [f"--config=configs/demo.py:runlocal,steps={steps},text=bert",
+                 f"--workdir={workdir}", f"--config.corpus.data_dir={data_dir}",
+                 "--config.log_every=1", "--config.checkpoint_every=2",
+                 "--config.log_data_indices=True", "--config.mesh.data=4",
+                 "--config.mesh.fsdp=2"]
+
+
+def _env():
+  return {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
 
 
 def _one_process(cmd, timeout=900):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env = _env()
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   env["JAX_PLATFORMS"] = "cpu"
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=timeout)
 
 
+def _launcher(cmd, log_dir):
+  return [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--processes=2",
+          "--devices_per_process=4", f"--log_dir={log_dir}", "--", *cmd]
+
+
 def _two_processes(cmd, log_dir, timeout=900):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "local.py"),
-                         "--processes=2", "--devices_per_process=4",
-                         f"--log_dir={log_dir}", "--", *cmd],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(_launcher(cmd, log_dir), cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def _rows(workdir):
@@ -74,14 +132,17 @@ def runs(tmp_path_factory):
   data = base / "data"
   out = {"base": base, "data": data}
   t = time.time()
-  one = _one_process(_main(base / "one", data))   # builds the corpus, which two reuses
+  one = _one_process(_main(base / "one", data, reads=base / "one_reads"))   # builds the
+  # corpus, which two reuses
   assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
   out["one_s"] = time.time() - t
   t = time.time()
-  two = _two_processes(_main(base / "two", data), base / "two_logs")
+  two = _two_processes(_main(base / "two", data, reads=base / "two_reads"),
+                       base / "two_logs")
   assert two.returncode == 0, two.stdout[-4000:] + two.stderr[-2000:]
   out["two_s"] = time.time() - t
   out["one"], out["two"] = base / "one", base / "two"
+  out["one_reads"], out["two_reads"] = base / "one_reads", base / "two_reads"
   out["two_stdout"] = two.stdout
   print(f"1 process: {out['one_s']:.0f}s, 2 processes: {out['two_s']:.0f}s")
   return out
@@ -109,6 +170,37 @@ def test_samples_are_each_global_batch_once(runs):
   assert all(len(set(b)) == BATCH for b in one)
   assert sorted(flat) == list(range(STEPS * BATCH))   # none repeated, none skipped
   assert two == one
+
+
+def _reads(folder, process):
+  with open(os.path.join(folder, f"process_{process}.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  made = {r["index"]: r["record"] for r in rows if "index" in r}
+  assert len(made) == sum("index" in r for r in rows)   # each example made once
+  return made, sorted(r["read"] for r in rows if "read" in r)
+
+
+def test_each_process_reads_only_its_slice_of_each_global_batch(runs):
+  """What the input pipelines read (``_READS``): process p makes rows [p*b, (p+1)*b) of
+  each global batch and reads only their records (prefetching reads ahead, within its
+  slice too); the two slices of a batch are disjoint, and together they are the one
+  process's batch, record for record."""
+  b = BATCH // 2
+  one, one_read = _reads(runs["one_reads"], 0)
+  assert sorted(one_read) == sorted(one.values())      # one read per example made
+  halves = []
+  for p in range(2):
+    made, read = _reads(runs["two_reads"], p)
+    assert all((i % BATCH) // b == p for i in made), sorted(made)   # its slice only
+    assert read == sorted(made.values())     # it read no record but its examples'
+    halves.append({i: r for i, r in made.items() if i < STEPS * BATCH})
+  assert not set(halves[0]) & set(halves[1])
+  for s in range(STEPS):
+    for p in range(2):
+      assert sorted(i for i in halves[p] if i // BATCH == s) == list(
+          range(s * BATCH + p * b, s * BATCH + (p + 1) * b))
+  union = {**halves[0], **halves[1]}
+  assert union == {i: one[i] for i in range(STEPS * BATCH)}   # the same records
 
 
 def test_checkpoints_and_logs_are_written_once(runs):
@@ -227,3 +319,61 @@ def test_a_one_process_checkpoint_restores_in_two_processes(runs):
   zero_shot = [k for k in one if k.startswith("zero_shot")]
   assert {k: r[k] for k in zero_shot} == {k: one[k] for k in zero_shot}
   _close_results(r, one, _clips(r))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_with_none_lost(runs):
+  """A preemption of one host: SIGTERM to process 1 alone, while the first step compiles.
+  JAX's preemption sync point stops both processes at the same step, each saving its
+  part of one checkpoint and exiting with 143 (the launcher leaves process 0 to stop by
+  itself: it gets no signal). Re-run, the two processes resume there and end as the
+  uninterrupted ``two`` did."""
+  work, logs = runs["base"] / "sigterm", runs["base"] / "sigterm_logs"
+  proc = subprocess.Popen(_launcher(_main(work, runs["data"]), logs), cwd=ROOT,
+                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  watchdog = threading.Timer(900, proc.kill)
+  watchdog.start()
+  try:
+    lines, pids = [], None
+    for line in proc.stdout:
+      lines.append(line)
+      m = re.match(r"launch/local.py: 2 processes, pids (\d+) (\d+),", line)
+      pids = [int(m[1]), int(m[2])] if m else pids
+      if "parameters on mesh" in line:   # the loop is next: the first step compiles
+        break
+    assert pids and lines[-1].startswith("[0] "), "".join(lines[-40:])
+    os.kill(pids[1], signal.SIGTERM)
+    out = "".join(lines) + proc.stdout.read()
+    proc.wait()
+  finally:
+    watchdog.cancel()
+  assert proc.returncode == 143, out[-4000:]
+  assert "launch/local.py: exit status [0] 143 [1] 143" in out
+  stops = re.findall(r"^\[(\d)\] preempted \(SIGTERM\) at step (\d+): checkpoint saved",
+                     out, re.M)
+  assert sorted(p for p, _ in stops) == ["0", "1"], out[-4000:]
+  (saved,) = {int(s) for _, s in stops}                # the same step in both
+  assert 1 <= saved < STEPS
+  # JAX's notifier logs the signal where it arrived: in process 1 alone.
+  caught = re.findall(r"^\[(\d)\] .*SIGTERM caught", out, re.M)
+  assert caught == ["1"], out[-4000:]
+  assert sorted(os.listdir(work / "checkpoints")) == [str(saved)]
+  data = os.listdir(work / "checkpoints" / str(saved) / "data")
+  assert sorted(n for n in data if n.startswith("process_")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+  assert [r["step"] for r in _rows(work)] == list(range(1, saved + 1))
+  assert not (work / "results.json").exists()
+
+  again = _two_processes(_main(work, runs["data"]), runs["base"] / "sigterm_logs_2")
+  assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+  assert f"[0] resuming from step {saved} " in again.stdout
+  got, expected = _rows(work), {r["step"]: r for r in _rows(runs["two"])}
+  assert [r["step"] for r in got if "loss" in r] == list(range(1, STEPS + 1))   # once each
+  for r in got:
+    assert r["data_index"] == expected[r["step"]]["data_index"]
+    for key in ("loss", "contrastive", "mae", "grad_norm"):
+      np.testing.assert_allclose(r[key], expected[r["step"]][key], rtol=LOSS_RTOL,
+                                 err_msg=f"step {r['step']} {key}")
+  two = _results(runs["two"])
+  assert _results(work).keys() == two.keys()
+  _close_results(_results(work), two, _clips(two))
