@@ -279,6 +279,8 @@ def _quiet_read_noise() -> None:
   import asyncio
   import sys
 
+  _quiet_orbax_tracebacks()
+
   def noise(exc) -> bool:
     if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
       return True
@@ -308,6 +310,27 @@ def _quiet_read_noise() -> None:
 
   on_exception._jaxclap = True
   sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+
+
+class _OrbaxTracebacks(logging.Filter):
+  """Drops the records with a traceback that Orbax logs (e.g. "_SignalingThread.run()
+  raised an exception", ~300 lines, when a background save fails) and that asyncio logs
+  for Orbax's abandoned tasks ("Task exception was never retrieved", at exit), unless
+  the log is at debug level (--verbosity=1): the error reaches our code, which says it
+  in one line."""
+
+  def filter(self, record) -> bool:
+    orbax = f"{os.sep}orbax{os.sep}"
+    ours = record.exc_info and (orbax in record.pathname or (
+        record.name == "asyncio" and orbax in str(record.msg) + str(record.args)))
+    return not (ours and logging.getLogger().getEffectiveLevel() > logging.DEBUG)
+
+
+def _quiet_orbax_tracebacks() -> None:
+  """Puts ``_OrbaxTracebacks`` on the root logger's handlers (absl's among them)."""
+  for handler in logging.getLogger().handlers:
+    if not any(isinstance(f, _OrbaxTracebacks) for f in handler.filters):
+      handler.addFilter(_OrbaxTracebacks())
 
 
 def _first_line(err: BaseException) -> str:
@@ -642,6 +665,7 @@ class Saver:
   def __init__(self, workdir: str, config: Any):
     self.workdir, self.folder = workdir, folder(workdir)
     self.mgr = manager(workdir, config)
+    _quiet_orbax_tracebacks()
     self.finite = jax.jit(all_finite)
     self.in_flight, self.failed = None, False
 
@@ -677,7 +701,16 @@ class Saver:
       for root, _, files in os.walk(os.path.join(self.folder, str(kept[-1]))):
         size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
     free = shutil.disk_usage(self.folder).free if os.path.isdir(self.folder) else 0
-    what = _describe(err)
+    # The OS's reason (disk full, quota, permissions) if it gave one: tensorstore puts it
+    # after the entry's and the file's names, past what _describe keeps.
+    chain, e = [], err
+    while e is not None:
+      chain.append(str(e))
+      e = e.__cause__ or e.__context__
+    reason = re.search(r"(No space left on device|Disk quota exceeded|Permission denied|"
+                       r"File too large|Read-only file system)", " ".join(chain))
+    what = reason.group(1) if reason else _describe(err)
+    logging.debug("checkpoint %s: the write failed", step, exc_info=err)
     return SaveError(
         f"could not write checkpoint {step} in {self.folder}: {what}; {free / 2**20:.0f} MiB "
         f"free there, a checkpoint takes about {size / 2**20:.0f} MiB; "

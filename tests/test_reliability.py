@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -285,6 +286,54 @@ def test_training_falls_back_past_a_broken_checkpoint_and_a_failed_save_stops_it
   assert not (run / "results.json").exists()
   assert "6" in os.listdir(ckpts) and "8.broken" in os.listdir(ckpts)
   assert checkpoints.open_run(run)[1]["params"]   # 6 still reads
+
+
+def test_a_full_disk_stops_the_run_naming_the_folder_and_the_space_needed(
+    tmp_path, data_dir, ref, jax_cache):
+  """A real full filesystem (ENOSPC, not the RLIMIT_FSIZE stand-in above): the run resumes
+  from checkpoint 6 in a 150 MiB tmpfs, where the save at step 8 (a checkpoint takes
+  81 MiB) runs out of space. The tmpfs is mounted in a private mount namespace (unshare
+  -rm: no root needed where user namespaces are allowed), so it is gone when the shell
+  in it exits, even if the test is killed; skipped where it cannot be mounted. ~1 min."""
+  if shutil.which("unshare") is None:
+    pytest.skip("no unshare(1) to mount a tmpfs in a private mount namespace")
+  probe = tmp_path / "probe"
+  probe.mkdir()
+  res = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                        str(probe)], capture_output=True, text=True)
+  if res.returncode:
+    pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {res.stderr.strip()}")
+  disk, out = tmp_path / "disk", tmp_path / "out"
+  disk.mkdir()
+  out.mkdir()
+  run = disk / "run"
+  cmd = runs.main_command(run, data_dir, extra=["--config.checkpoint_every=100"])
+  read = ("from jaxclap import checkpoints; "
+          f"print(checkpoints.open_run({str(run)!r})[1]['params'] and 'read')")
+  script = " ".join([
+      f"mount -t tmpfs -o size=150m tmpfs {disk} &&",
+      f"mkdir -p {run}/checkpoints && cp -r {ref}/config.json {ref}/metrics.jsonl",
+      f"{ref}/tensorboard {run} && cp -r {ref}/checkpoints/6 {run}/checkpoints &&",
+      f"{{ {' '.join(cmd)} >{out}/stdout 2>{out}/stderr; echo $? >{out}/rc; }} &&",
+      f"ls {run}/checkpoints >{out}/ls && cp {run}/metrics.jsonl {out}/ &&",
+      f"{sys.executable} -c \"{read}\" >{out}/read"])
+  res = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT,
+                       env=runs.clean_env(jax_cache), timeout=900, capture_output=True,
+                       text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  stdout, stderr = (out / "stdout").read_text(), (out / "stderr").read_text()
+  assert "resuming from step 6" in stdout, stderr[-3000:]
+  assert (out / "rc").read_text().strip() == "1", stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith(f"could not write checkpoint 8 in {run / 'checkpoints'}: "), last
+  assert last.split(": ")[1].startswith("No space left on device; "), last
+  assert re.search(r"; \d+ MiB free there, a checkpoint takes about 8\d MiB; checkpoint 6 is "
+                   r"kept; the run stopped", last), last
+  assert "Traceback" not in stderr and "raised an exception" not in stderr, stderr[:3000]
+  assert "6" in (out / "ls").read_text().split()
+  assert (out / "read").read_text().strip() == "read"          # checkpoint 6 still reads
+  rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == list(range(1, 9))
 
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, data_dir):
