@@ -686,7 +686,7 @@ BENCHMARKS = {
 
 def _warm(model, tasks, templates) -> None:
   """Every prompt of ``tasks`` through ``templates`` embedded in one call, when ``model``
-  caches its text embeddings (``_TextCache``)."""
+  caches its text embeddings (``TextCache``)."""
   if not hasattr(model, "warm"):
     return
   prompts = [p for t in tasks["multiclass"].values() for p in t.prompts] + \
@@ -696,10 +696,11 @@ def _warm(model, tasks, templates) -> None:
   model.warm([t.format(q) for q in phrases for t in templates])
 
 
-class _TextCache:
+class TextCache:
   """``model`` whose ``embed_text`` remembers each text: a benchmark asks for the same
-  prompts fold after fold (ESC-50: 60 prototypes x 5 folds), and each call would run
-  the text tower on a padded batch. ``warm`` embeds a list in one call."""
+  prompts fold after fold (ESC-50: 60 prototypes x 5 folds), a task's per-speaker
+  breakdown those it was scored with, and each call would run the text tower on a
+  padded batch. ``warm`` embeds a list in one call."""
 
   def __init__(self, model):
     self.model, self.cache = model, {}
@@ -723,7 +724,7 @@ def run_benchmark(model, name: str, path: str, templates: Sequence[str] | None =
   if name not in BENCHMARKS:
     raise ValueError(f"benchmark {name!r}; use one of {sorted(BENCHMARKS)}")
   fn = BENCHMARKS[name][0]
-  cached = _TextCache(model)
+  cached = TextCache(model)
   return fn(cached, path) if templates is None else fn(cached, path, templates=templates)
 
 
@@ -784,11 +785,12 @@ def report_run(workdir: str, config, results: dict, model=None) -> str:
       from jaxclap import inference
       model = inference.load(workdir)
     similarity = similarity_sample(model, path, str(config.eval.split))
-    # The evaluators' templates, so the per-speaker calls are the ones they scored.
-    templates = tuple(config.eval.get("templates") or DEFAULT_TEMPLATES)
-    speakers = speaker_breakdown(model, path, str(config.eval.split), templates)
-    if speakers:
-      results = dict(results, per_speaker=speakers)
+  # Which voices fail: the zero_shot / multiclass evaluators' own per-speaker counts
+  # (from the calls they scored; nothing is embedded again), joined into one breakdown.
+  parts = [v for k, v in results.items() if k.endswith("_per_speaker") and v]
+  if parts:
+    results = dict(results, per_speaker={"key": parts[0]["key"], "tasks": {
+        t: v for p in parts for t, v in p["tasks"].items()}})
   return report.write(os.path.join(workdir, "report"), results,
                       title=f"evaluation of {workdir}",
                       table=format_table(results, layout, tasks=None if similarity is None

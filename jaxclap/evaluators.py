@@ -89,14 +89,15 @@ class ZeroShot(Evaluator):
   task_kinds = ("binary",)
 
   def run(self, emb, ctx):
-    zs = evaluate.zero_shot(emb[self.split]["audio"], ctx.metadata(self.split),
-                            ctx.tasks["binary"], ctx.embed_text, self.templates,
+    audio, meta = emb[self.split]["audio"], ctx.metadata(self.split)
+    zs = evaluate.zero_shot(audio, meta, ctx.tasks["binary"], ctx.embed_text, self.templates,
                             split=self.split)
     bal = zs["balanced_accuracy"]
     return {"": bal, "_accuracy": zs["accuracy"], "_f1": zs["f1"],
             "_macro_f1": zs["macro_f1"],
             "_mean": float(np.mean(list(bal.values()))) if bal else float("nan"),
-            "_counts": zs["counts"]}
+            "_counts": zs["counts"],
+            **_per_speaker(audio, meta, {"binary": ctx.tasks["binary"]}, ctx, self)}
 
 
 class Retrieval(Evaluator):
@@ -121,9 +122,18 @@ class Multiclass(Evaluator):
   task_kinds = ("multiclass",)
 
   def run(self, emb, ctx):
-    return {"": evaluate.zero_shot_multiclass(emb[self.split]["audio"], ctx.metadata(self.split),
-                                              ctx.tasks["multiclass"], ctx.embed_text,
-                                              self.templates, split=self.split)}
+    audio, meta = emb[self.split]["audio"], ctx.metadata(self.split)
+    return {"": evaluate.zero_shot_multiclass(audio, meta, ctx.tasks["multiclass"],
+                                              ctx.embed_text, self.templates, split=self.split),
+            **_per_speaker(audio, meta, {"multiclass": ctx.tasks["multiclass"]}, ctx, self)}
+
+
+def _per_speaker(audio, meta, tasks, ctx, e) -> dict:
+  """``{"_per_speaker": ...}``: which voices the evaluator's own calls got wrong
+  (``evaluate.per_speaker``, for the report), or {} where clips name no speaker. Its
+  prompts are the ones just scored, so ``ctx.embed_text`` (memoised) embeds nothing anew."""
+  ps = evaluate.per_speaker(audio, meta, tasks, ctx.embed_text, e.templates, split=e.split)
+  return {"_per_speaker": ps} if ps else {}
 
 
 class Graded(Evaluator):
@@ -254,7 +264,8 @@ class Evaluators:
     emb = {split: self.embed_split(variables, split, sorted(pools), sizes[split])
            for split, pools in needs.items()}
     ctx.model = self._model(variables)
-    ctx.embed_text = ctx.model.embed_text
+    # Each text once per round: the per-speaker breakdowns ask for the prompts just scored.
+    ctx.embed_text = evaluate.TextCache(ctx.model).embed_text
     out = {"skipped": skipped} if skipped else {}
     for e in due:
       out.update({e.name + suffix: v for suffix, v in e.run(emb, ctx).items()})
@@ -355,7 +366,8 @@ def scalars(results: dict) -> dict[str, float]:
       out[prefix] = v
 
   for k, v in results.items():
-    walk(k, v)
+    if not k.endswith("_per_speaker"):   # counts per voice: the report's, not a curve
+      walk(k, v)
   return out
 
 

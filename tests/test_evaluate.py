@@ -408,6 +408,36 @@ def test_evaluation_embeds_clips_as_the_api_does(two_step_run, run_evaluators):
   assert np.abs(first - got[long]).max() > 1e-3
 
 
+def test_zero_shot_evaluator_breaks_down_by_voice_for_the_report(two_step_run, tmp_path):
+  """A zero_shot round also counts each voice's calls (``<name>_per_speaker``: the calls
+  it scored, so the clips per task add up to its counts), which stays out of the logged
+  scalars and is what the run's report plots, with nothing embedded again."""
+  import copy
+  from jaxclap import evaluators, sharding, tokenizers, train
+  c, state, workdir, _ = two_step_run
+  c = copy.deepcopy(c)
+  with c.unlocked():
+    c.evals = {"zs": dict(type="zero_shot", every=0)}
+  ev = evaluators.Evaluators(c, train.Trainer(c, sharding.make_mesh(c.mesh)),
+                             tokenizers.from_config(c.tokenizer))
+  results = ev.run(state.variables(), int(c.total_steps))
+  ps = results["zs_per_speaker"]
+  assert ps["key"] == "voice_id" and set(ps["tasks"]) == set(results["zs"])
+  for task, t in ps["tasks"].items():
+    assert sum(v["clips"] for v in t["speakers"].values()) == results["zs_counts"][task]["clips"]
+    assert len(t["speakers"]) > 1
+  assert not [k for k in evaluators.scalars(results) if "per_speaker" in k]
+  calls = []
+  real = evaluate.per_speaker
+  try:
+    evaluate.per_speaker = lambda *a, **k: calls.append(1)
+    out = evaluate.report_run(str(tmp_path), c, results, model=ev._model(state.variables()))
+  finally:
+    evaluate.per_speaker = real
+  assert not calls and any(f.startswith("speakers_") for f in os.listdir(tmp_path / "report"))
+  assert "Worst voices" in open(out).read()
+
+
 def test_evaluators_refuse_a_nan_model(two_step_run, run_evaluators):
   """A round of the run's evaluators on a NaN model (what ``--config.optim.lr=1e30``
   left, whose results.json said R@1 = 100%): NonFiniteError, no result."""
