@@ -646,7 +646,7 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   ckpt_every = int(config.checkpoint_every)
   log_indices = bool(config.log_data_indices)
   results = None
-  step_fn = None
+  compiled = {}   # batch shapes -> (the compiled step, its FLOPs)
 
   def flush(step):
     try:
@@ -669,8 +669,10 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
       local = next(data_iter)
       extra = {"data_index": _global_indices(local["index"])} if log_indices else None
       batch = sharding.global_batch(local, mesh)
-      if step_fn is None:   # compiled here, for the first batch's shapes
-        step_fn, flops = trainer.compile(state, batch)
+      shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
+      if shapes not in compiled:   # once per batch shape (one, for the pipeline's batches)
+        compiled[shapes] = trainer.compile(state, batch)
+        step_fn, flops = compiled[shapes]
         peak, source = perf.device_peak(override_tflops=float(config.peak_tflops))
         progress.set_cost(flops, mesh.size, peak)
         if is_main:
@@ -678,7 +680,7 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
                 f"from the program; {perf.flop_text(flops / mesh.size)} per device); MFU "
                 f"against {source}", flush=True)
           print(perf.memory_line(step_fn), flush=True)
-      state, metrics = step_fn(state, batch)
+      state, metrics = compiled[shapes][0](state, batch)
       progress.add(step, metrics, extra)
       preempted = preemption.reached(step)
       save_now = step % ckpt_every == 0 or step == total or preempted
