@@ -146,9 +146,12 @@ M = 1e6
 # recipe, argument, {parts: the paper's count}; parts are summed top-level parameters.
 PAPER_COUNTS = [
     ("clap", "", {("audio",): 80.8 * M, ("text",): 110 * M}),   # CNN14 80.8M, BERT 110M
-    # CLSP: 125M of RoBERTa-base (the text tower and heads until a Zipformer exists).
-    ("clsp", "stage=1", {("text", "text_head"): 125 * M}),
-    ("clsp", "stage=2", {("text", "text_head"): 125 * M}),
+    # CLSP: 599M of SPEAR-XLarge (the Zipformer's spear-xlarge preset), 125M of
+    # RoBERTa-base (with the heads), 724M in all.
+    ("clsp", "stage=1", {("audio",): 599 * M, ("text", "text_head"): 125 * M,
+                         ("audio", "audio_head", "text", "text_head", "logit_scale"): 724 * M}),
+    ("clsp", "stage=2", {("audio",): 599 * M, ("text", "text_head"): 125 * M,
+                         ("audio", "audio_head", "text", "text_head", "logit_scale"): 724 * M}),
 ]
 # Towers whose count is a published checkpoint's (exact, from the presets' tests).
 EXACT = [

@@ -115,6 +115,31 @@ class Bypass(nn.Module):
     return orig + (x - orig) * scale.astype(x.dtype)
 
 
+class DepthwiseConv2d(nn.Module):
+  """A k x k per-channel convolution, "same" zero padding: ``nn.Conv(c, (k, k),
+  feature_group_count=c)``'s parameters (kernel [k, k, 1, c], bias [c]) and result,
+  computed as k*k shifted multiply-adds. XLA:CPU runs the grouped convolution naively:
+  at [8, 146, 31, 128] (the runlocal subsampling) its forward took 1.07 s and its
+  gradient 15.3 s against 0.08 s and 2.5 s for the shifted sums (2 AVX-512 cores, load
+  13); on an accelerator either is a rounding error beside the encoder."""
+  kernel_size: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, c = self.kernel_size, x.shape[-1]
+    kernel_init, bias_init = _inits(k * k, None, (None, None, None, None))
+    w = self.param("kernel", kernel_init, (k, k, 1, c)).astype(self.dtype)
+    b = self.param("bias", bias_init, (c,)).astype(self.dtype)
+    h, wd, p = x.shape[1], x.shape[2], k // 2
+    xp = jnp.pad(x.astype(self.dtype), ((0, 0), (p, p), (p, p), (0, 0)))
+    out = b
+    for i in range(k):
+      for j in range(k):
+        out = out + xp[:, i:i + h, j:j + wd] * w[i, j, 0]
+    return out
+
+
 class Conv2dSubsampling(nn.Module):
   """fbank [b, T, F] -> [b, (T-7)//2, out_channels]: three convolutions (time stride 2),
   a ConvNeXt block and a linear projection, BiasNorm'ed."""
@@ -133,7 +158,7 @@ class Conv2dSubsampling(nn.Module):
     x = swoosh_r(_conv(x, self.layer2_channels, (3, 3), "conv_4", rep, d, strides=(2, 2)))
     x = swoosh_r(_conv(x, self.layer3_channels, (3, 3), "conv_7", rep, d, strides=(1, 2)))
     c = self.layer3_channels
-    y = _conv(x, c, (7, 7), "convnext/depthwise_conv", rep, d, padding=((3, 3), (3, 3)), groups=c)
+    y = DepthwiseConv2d(7, d, name="convnext/depthwise_conv")(x)
     y = swoosh_l(_conv(y, 3 * c, (1, 1), "convnext/pointwise_conv1", rep, d))
     x = x + _conv(y, c, (1, 1), "convnext/pointwise_conv2", rep, d, scale=0.01)
     b, t, f, c = x.shape
@@ -176,9 +201,11 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
     pe = _dense(pos_emb, h * dp, "linear_pos", (None, "mlp"), self.dtype, scale=0.05,
                 use_bias=False).reshape(2 * t - 1, h, dp)
     full = jnp.einsum("bihd,khd->hbik", p, pe, preferred_element_type=f32)
-    # icefall's as_strided: score[i, j] reads offset column (t - 1) - i + j.
-    idx = (t - 1) - jnp.arange(t)[:, None] + jnp.arange(t)[None, :]
-    scores = scores + jnp.take_along_axis(full, jnp.broadcast_to(idx, full.shape[:2] + (t, t)), -1)
+    # icefall's as_strided: score[i, j] reads offset column (t - 1) - i + j. Transformer-XL's
+    # pad-and-reshape does it with reshapes only (a gather's gradient, a scatter, compiles
+    # and runs slowly on XLA:CPU).
+    shifted = jnp.pad(full, ((0, 0), (0, 0), (0, 0), (1, 0))).reshape(h, b, 2 * t, t)
+    scores = scores + shifted[:, :, 1:].reshape(h, b, t, 2 * t - 1)[..., :t]
     scores = jnp.where(pad[None, :, None, :], -1000.0, scores)
     return jax.nn.softmax(scores, -1)
 
@@ -341,6 +368,7 @@ class Zipformer(nn.Module):
   cnn_module_kernel: Sequence[int] | int = (31, 31, 15, 15, 15, 31)
   pos_dim: int = 48
   output_downsampling_factor: int = 2
+  embed_channels: Sequence[int] = (8, 32, 128)   # Conv2dSubsampling's layer1/2/3_channels
   remat: bool | str = False
   dtype: Dtype = jnp.float32
 
@@ -352,7 +380,8 @@ class Zipformer(nn.Module):
     frames = jnp.full((b,), t, jnp.int32) if frames is None else jnp.minimum(frames, t)
     n = len(self.downsampling_factor)
     dims = _tuple(self.encoder_dim, n)
-    x = Conv2dSubsampling(dims[0], dtype=self.dtype, name="encoder_embed")(spec.astype(self.dtype))
+    x = Conv2dSubsampling(dims[0], *self.embed_channels, dtype=self.dtype,
+                          name="encoder_embed")(spec.astype(self.dtype))
     lengths = (frames - 7) // 2
     pad = jnp.arange(x.shape[1])[None, :] >= lengths[:, None]
     outputs = []
@@ -556,7 +585,7 @@ def param_count(feature_dim: int = 80, **fields) -> int:
 TORCH_MODULE = "jaxclap.models.zipformer_torch"
 TORCH_FIELDS = ("downsampling_factor", "encoder_dim", "num_encoder_layers", "query_head_dim",
                 "pos_head_dim", "value_head_dim", "num_heads", "feedforward_dim",
-                "cnn_module_kernel", "pos_dim", "output_downsampling_factor")
+                "cnn_module_kernel", "pos_dim", "output_downsampling_factor", "embed_channels")
 
 
 def _export(config: Any, variables: Mapping, out: str) -> dict:
@@ -589,8 +618,10 @@ towers.register(towers.Tower(
     presets={"zipformer": dict(name="zipformer", **PRESETS["small"]),
              **{k: dict(name="zipformer", **v) for k, v in PRESETS.items()}},
     # Four stacks (1, 2, 4, 2) of one 32-wide layer: the U-Net, bypasses and combine on a
-    # CPU budget.
+    # CPU budget. The subsampling's 128-channel ConvNeXt alone would cost ~30 GFLOP per
+    # step of 8 clips x 3 s (12 s on 2 loaded cores): 16 channels there.
     runlocal={"zipformer": dict(downsampling_factor=(1, 2, 4, 2), encoder_dim=32,
                                 num_encoder_layers=1, num_heads=2, query_head_dim=8,
                                 pos_head_dim=2, value_head_dim=8, feedforward_dim=64,
-                                cnn_module_kernel=(15, 7, 7, 15), pos_dim=16)}))
+                                cnn_module_kernel=(15, 7, 7, 15), pos_dim=16,
+                                embed_channels=(4, 8, 16))}))

@@ -74,22 +74,23 @@ class ZipformerTorch(nn.Module):
   (its ``Zipformer2.forward`` loop without the streaming branches), because that forward
   asserts ``output_downsampling_factor == 2`` and SPEAR's release uses 1.
 
-  ``from_pretrained(folder)`` reads ``config.json`` (``feature_dim`` and the encoder
-  fields) and ``model.safetensors``; ``save_pretrained`` writes them.
+  ``from_pretrained(folder)`` reads ``config.json`` (``feature_dim``, ``embed_channels``
+  (the subsampling's layer1/2/3_channels) and the encoder fields) and ``model.safetensors``; ``save_pretrained`` writes them.
   """
 
   def __init__(self, feature_dim: int, **fields):
     super().__init__()
     zf, ss = load_reference()
     n = len(fields["downsampling_factor"])
+    embed = tuple(int(c) for c in fields.pop("embed_channels", (8, 32, 128)))
     enc = {k: (v if k in ("pos_dim", "output_downsampling_factor") else _tuple(v, n))
            for k, v in fields.items()}
     enc["pos_dim"] = int(enc["pos_dim"])
     enc["output_downsampling_factor"] = int(enc["output_downsampling_factor"])
-    self.config = dict(feature_dim=int(feature_dim), **{k: (list(v) if isinstance(v, tuple) else v)
-                                                        for k, v in enc.items()})
+    self.config = dict(feature_dim=int(feature_dim), embed_channels=list(embed),
+                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in enc.items()})
     dims = enc["encoder_dim"]
-    self.encoder_embed = ss.Conv2dSubsampling(int(feature_dim), dims[0])
+    self.encoder_embed = ss.Conv2dSubsampling(int(feature_dim), dims[0], *embed)
     # encoder_unmasked_dim only sizes training-time feature masks (off in eval).
     self.encoder = zf.Zipformer(causal=False, encoder_unmasked_dim=min(dims), **enc)
     self._convert_num_channels = zf.convert_num_channels
