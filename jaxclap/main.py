@@ -22,8 +22,8 @@ process's rank itself; elsewhere give all three:
   (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; launch/local.py sets
   them for N CPU processes on one machine). jaxclap/distributed.py says what decides.
 
-Exit status: 0 when the run finished; 143 after SIGTERM, or Ctrl-C (SIGINT) on one process
-(a preemption: the current step was saved, re-run the same command to resume; schedulers
+Exit status: 0 when the run finished; 143 after SIGTERM or Ctrl-C (SIGINT; with several
+processes it is turned into the SIGTERM JAX's preemption sync point takes) (a preemption: the current step was saved, re-run the same command to resume; schedulers
 should requeue on 143); 1 with
 a one-line message when the run stopped on its own (non-finite steps, a failed save, a
 folder another run holds, a config that does not match the checkpoints).

@@ -418,9 +418,21 @@ class _Preemption:
       except ValueError:   # not the main thread: the signals keep their default action
         logging.warning("train_and_evaluate outside the main thread: SIGTERM and SIGINT "
                         "will not save a checkpoint")
+    else:
+      # Ctrl-C reaching one process of several (srun, an ssh session to a pod worker)
+      # becomes the SIGTERM JAX's preemption service listens for, so every process saves
+      # at one step instead of this one dying on KeyboardInterrupt.
+      try:
+        self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._to_sigterm)
+      except ValueError:
+        pass
 
   def _handler(self, signum, frame):
     self.flag, self.signal = True, signal.Signals(signum).name
+
+  @staticmethod
+  def _to_sigterm(signum, frame):
+    os.kill(os.getpid(), signal.SIGTERM)
 
   def reached(self, step: int) -> bool:
     if not self.multi:

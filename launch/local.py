@@ -24,9 +24,9 @@ to stderr. Signals and failures:
 
 * SIGTERM or SIGINT (Ctrl-C) to the launcher sends SIGTERM to every process: jaxclap's
   trainer takes SIGTERM on any process as a preemption (JAX's preemption sync point), so
-  all save a checkpoint at the same step and exit with status 143. A Python SIGINT would
-  be a KeyboardInterrupt in a multi-process run, which saves nothing, hence the
-  translation. A second signal kills them (SIGKILL).
+  all save a checkpoint at the same step and exit with status 143 (the trainer turns a
+  SIGINT that reaches one of its processes directly into the same SIGTERM). A second
+  signal kills them (SIGKILL).
 * A process that exits with 143 was preempted: the others stop at the same step on their
   own, and get ``--grace`` seconds for it before they are killed.
 * A process that fails otherwise: the others get SIGTERM at once (then SIGKILL after

@@ -379,6 +379,25 @@ def test_ctrl_c_is_taken_as_a_preemption_and_the_handlers_restored():
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_ctrl_c_on_one_of_several_processes_becomes_the_sigterm_jax_listens_for(monkeypatch):
+  """With several processes SIGTERM is left to JAX's preemption service (the 2-process
+  test in test_multiprocess.py sends it); SIGINT is turned into that SIGTERM, and the
+  handler is restored on close."""
+  from jaxclap import train
+  monkeypatch.setattr(train.jax, "process_count", lambda: 2)
+  sent = []
+  monkeypatch.setattr(train.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  p = train._Preemption()
+  try:
+    assert signal.getsignal(signal.SIGTERM) == before[1]   # JAX's, untouched
+    signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+    assert sent == [(os.getpid(), signal.SIGTERM)]
+  finally:
+    p.close()
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def _tensorboard_steps(workdir, tag="train/loss"):
   """The steps of ``tag`` that TensorBoard shows: it reads the event files in order and
   a SessionLog START at step s hides the earlier events from step s on (a resume's
