@@ -225,7 +225,7 @@ def test_import_tower_sources_and_registry(small_bert, tmp_path):
     convert.import_tower("bert", tmp_path / "pytorch_model.bin", shapes)
   assert same(convert.import_tower("bert", dict(sd, **ref.state_dict()), shapes, prefix="bert."),
               want)
-  with pytest.raises(ValueError, match=r"unknown tower kind 'bart'; known: \['audiomae', 'bert', 'cnn14', 'gemma3', 'htsat', 'minilm', 'qwen3', 'roberta', 'vit'\]"):
+  with pytest.raises(ValueError, match=r"unknown tower kind 'bart'; known: \['audiomae', 'bert', 'cnn14', 'gemma3', 'htsat', 'minilm', 'qwen3', 'roberta', 'vit', 'zipformer'\]"):
     convert.import_tower("bart", sd, shapes)
   assert set(convert.importers()) >= {"htsat", "cnn14", "audiomae", "vit", "qwen3", "gemma3"}
   assert convert.importer("roberta") is convert.import_bert
