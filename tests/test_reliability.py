@@ -288,6 +288,28 @@ def test_training_falls_back_past_a_broken_checkpoint_and_a_failed_save_stops_it
   assert checkpoints.open_run(run)[1]["params"]   # 6 still reads
 
 
+def _without_closed_loop_noise(stderr: str) -> str:
+  """stderr less the tracebacks that end "RuntimeError: Event loop is closed": Orbax's
+  failed background write calling back into an asyncio loop already closed, printed
+  from a native thread (not through logging) in some runs, interleaved with our message
+  even mid-line. Known, not yet silenced (closing note). Only as many "Traceback" lines
+  go as there are such errors: any other traceback still fails the test."""
+  noise = ("self._check_closed()", "raise RuntimeError('Event loop is closed')",
+           "RuntimeError: Event loop is closed")
+  lines = [l.rstrip() for l in stderr.splitlines()]
+  closed = sum(l.strip() == noise[-1] for l in lines)
+  out = []
+  for l in lines:
+    t = l.strip()
+    if t in noise or (t.startswith('File "') and "asyncio/base_events.py" in t):
+      continue
+    if t == "Traceback (most recent call last):" and closed > 0:
+      closed -= 1
+      continue
+    out.append(l)
+  return "\n".join(out)
+
+
 def test_a_full_disk_stops_the_run_naming_the_folder_and_the_space_needed(
     tmp_path, data_dir, ref, jax_cache):
   """A real full filesystem (ENOSPC, not the RLIMIT_FSIZE stand-in above): the run resumes
@@ -322,6 +344,7 @@ def test_a_full_disk_stops_the_run_naming_the_folder_and_the_space_needed(
                        text=True)
   assert res.returncode == 0, res.stderr[-3000:]
   stdout, stderr = (out / "stdout").read_text(), (out / "stderr").read_text()
+  stderr = _without_closed_loop_noise(stderr)
   assert "resuming from step 6" in stdout, stderr[-3000:]
   assert (out / "rc").read_text().strip() == "1", stderr[-3000:]
   last = stderr.strip().splitlines()[-1]
