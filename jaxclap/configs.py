@@ -85,6 +85,9 @@ Field reference (``--config.<path>=value`` overrides any of them):
   peak_tflops          one device's peak TFLOP/s for the MFU in the log (0: jaxclap.perf's
                        table: TPU/GPU data sheets' dense bf16; a CPU's cores x clock x f32
                        FLOP/cycle of its ISA, an assumption the log states)
+  frozen_cache         a text tower that optim.frozen covers wholly (and without dropout)
+                       runs once per distinct caption, not in every step; its outputs are
+                       kept in memory (jaxclap.frozen_cache). False: in every step
   eval.split, eval.batch_size, eval.templates   what an evaluator leaves unset: the
                        held-out split ("test"), clips per batch, prompt templates (averaged)
   evals.<name>         dict(type=..., every=N[, split, batch_size, templates, ...]): one
@@ -366,6 +369,7 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.log_data_indices = False
   c.max_nonfinite_steps = 10
   c.peak_tflops = 0.0
+  c.frozen_cache = True
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

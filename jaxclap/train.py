@@ -227,20 +227,26 @@ class Trainer:
                            sample_rate=int(self.config.features.sample_rate),
                            **dict(self.config.augment))
     spec, frames = two_towers.spectrogram(self.config.features, wave, batch["audio_len"])
-    ids, mask = batch["text_ids"], batch["text_mask"]
-    if ids.ndim != 3 or mask.shape != ids.shape:   # checked when the step is traced
-      raise ValueError(
-          f"batch text_ids {tuple(ids.shape)}, text_mask {tuple(mask.shape)}: the step takes "
-          "both as [batch, captions per clip, tokens], the input pipeline's layout (one "
-          "caption per clip: [b, 1, L])")
-    per_clip = ids.shape[1]
-    # [b, k, L] -> [b * k, L]: rows stay on their device
-    ids, mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
+    pooled = batch.get("text_pooled")   # a frozen text tower's output (jaxclap.frozen_cache)
+    if pooled is not None:
+      ids = mask = None
+      per_clip = pooled.shape[1]
+      pooled = pooled.reshape(-1, pooled.shape[-1])
+    else:
+      ids, mask = batch["text_ids"], batch["text_mask"]
+      if ids.ndim != 3 or mask.shape != ids.shape:   # checked when the step is traced
+        raise ValueError(
+            f"batch text_ids {tuple(ids.shape)}, text_mask {tuple(mask.shape)}: the step "
+            "takes both as [batch, captions per clip, tokens], the input pipeline's layout "
+            "(one caption per clip: [b, 1, L])")
+      per_clip = ids.shape[1]
+      # [b, k, L] -> [b * k, L]: rows stay on their device
+      ids, mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
     variables = {"params": params, **model_state}
     # Batch-norm towers update their running statistics as a side output.
     mutable = list(model_state) or False
-    out = self.model.apply(variables, spec, frames, ids, mask,
-                           train=True, rngs={"dropout": drop_rng}, mutable=mutable)
+    out = self.model.apply(variables, spec, frames, ids, mask, train=True,
+                           text_pooled=pooled, rngs={"dropout": drop_rng}, mutable=mutable)
     (a, t, scale), new_state = out if mutable else (out, model_state)
     recon = None
     if terms.uses_decoder(self.config):
@@ -659,6 +665,14 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   log_indices = bool(config.log_data_indices)
   results = None
   compiled = {}   # batch shapes -> (the compiled step, its FLOPs)
+  from jaxclap import frozen_cache
+  why_not = frozen_cache.reason_not_cached(config, state.params, state.model_state)
+  text_cache = frozen_cache.TextCache(trainer) if why_not is None else None
+  if is_main and text_cache:
+    print("frozen text tower: computed once per distinct caption, not in every step "
+          "(config.frozen_cache)", flush=True)
+  elif why_not:
+    logging.info("the text tower runs in every step: %s", why_not)
 
   def flush(step):
     try:
@@ -680,6 +694,8 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
     for step in range(start + 1, total + 1):
       local = next(data_iter)
       extra = {"data_index": _global_indices(local["index"])} if log_indices else None
+      if text_cache is not None:   # before the step: it reads the text weights it donates
+        local = text_cache.fill(local, state.params["text"])
       batch = sharding.global_batch(local, mesh)
       shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
       if shapes not in compiled:   # once per batch shape (one, for the pipeline's batches)
@@ -713,6 +729,8 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
       results = progress.log_eval(total, evals.run(state.variables(), total))
     flush(total)
     saver.wait()
+    if text_cache is not None:
+      logging.info("frozen text tower cache: %s", text_cache.summary())
   finally:
     preemption.close()
     progress.close()

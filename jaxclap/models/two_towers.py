@@ -177,8 +177,11 @@ class TwoTowers(nn.Module):
     pooled, _ = self.audio(spec, frames, deterministic=not train)
     return _l2norm(self.audio_head(pooled.astype(self.dtype), deterministic=not train))
 
-  def embed_text(self, ids, mask, train: bool = False):
-    pooled, _ = self.text(ids, mask, deterministic=not train)
+  def embed_text(self, ids, mask, train: bool = False, pooled=None):
+    """``pooled``: the text tower's output for these captions, computed before (a frozen
+    tower's, jaxclap.frozen_cache): only the head runs."""
+    if pooled is None:
+      pooled, _ = self.text(ids, mask, deterministic=not train)
     return _l2norm(self.text_head(pooled.astype(self.dtype), deterministic=not train))
 
   def reconstruct(self, spec, frames, rng):
@@ -187,13 +190,15 @@ class TwoTowers(nn.Module):
                        f"(vit); model.audio.name={self.audio_name!r} has none")
     return self.audio.reconstruct(spec, frames, rng)
 
-  def __call__(self, spec, frames, ids, mask, rng=None, train: bool = False):
+  def __call__(self, spec, frames, ids, mask, rng=None, train: bool = False,
+               text_pooled=None):
     """Both embeddings and the logit scale; with ``rng`` also runs the MAE pass (so that
     ``init`` creates the decoder's parameters). ``train``: dropout on, batch-norm towers
     (HTS-AT, CNN14) normalise with batch statistics (apply with
-    ``mutable=["batch_stats"]`` to update the running ones)."""
-    out = (self.embed_audio(spec, frames, train), self.embed_text(ids, mask, train),
-           self.logit_scale)
+    ``mutable=["batch_stats"]`` to update the running ones). ``text_pooled``: the text
+    tower's outputs, computed before (``embed_text``); ``ids`` / ``mask`` are then unused."""
+    out = (self.embed_audio(spec, frames, train),
+           self.embed_text(ids, mask, train, pooled=text_pooled), self.logit_scale)
     if rng is not None:
       out = out + (self.reconstruct(spec, frames, rng),)
     return out

@@ -1,0 +1,97 @@
+"""jaxclap.frozen_cache: a wholly frozen text tower computed once per distinct caption
+gives the step the uncached step's loss, gradients and update (float tolerance), runs
+the tower only for captions it has not seen, and applies only where the cached value is
+the tower's value. The 2-process run of tests/test_multiprocess.py uses it too (the
+runlocal demo's MiniLM is frozen) and matches the 1-process run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxclap import configs, frozen_cache, perf, sharding, train
+
+B, K = 8, 2
+
+
+def _config():
+  c = configs.load("demo", "runlocal")
+  c.global_batch_size = B
+  c.input.captions_per_clip = K   # CLSP's K captions per clip: the [b, K] layout kept
+  configs.set_terms(c, multi_positive=1.0, mae=0.1)
+  c.model.text.update(vocab_size=200, hidden_size=32, depth=2, num_heads=2, mlp_dim=64,
+                      max_len=64, init=None)
+  return c
+
+
+def _batch(c, rng):
+  samples = int(c.input.clip_seconds * c.input.sample_rate)
+  length = int(c.input.max_text_len)
+  ids = np.zeros((B, K, length), np.int32)
+  mask = np.zeros((B, K, length), np.int32)
+  for i in range(B):
+    for k in range(K):
+      n = int(rng.integers(4, length + 1))
+      ids[i, k, :n], mask[i, k, :n] = rng.integers(1, 200, n), 1
+  ids[3, 1], mask[3, 1] = ids[0, 0], mask[0, 0]      # a caption twice in the batch
+  ids[5, 0, -1] = 7                                   # a padding token differs: same caption
+  return {"audio": (0.1 * rng.normal(size=(B, samples))).astype(np.float32),
+          "audio_len": rng.integers(samples // 2, samples + 1, size=B).astype(np.int32),
+          "text_ids": ids, "text_mask": mask}
+
+
+def test_cached_step_equals_the_uncached_step():
+  c = _config()
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  tr = train.Trainer(c, mesh)
+  state = tr.init_state(0)
+  assert frozen_cache.reason_not_cached(c, state.params, state.model_state) is None
+  local = _batch(c, np.random.default_rng(0))
+  cache = frozen_cache.TextCache(tr)
+  cached = cache.fill(local, state.params["text"])
+  assert set(cached) == {"audio", "audio_len", "text_pooled"}
+  assert cached["text_pooled"].shape == (B, K, 32)
+  assert cache.misses == B * K - 1 and len(cache.rows) == B * K - 1   # the repeat once
+
+  copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)
+  plain, cache_batch = sharding.global_batch(local, mesh), sharding.global_batch(cached, mesh)
+  flops = [perf.count_flops(tr.step.trace(state, b).jaxpr) for b in (plain, cache_batch)]
+  s1, m1 = tr.step(copy(state), plain)
+  s2, m2 = tr.step(copy(state), cache_batch)
+  for key in ("loss", "contrastive", "mae", "grad_norm"):
+    np.testing.assert_allclose(float(m2[key]), float(m1[key]), rtol=2e-5, err_msg=key)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(s1.params),
+                          jax.tree_util.tree_leaves(s2.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+  for a, b in zip(jax.tree_util.tree_leaves(state.params["text"]),
+                  jax.tree_util.tree_leaves(s2.params["text"])):
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a))   # frozen: untouched
+  # The text tower's forward (2 x its matmul weights x tokens, at least) left the step.
+  tokens = B * K * int(c.input.max_text_len)
+  assert flops[0] - flops[1] >= 2 * 2 * (32 * 64 * 2 + 32 * 32 * 4) * tokens
+
+  # Seen captions are not run again; a permuted batch gets the same rows, bit for bit
+  # (a resumed run, which meets them in other batches, computes the same values).
+  perm = np.random.default_rng(1).permutation(B)
+  again = cache.fill({k: v[perm] for k, v in local.items()}, s2.params["text"])
+  assert cache.misses == B * K - 1
+  np.testing.assert_array_equal(again["text_pooled"], cached["text_pooled"][perm])
+  fresh = frozen_cache.TextCache(tr).fill({k: v[perm] for k, v in local.items()},
+                                          state.params["text"])
+  np.testing.assert_array_equal(fresh["text_pooled"], cached["text_pooled"][perm])
+
+
+def test_the_cache_applies_only_where_its_value_is_the_towers():
+  c = _config()
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  params = train.Trainer(c, mesh).abstract_state().params
+  why = lambda cfg: frozen_cache.reason_not_cached(cfg, params, {})
+  assert why(c) is None
+  c.frozen_cache = False
+  assert "config.frozen_cache" in why(c)
+  c = _config()
+  c.optim.frozen = ("text/encoder/layer_0/.*",)
+  assert "not wholly frozen" in why(c)
+  c = _config()
+  c.model.text.dropout_rate = 0.1
+  assert "dropout" in why(c)
