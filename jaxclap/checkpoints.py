@@ -71,7 +71,7 @@ RESUMABLE = ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints",
              "log_data_indices", "max_nonfinite_steps", "eval", "evals",
              "input.num_threads", "input.prefetch", "input.worker_count",
              "corpus.data_dir", "corpus.num_workers", "model.remat", "peak_tflops",
-             "frozen_cache")
+             "input.text_buckets", "frozen_cache")
 
 
 class RunFolderError(RuntimeError):

@@ -7,7 +7,7 @@ first appearance. ``TextCache`` keeps each distinct caption's pooled output (bef
 trained head) on the host, keyed by its real tokens; the loop replaces a batch's
 ``text_ids`` / ``text_mask`` by ``text_pooled`` [b, K, width] and the step runs only the
 head on it (``TwoTowers.__call__(..., text_pooled=...)``). Results equal the uncached
-step's within float tolerance (tests/test_frozen_cache.py); in the step's FLOPs, the
+step's within float tolerance (tests/test_text_step.py); in the step's FLOPs, the
 text tower's forward is gone (a frozen tower has no backward either way).
 
 Captions not yet seen are run through the tower in chunks of one batch's rows (one

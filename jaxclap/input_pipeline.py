@@ -407,6 +407,30 @@ def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
   return ds.batch(batch_size // process_count, drop_remainder=True, batch_fn=_stack)
 
 
+def bucket_lengths(max_text_len: int, buckets: int) -> tuple[int, ...]:
+  """``input.text_buckets`` -> the token lengths a training batch's text is cut to:
+  ``buckets`` steps up to ``max_text_len``, multiples of 8 (1 or 0: max_text_len only)."""
+  top = int(max_text_len)
+  if int(buckets) <= 1:
+    return (top,)
+  steps = {min(top, -(-top * i // int(buckets) // 8) * 8) for i in range(1, int(buckets) + 1)}
+  return tuple(sorted(steps | {top}))
+
+
+def cut_text(local: dict, lengths: Sequence[int], longest: int | None = None) -> dict:
+  """A batch's ``text_ids`` / ``text_mask`` cut to the shortest of ``lengths`` that holds
+  its longest caption (``longest``: that length over every process's rows, which must
+  agree on the shape; default this batch's). Only padding is cut: a tower sees the same
+  tokens and mask, and the step compiles once per length used."""
+  if longest is None:
+    longest = int(np.asarray(local["text_mask"]).sum(-1).max(initial=0))
+  keep = next((n for n in sorted(lengths) if n >= longest), None)
+  if keep is None or keep >= local["text_ids"].shape[-1]:
+    return local
+  return {**local, "text_ids": local["text_ids"][..., :keep],
+          "text_mask": local["text_mask"][..., :keep]}
+
+
 def make_iterator(ds: grain.MapDataset, *, num_threads: int, prefetch: int,
                   worker_count: int = 0) -> grain.DatasetIterator:
   """A checkpointable iterator over batches: ``get_state()`` / ``set_state()`` and

@@ -321,6 +321,16 @@ def _global_indices(local_index) -> list[int]:
   return np.asarray(multihost_utils.process_allgather(local_index, tiled=True)).tolist()
 
 
+def _longest_caption(local) -> int:
+  """The most real tokens in any caption of the global batch (a collective with several
+  processes: every process must cut its rows to the same length)."""
+  longest = np.int32(np.asarray(local["text_mask"]).sum(-1).max(initial=0))
+  if jax.process_count() == 1:
+    return int(longest)
+  from jax.experimental import multihost_utils
+  return int(np.max(multihost_utils.process_allgather(longest)))
+
+
 def resolve_sources(config: Any) -> str | None:
   """Builds (or reuses) the embedded corpus when a source names ``@corpus``; returns its
   path and rewrites those sources in place."""
@@ -668,6 +678,8 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   from jaxclap import frozen_cache
   why_not = frozen_cache.reason_not_cached(config, state.params, state.model_state)
   text_cache = frozen_cache.TextCache(trainer) if why_not is None else None
+  text_lengths = input_pipeline.bucket_lengths(config.input.max_text_len,
+                                               config.input.get("text_buckets", 1))
   if is_main and text_cache:
     print("frozen text tower: computed once per distinct caption, not in every step "
           "(config.frozen_cache)", flush=True)
@@ -696,6 +708,8 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
       extra = {"data_index": _global_indices(local["index"])} if log_indices else None
       if text_cache is not None:   # before the step: it reads the text weights it donates
         local = text_cache.fill(local, state.params["text"])
+      elif len(text_lengths) > 1:
+        local = input_pipeline.cut_text(local, text_lengths, _longest_caption(local))
       batch = sharding.global_batch(local, mesh)
       shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
       if shapes not in compiled:   # once per batch shape (one, for the pipeline's batches)
