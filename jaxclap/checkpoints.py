@@ -294,7 +294,9 @@ def _quiet_read_noise() -> None:
 
   if getattr(sys.excepthook, "_jaxclap", False):
     return
+  import threading
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+  thread_hook = threading.excepthook
 
   def on_exception(kind, value, tb):
     if noise(value):
@@ -309,21 +311,32 @@ def _quiet_read_noise() -> None:
     else:
       unraisablehook(u)
 
+  def on_thread(args):   # a background thread's callback into the closed loop
+    if noise(args.exc_value):
+      logging.debug("dropped after a failed checkpoint read or write (in thread %s): %s",
+                    getattr(args.thread, "name", "?"), _first_line(args.exc_value))
+    else:
+      thread_hook(args)
+
   on_exception._jaxclap = True
   sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+  threading.excepthook = on_thread
 
 
 class _OrbaxTracebacks(logging.Filter):
   """Drops the records with a traceback that Orbax logs (e.g. "_SignalingThread.run()
   raised an exception", ~300 lines, when a background save fails) and that asyncio logs
-  for Orbax's abandoned tasks ("Task exception was never retrieved", at exit), unless
+  for Orbax's abandoned tasks ("Task exception was never retrieved", at exit) or for
+  callbacks into the loop Orbax closed ("Event loop is closed"), unless
   the log is at debug level (--verbosity=1): the error reaches our code, which says it
   in one line."""
 
   def filter(self, record) -> bool:
     orbax = f"{os.sep}orbax{os.sep}"
-    ours = record.exc_info and (orbax in record.pathname or (
-        record.name == "asyncio" and orbax in str(record.msg) + str(record.args)))
+    exc = record.exc_info[1] if record.exc_info else None
+    closed = isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+    ours = record.exc_info and (orbax in record.pathname or (record.name == "asyncio" and (
+        closed or orbax in str(record.msg) + str(record.args))))
     return not (ours and logging.getLogger().getEffectiveLevel() > logging.DEBUG)
 
 
@@ -691,6 +704,8 @@ class Saver:
       raise
     except Exception as e:   # whatever the filesystem, Orbax or tensorstore raise
       self.failed = True
+      # The failed write's other callbacks still in flight print as a failed read's do.
+      _quiet_read_noise()
       raise self._failed(step, e) from e
 
   def _failed(self, step, err) -> SaveError:
