@@ -30,6 +30,7 @@ folder another run holds, a config that does not match the checkpoints).
 """
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -93,7 +94,18 @@ def main(argv):
   if arg:
     name += "_" + arg.replace(",", "_").replace("/", "_")
   workdir = _WORKDIR.value or os.path.join("workdirs", name)
-  _, results = train.train_and_evaluate(config, workdir)
+  try:
+    _, results = train.train_and_evaluate(config, workdir)
+  except train.Stopped as e:
+    if getattr(e, "write_failed", False):
+      # A failed checkpoint write (disk full) leaves Orbax's background callbacks in
+      # flight, and as the interpreter shuts down they print tracebacks into the event
+      # loop Orbax closed, after our one line. Nothing is left to save or release (the
+      # folder's lock is released, the logs flushed), so the process ends here.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(e.code)
+    raise
   import jax
   if results and jax.process_index() == 0 and jax.process_count() == 1:
     # <workdir>/report/: results.json, plots, report.md (jaxclap.evaluate.report_run);

@@ -624,7 +624,9 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, dict | No
     lock = checkpoints.lock_run(workdir)
     return _train(config, workdir)
   except checkpoints.RunFolderError as e:
-    raise _stop(str(e)) from e
+    stopped = _stop(str(e))
+    stopped.write_failed = isinstance(e, checkpoints.SaveError)
+    raise stopped from e
   finally:
     if lock is not None:
       lock.release()
