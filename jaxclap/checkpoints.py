@@ -269,14 +269,14 @@ def _newest_readable(workdir: str, read: Callable, abstract: Any, *, set_aside: 
 
 
 def _quiet_read_noise() -> None:
-  """After a failed restore, what Orbax prints on its own is dropped (to the debug log),
-  so that the user sees our one line and not ~50 tracebacks: its other reads of the
-  checkpoint, still in flight, are closed unfinished, and each turns the GeneratorExit
-  into an Exception (an ``except BaseException`` in Orbax's reader), which Python
-  prints as "Exception ignored in: <coroutine ...>" with a traceback and the
-  TensorStore spec (~60 lines each); tensorstore callbacks into the event loop Orbax has
-  closed print "RuntimeError: Event loop is closed", some at exit. Only those two kinds
-  are dropped: any other exception prints as before."""
+  """After a failed restore (or a failed write, from Saver), what Orbax prints on its own
+  is dropped (to the debug log), so that the user sees our one line and not ~50
+  tracebacks: its other reads of the checkpoint, still in flight, are closed unfinished,
+  and each turns the GeneratorExit into an Exception (an ``except BaseException`` in
+  Orbax's reader), which Python prints as "Exception ignored in: <coroutine ...>" with a
+  traceback and the TensorStore spec (~60 lines each); tensorstore callbacks into the
+  event loop Orbax has closed print "RuntimeError: Event loop is closed", some at exit.
+  Only those two kinds are dropped: any other exception prints as before."""
   import asyncio
   import sys
 

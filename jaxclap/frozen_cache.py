@@ -38,7 +38,7 @@ from jaxclap.models import two_towers
 
 def reason_not_cached(config: Any, params: Any, model_state: Any) -> str | None:
   """None when the text tower's step output can come from the cache; else why not."""
-  if not config.get("frozen_cache", True):
+  if not config.frozen_cache:
     return "config.frozen_cache is off"
   from jaxclap.optim import _path_labels
   frozen = {p: "frozen" for p in (config.optim.frozen or ())}
@@ -123,11 +123,6 @@ def _local_rows(x: jax.Array) -> np.ndarray:
   """This process's rows of a batch-sharded global array, in order."""
   if jax.process_count() == 1:
     return np.asarray(x)
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  seen, parts = set(), []
-  for s in shards:   # a replicated axis gives the same rows on several devices
-    start = s.index[0].start or 0
-    if start not in seen:
-      seen.add(start)
-      parts.append(np.asarray(s.data))
-  return np.concatenate(parts)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.global_array_to_host_local_array(
+      x, x.sharding.mesh, x.sharding.spec))

@@ -417,13 +417,18 @@ def bucket_lengths(max_text_len: int, buckets: int) -> tuple[int, ...]:
   return tuple(sorted(steps | {top}))
 
 
+def longest_caption(local: dict) -> int:
+  """The most real tokens in any caption of a batch (its ``text_mask``)."""
+  return int(np.asarray(local["text_mask"]).sum(-1).max(initial=0))
+
+
 def cut_text(local: dict, lengths: Sequence[int], longest: int | None = None) -> dict:
   """A batch's ``text_ids`` / ``text_mask`` cut to the shortest of ``lengths`` that holds
   its longest caption (``longest``: that length over every process's rows, which must
   agree on the shape; default this batch's). Only padding is cut: a tower sees the same
   tokens and mask, and the step compiles once per length used."""
   if longest is None:
-    longest = int(np.asarray(local["text_mask"]).sum(-1).max(initial=0))
+    longest = longest_caption(local)
   keep = next((n for n in sorted(lengths) if n >= longest), None)
   if keep is None or keep >= local["text_ids"].shape[-1]:
     return local

@@ -324,11 +324,12 @@ def _global_indices(local_index) -> list[int]:
 def _longest_caption(local) -> int:
   """The most real tokens in any caption of the global batch (a collective with several
   processes: every process must cut its rows to the same length)."""
-  longest = np.int32(np.asarray(local["text_mask"]).sum(-1).max(initial=0))
+  from jaxclap.input_pipeline import longest_caption
+  longest = longest_caption(local)
   if jax.process_count() == 1:
-    return int(longest)
+    return longest
   from jax.experimental import multihost_utils
-  return int(np.max(multihost_utils.process_allgather(longest)))
+  return int(np.max(multihost_utils.process_allgather(np.int32(longest))))
 
 
 def resolve_sources(config: Any) -> str | None:
@@ -681,7 +682,7 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   why_not = frozen_cache.reason_not_cached(config, state.params, state.model_state)
   text_cache = frozen_cache.TextCache(trainer) if why_not is None else None
   text_lengths = input_pipeline.bucket_lengths(config.input.max_text_len,
-                                               config.input.get("text_buckets", 1))
+                                               config.input.text_buckets)
   if is_main and text_cache:
     print("frozen text tower: computed once per distinct caption, not in every step "
           "(config.frozen_cache)", flush=True)
