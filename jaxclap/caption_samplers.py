@@ -20,7 +20,8 @@ a generator seeded by both, and a step's task depends on (seed, step) only, so e
 process and a resumed run draw the same captions.
 
 To add a sampler: a function ``(example, rng, k, index) -> (captions, pools)`` (or a
-class, as ``TaskPairs``, when it takes options), registered in ``SAMPLERS``; its test
+class, as ``TaskPairs``, when it takes options), registered in ``SAMPLERS`` and its
+record fields in ``FIELDS``; its test
 goes beside ``tests/test_input_pipeline.py::test_caption_samplers``.
 """
 
@@ -90,6 +91,10 @@ class TaskPairs:
 
 SAMPLERS: dict[str, Any] = {"global": _global, "fine": _fine, "any": _any,
                             "task_pairs": TaskPairs}
+# The record fields each sampler may draw from (jaxclap.input_pipeline.distinct_captions
+# lists every caption a run can meet from these).
+FIELDS = {"global": ("captions",), "fine": ("fine_captions", "captions"),
+          "any": ("captions", "fine_captions"), "task_pairs": ("captions", "fine_captions")}
 # Samplers that need a fixed number of captions per clip.
 CAPTIONS_PER_CLIP = {"task_pairs": 2}
 _OPTIONS = {"task_pairs": ("p0", "p_min", "steps")}

@@ -407,6 +407,29 @@ def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
   return ds.batch(batch_size // process_count, drop_remainder=True, batch_fn=_stack)
 
 
+def distinct_captions(cfg, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+  """Every caption the training stream of ``cfg`` (the config's ``input`` section) can
+  draw, tokenized as ``train_dataset`` tokenizes it, once each: ``ids`` / ``mask``
+  int32 [n, max_text_len]. It reads every record of every source (the fields
+  ``input.caption_pool`` draws from, caption_samplers.FIELDS); a record the stream would
+  refuse is left out here, and the stream names it when it meets it."""
+  fields = caption_samplers.FIELDS[str(cfg.caption_pool)]
+  max_chars, cut = int(cfg.max_caption_chars), cfg.truncate_chars
+  texts: dict[str, None] = {}   # insertion-ordered set
+  for spec in source_specs(cfg.sources):
+    source = records.open_split(spec.path, spec.split)
+    for i in range(len(source)):
+      try:
+        r = records.decode(source[i])
+        for field in fields:
+          for c in records.check_captions(r[field], max_chars=max_chars, field=field,
+                                          required=False):
+            texts[c[:cut] if cut else c] = None
+      except (records.BadRecord, KeyError, UnicodeDecodeError, ValueError):
+        continue
+  return tokenizer.encode(list(texts), int(cfg.max_text_len))
+
+
 def bucket_lengths(max_text_len: int, buckets: int) -> tuple[int, ...]:
   """``input.text_buckets`` -> the token lengths a training batch's text is cut to:
   ``buckets`` steps up to ``max_text_len``, multiples of 8 (1 or 0: max_text_len only)."""

@@ -683,9 +683,23 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
   text_cache = frozen_cache.TextCache(trainer) if why_not is None else None
   text_lengths = input_pipeline.bucket_lengths(config.input.max_text_len,
                                                config.input.text_buckets)
-  if is_main and text_cache:
-    print("frozen text tower: computed once per distinct caption, not in every step "
-          "(config.frozen_cache)", flush=True)
+  if text_cache is not None:
+    rows = int(config.global_batch_size) * int(config.input.captions_per_clip)
+    ids, mask = input_pipeline.distinct_captions(config.input, tokenizer)
+    # A run that draws at least as many captions as there are meets nearly all of
+    # them: compute them all now, shortest first at their bucket's length; a shorter
+    # one computes those it meets. Decided by total_steps, so a resumed run decides alike.
+    upfront = total * rows >= len(ids)
+    t0 = time.perf_counter()
+    if upfront:
+      text_cache.precompute(ids, mask, state.params["text"], chunk=rows,
+                            lengths=text_lengths)
+    if is_main:
+      print("frozen text tower: computed once per distinct caption, not in every step "
+            "(config.frozen_cache): " + (
+                f"{len(text_cache.rows)} captions up front in "
+                f"{time.perf_counter() - t0:.0f} s" if upfront else
+                f"as the run meets them ({len(ids)} in the data)"), flush=True)
   elif why_not:
     logging.info("the text tower runs in every step: %s", why_not)
 

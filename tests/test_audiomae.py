@@ -213,6 +213,38 @@ def test_audiomae_square_grid_matches_reference(tmp_path):
   assert _max_err(pred, pred_ref) <= 1e-4
 
 
+def test_flip_training_forward_encodes_the_kept_tiles_only(tmp_path):
+  # FLIP (flip_mask_ratio): the training forward is AudioMAE's encoder over the tiles
+  # flip_keep draws (the same "dropout" key); evaluation still sees every tile.
+  spec = _spec(2, 64, 64, 4)
+  ref = _reference(64, 64, seed=2)
+  torch.save({"model." + k: v for k, v in ref.state_dict().items()}, tmp_path / "mae.pth")
+  tower = vit.SpectrogramViT(**dict(SMALL, flip_mask_ratio=0.5))
+  params = convert.import_tower("audiomae", str(tmp_path / "mae.pth"), _shapes(tower, spec),
+                                n_mels=64)
+  v, rngs = {"params": params}, {"dropout": jax.random.PRNGKey(7)}
+  n = 16
+  keep_idx = tower.apply(v, jnp.ones((2, n), jnp.int32), rngs=rngs, method=tower.flip_keep)
+  assert keep_idx.shape == (2, 8) and len(set(np.asarray(keep_idx)[0])) == 8
+  pooled, tokens = tower.apply(v, spec, None, False, rngs=rngs)
+  imgs = torch.tensor(spec)[:, None]
+  with torch.no_grad():
+    kept_ref = ref.encode(imgs, torch.tensor(np.asarray(keep_idx), dtype=torch.int64)).numpy()
+    full_ref = ref.encode(imgs).numpy()
+  assert tokens.shape == (2, 9, SMALL["width"])
+  assert _max_err(tokens, kept_ref) <= 1e-4 and _max_err(pooled, kept_ref[:, 0]) <= 1e-4
+  assert _max_err(tower.apply(v, spec)[1], full_ref) <= 1e-4
+  # Another key keeps other tiles; padding tiles are the first dropped.
+  other = tower.apply(v, jnp.ones((2, n), jnp.int32), rngs={"dropout": jax.random.PRNGKey(8)},
+                      method=tower.flip_keep)
+  assert not np.array_equal(np.asarray(other), np.asarray(keep_idx))
+  valid = vit.patch_mask(jnp.array([64, 32]), 64, 64, 16)       # clip 2: 8 real tiles
+  kept = np.asarray(tower.apply(v, valid, rngs=rngs, method=tower.flip_keep))
+  assert np.asarray(valid)[1][kept[1]].all()
+  with pytest.raises(ValueError, match="flip_mask_ratio must be in"):
+    vit.SpectrogramViT(**dict(SMALL, flip_mask_ratio=1.0)).apply(v, spec, None, False, rngs=rngs)
+
+
 def test_positions_on_a_non_square_grid():
   # 64 frames x 32 mel bins: 4 x 2 tiles, where the two tables differ.
   spec = _spec(2, 64, 32, 1)

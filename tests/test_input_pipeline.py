@@ -155,6 +155,31 @@ def test_two_captions_and_repeat_pad(corpora):
     ip.crop_or_pad(np.ones(2, np.float32), 8, None, "mirror")
 
 
+def test_distinct_captions_are_what_the_stream_draws(corpora, tmp_path):
+  """Every caption the stream can draw, tokenized as it tokenizes them, once each: the
+  sampler's fields, truncate_chars applied, a record the stream refuses left out."""
+  big, small = corpora
+  tok = ByteTokenizer()
+  text = lambda ids, mask: {bytes(int(t) - 1 for t in i[m.astype(bool)]).decode()
+                            for i, m in zip(ids, mask)}
+  sources = [dict(path=big, weight=0.7), dict(path=small, weight=0.3)]
+  listed = text(*ip.distinct_captions(_cfg(sources), tok))
+  assert listed == {f"{n} {i} caption {k}" for n, m in (("big", 40), ("small", 5))
+                    for i in range(m) for k in range(3)}
+  # What 200 draws of the stream meet is among them (the full strings fit in 24 bytes).
+  ds = ip.train_dataset(_cfg(sources), tok, global_batch_size=8, seed=1)
+  met = set().union(*(text(b["text_ids"].reshape(8, -1), b["text_mask"].reshape(8, -1))
+                      for b in _take(ds, 25)))
+  assert met <= listed and len(met) > 40
+  fine = text(*ip.distinct_captions(_cfg([dict(path=small)], caption_pool="any"), tok))
+  assert fine - listed == {"small 1 fine", "small 3 fine"}
+  cut = text(*ip.distinct_captions(_cfg([dict(path=small)], truncate_chars=7), tok))
+  assert cut == {"small 0", "small 1", "small 2", "small 3", "small 4"}
+  bad = _corpus(tmp_path, "bad", 3, bad=1)
+  assert text(*ip.distinct_captions(_cfg([dict(path=bad)]), tok)) == {
+      f"bad {i} caption {k}" for i in (0, 2) for k in range(3)}
+
+
 def test_caption_samplers():
   """Each sampler draws from its pool and says which pool each caption came from."""
   from jaxclap import caption_samplers as cs

@@ -1,8 +1,12 @@
 """jaxclap.frozen_cache: a wholly frozen text tower computed once per distinct caption
 gives the step the uncached step's loss, gradients and update (float tolerance), runs
-the tower only for captions it has not seen, and applies only where the cached value is
-the tower's value. The 2-process run of tests/test_multiprocess.py uses it too (the
-runlocal demo's MiniLM is frozen) and matches the 1-process run."""
+the tower only for captions it has not seen (up front or as a batch meets them, in one
+process or two), and applies only where the cached value is the tower's value. Text
+length buckets (input.text_buckets) cut only padding."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +83,87 @@ def test_cached_step_equals_the_uncached_step():
   fresh = frozen_cache.TextCache(tr).fill({k: v[perm] for k, v in local.items()},
                                           state.params["text"])
   np.testing.assert_array_equal(fresh["text_pooled"], cached["text_pooled"][perm])
+
+
+def test_captions_computed_up_front_equal_those_met_in_a_batch():
+  # The up-front pass (shortest first, each chunk at its bucket's length) gives what
+  # the per-batch pass gives at the full length, within float tolerance; a second pass
+  # in another order gives the same bits; a batch then runs no tower rows.
+  from jaxclap import input_pipeline
+  c = _config()
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  tr = train.Trainer(c, mesh)
+  state = tr.init_state(0)
+  local = _batch(c, np.random.default_rng(3))
+  ids = local["text_ids"].reshape(B * K, -1)
+  mask = local["text_mask"].reshape(B * K, -1)
+  lengths = input_pipeline.bucket_lengths(c.input.max_text_len, 4)
+  met = frozen_cache.TextCache(tr).fill(local, state.params["text"])["text_pooled"]
+  up = frozen_cache.TextCache(tr)
+  up.precompute(ids, mask, state.params["text"], chunk=B, lengths=lengths)
+  assert up.precomputed == B * K - 1
+  cached = up.fill(local, state.params["text"])["text_pooled"]
+  assert up.misses == 0 and up.lookups == B * K
+  np.testing.assert_allclose(cached, met, rtol=1e-5, atol=1e-6)
+  perm = np.random.default_rng(4).permutation(B * K)
+  again = frozen_cache.TextCache(tr)
+  again.precompute(ids[perm], mask[perm], state.params["text"], chunk=B, lengths=lengths)
+  np.testing.assert_array_equal(again.fill(local, state.params["text"])["text_pooled"], cached)
+
+
+_PROCESSES = """
+import sys
+import jax
+import numpy as np
+from jaxclap import distributed
+kwargs = distributed.initialize_kwargs()
+if kwargs:
+  jax.distributed.initialize(**kwargs)
+from jaxclap import configs, frozen_cache, sharding, train
+c = configs.load("demo", "runlocal")
+c.global_batch_size = 8
+c.model.text.update(vocab_size=200, hidden_size=32, depth=2, num_heads=2, mlp_dim=64,
+                    max_len=64, init=None)
+tr = train.Trainer(c, sharding.make_mesh(c.mesh))
+state = tr.init_state(0)
+rng = np.random.default_rng(0)
+n = rng.integers(3, 57, size=30)
+ids = np.where(np.arange(56) < n[:, None], rng.integers(1, 200, (30, 56)), 0).astype(np.int32)
+mask = (ids > 0).astype(np.int32)
+up = frozen_cache.TextCache(tr)
+up.precompute(ids, mask, state.params["text"], chunk=8, lengths=(16, 32, 56))
+table = np.stack([up.rows[up.index[up._key(i, m)]] for i, m in zip(ids, mask)])
+p, count = jax.process_index(), jax.process_count()
+rows = slice(p * 8 // count, (p + 1) * 8 // count)   # this process's rows of a batch
+local = {"text_ids": ids[rows, None], "text_mask": mask[rows, None]}
+met = frozen_cache.TextCache(tr).fill(local, state.params["text"])["text_pooled"][:, 0]
+np.savez(sys.argv[1] + f"/{p}.npz", table=table, met=met)
+"""
+
+
+def test_two_processes_cache_what_one_does(tmp_path):
+  # The up-front pass gives every process every caption, each chunk split over the
+  # processes; a batch's captions are each process's own rows. Both as one process.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = tmp_path / "cache.py"
+  script.write_text(_PROCESSES)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  runs = {}
+  for count in (1, 2):
+    out = tmp_path / str(count)
+    out.mkdir()
+    got = subprocess.run(
+        [sys.executable, os.path.join(root, "launch", "local.py"), f"--processes={count}",
+         "--devices_per_process=1", "--", sys.executable, str(script), str(out)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    runs[count] = [np.load(out / f"{p}.npz") for p in range(count)]
+  (one,), (p0, p1) = runs[1], runs[2]
+  np.testing.assert_array_equal(p0["table"], p1["table"])
+  np.testing.assert_allclose(p0["table"], one["table"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.concatenate([p0["met"], p1["met"]]), one["met"],
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(one["met"], one["table"][:8], rtol=1e-5, atol=1e-6)
 
 
 def test_the_cache_applies_only_where_its_value_is_the_towers():
