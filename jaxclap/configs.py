@@ -63,7 +63,12 @@ Field reference (``--config.<path>=value`` overrides any of them):
                        activation memory for recompute; the parameters are the same, so a
                        run may resume with another. A tower's own model.<side>.remat wins
   model.audio / text   the towers: name, their fields, init (pretrained weights path),
-                       init_kind, preset (a named size the tower registers), dtype
+                       init_kind, preset (a named size the tower registers), dtype.
+                       model.audio.flip_mask_ratio (the ViT's): FLIP's share of tiles
+                       its training forward drops (jaxclap.models.vit), 0: none
+  unmasked_tuning_steps  with model.audio.flip_mask_ratio > 0, the last N steps train on
+                       every tile (FLIP's unmasked tuning: training then meets the token
+                       count evaluation and inference see); 0: none
   tokenizer            kind and path (jaxclap.tokenizers); path "@corpus" trains one
   loss.terms           {term: weight} summed into the objective (jaxclap.terms): info_nce,
                        sigmoid (SigLIP), multi_positive (CLSP stage 2), mae (masked
@@ -377,6 +382,7 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.max_nonfinite_steps = 10
   c.peak_tflops = 0.0
   c.frozen_cache = True
+  c.unmasked_tuning_steps = 0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

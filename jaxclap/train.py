@@ -26,6 +26,7 @@ recipes reuse them:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -74,6 +75,16 @@ class Trainer:
     self.config, self.mesh = config, mesh
     self.dtype = checkpoints.compute_dtype(config)
     self.model = two_towers.from_config(config.model, self.dtype)
+    # FLIP's unmasked tuning (config.unmasked_tuning_steps): the same parameters, every
+    # tile in the training forward; a second program for the run's last steps.
+    self.unmasked_from = int(config.total_steps) - int(config.unmasked_tuning_steps) + 1
+    if int(config.unmasked_tuning_steps) > 0:
+      if not float(config.model.audio.get("flip_mask_ratio", 0.0)) > 0:
+        raise ValueError(f"config.unmasked_tuning_steps={config.unmasked_tuning_steps} "
+                         "needs model.audio.flip_mask_ratio > 0 (FLIP's masked training "
+                         "to tune out of)")
+      self.model_unmasked = self.model.clone(
+          audio_kwargs={**self.model.audio_kwargs, "flip_mask_ratio": 0.0})
     self.rules = sharding.rules(config.sharding_rules)
     self.tx = make_optimizer(config.optim, int(config.total_steps))
     self.terms = terms.active(config)   # {name: weight}, checked against the config
@@ -92,16 +103,18 @@ class Trainer:
           + f"): use a multiple of {split * self.accum}, or another config.mesh")
     self.state_shardings = self._state_shardings()
     self.batch_sharding = sharding.batch_sharding(mesh)
-    self.step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_sharding),
-                        out_shardings=(self.state_shardings, sharding.replicated(mesh)),
-                        donate_argnums=(0,))
+    jit = functools.partial(
+        jax.jit, in_shardings=(self.state_shardings, self.batch_sharding),
+        out_shardings=(self.state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    self.step = jit(self._step)
+    self.step_unmasked = jit(functools.partial(self._step, unmasked=True))
 
-  def compile(self, state: TrainState, batch) -> tuple[Any, int]:
-    """``(compiled, flops)``: ``step`` compiled for these shapes and shardings (the very
-    program the loop then runs, and ``jaxclap.aot`` compiles for a TPU slice) and its
-    matmul and convolution FLOPs over all devices, counted from the traced program
-    (``jaxclap.perf.count_flops``)."""
-    traced = self.step.trace(state, batch)
+  def compile(self, state: TrainState, batch, unmasked: bool = False) -> tuple[Any, int]:
+    """``(compiled, flops)``: ``step`` (``step_unmasked``: FLIP's unmasked tuning)
+    compiled for these shapes and shardings (the very program the loop then runs, and
+    ``jaxclap.aot`` compiles for a TPU slice) and its matmul and convolution FLOPs over
+    all devices, counted from the traced program (``jaxclap.perf.count_flops``)."""
+    traced = (self.step_unmasked if unmasked else self.step).trace(state, batch)
     return traced.lower().compile(), perf.count_flops(traced.jaxpr)
 
   # -- shapes and init
@@ -214,10 +227,12 @@ class Trainer:
     return jax.tree_util.tree_map(
         lambda lab, x: jax.lax.stop_gradient(x) if lab == "frozen" else x, labels, params)
 
-  def loss_fn(self, params, model_state, batch, rng):
+  def loss_fn(self, params, model_state, batch, rng, unmasked: bool = False):
     """The fused objective: ``sum(weight * term)`` over ``config.loss.terms`` (see
     ``jaxclap.terms``). Returns (total, (metrics, updated model_state)). ``augment``
-    draws one waveform transform per clip on the device before the features."""
+    draws one waveform transform per clip on the device before the features.
+    ``unmasked``: FLIP's unmasked tuning (every tile in the training forward)."""
+    model = self.model_unmasked if unmasked else self.model
     params = self._stop_frozen(params)
     drop_rng, mae_rng, aug_rng = jax.random.split(rng, 3)
     wave = batch["audio"]
@@ -245,13 +260,12 @@ class Trainer:
     variables = {"params": params, **model_state}
     # Batch-norm towers update their running statistics as a side output.
     mutable = list(model_state) or False
-    out = self.model.apply(variables, spec, frames, ids, mask, train=True,
-                           text_pooled=pooled, rngs={"dropout": drop_rng}, mutable=mutable)
+    out = model.apply(variables, spec, frames, ids, mask, train=True,
+                      text_pooled=pooled, rngs={"dropout": drop_rng}, mutable=mutable)
     (a, t, scale), new_state = out if mutable else (out, model_state)
     recon = None
     if terms.uses_decoder(self.config):
-      recon = self.model.apply(variables, spec, frames, mae_rng,
-                               method=self.model.reconstruct)
+      recon = model.apply(variables, spec, frames, mae_rng, method=model.reconstruct)
     outputs = terms.Outputs(audio=a, text=t.reshape(a.shape[0], per_clip, -1),
                             logit_scale=losses.clamp_logit_scale(scale),
                             logit_bias=params.get("logit_bias"), reconstruction=recon)
@@ -261,9 +275,10 @@ class Trainer:
       metrics["fine_captions"] = (batch["caption_pool"] == 1).astype(jnp.float32).mean()
     return total, (metrics, dict(new_state))
 
-  def _step(self, state: TrainState, batch):
+  def _step(self, state: TrainState, batch, unmasked: bool = False):
     rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(functools.partial(self.loss_fn, unmasked=unmasked),
+                                 has_aux=True)
     with nn.logical_axis_rules(self.rules):
       if self.accum == 1:
         (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
@@ -728,9 +743,10 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
       elif len(text_lengths) > 1:
         local = input_pipeline.cut_text(local, text_lengths, _longest_caption(local))
       batch = sharding.global_batch(local, mesh)
-      shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
+      unmasked = step >= trainer.unmasked_from   # FLIP's unmasked tuning, if asked
+      shapes = (unmasked,) + tuple((k, v.shape) for k, v in sorted(batch.items()))
       if shapes not in compiled:   # once per batch shape (one, for the pipeline's batches)
-        compiled[shapes] = trainer.compile(state, batch)
+        compiled[shapes] = trainer.compile(state, batch, unmasked)
         step_fn, flops = compiled[shapes]
         peak, source = perf.device_peak(override_tflops=float(config.peak_tflops))
         progress.set_cost(flops, mesh.size, peak)

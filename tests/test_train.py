@@ -194,6 +194,48 @@ def test_the_step_takes_text_in_the_pipelines_layout_only():
   tr.step.trace(tr.abstract_state(), batch)   # the pipeline's layout traces
 
 
+def test_flip_trains_on_kept_tiles_and_its_unmasked_tuning_on_all():
+  """FLIP (model.audio.flip_mask_ratio): the training step differs from the unmasked
+  one; the unmasked-tuning step (unmasked_tuning_steps) is the unmasked model's step on
+  the same parameters; asking for unmasked tuning without FLIP is refused."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jaxclap import configs, sharding, train
+
+  def trainer(flip, tuning=0):
+    c = configs.load("demo", "runlocal")
+    c.global_batch_size = 4
+    c.model.text.update(vocab_size=200, hidden_size=32, depth=2, num_heads=2, mlp_dim=64,
+                        max_len=64, init=None)
+    c.model.audio.flip_mask_ratio = flip
+    c.unmasked_tuning_steps = tuning
+    mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+    return c, mesh, train.Trainer(c, mesh)
+
+  c, mesh, flip = trainer(0.5, tuning=3)
+  assert flip.unmasked_from == c.total_steps - 2
+  _, _, plain = trainer(0.0)
+  rng = np.random.default_rng(0)
+  samples = int(c.input.clip_seconds * c.input.sample_rate)
+  batch = sharding.global_batch(
+      {"audio": (0.1 * rng.normal(size=(4, samples))).astype(np.float32),
+       "audio_len": np.full(4, samples, np.int32),
+       "text_ids": rng.integers(1, 200, size=(4, 1, c.input.max_text_len)).astype(np.int32),
+       "text_mask": np.ones((4, 1, c.input.max_text_len), np.int32)}, mesh)
+  state = flip.init_state(0)
+  copy = lambda: jax.tree_util.tree_map(jnp.copy, state)
+  _, masked = flip.step(copy(), batch)
+  _, tuned = flip.step_unmasked(copy(), batch)
+  _, ref = plain.step(copy(), batch)
+  for key in ("loss", "grad_norm"):
+    np.testing.assert_allclose(float(tuned[key]), float(ref[key]), rtol=1e-6, err_msg=key)
+  assert abs(float(masked["loss"]) - float(ref["loss"])) > 1e-4
+  with pytest.raises(ValueError, match=r"unmasked_tuning_steps=3 needs "
+                                       r"model.audio.flip_mask_ratio > 0"):
+    trainer(0.0, tuning=3)
+
+
 def test_a_pattern_matching_no_parameter_is_refused():
   with pytest.raises(ValueError, match=r"optim.frozen: 'text/encoder/layer_9/\.\*' matches no"):
     _tiny_trainer(frozen=("text/encoder/layer_9/.*",))
