@@ -62,6 +62,11 @@ Field reference (``--config.<path>=value`` overrides any of them):
                        nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable):
                        activation memory for recompute; the parameters are the same, so a
                        run may resume with another. A tower's own model.<side>.remat wins
+  model.scan_layers    every transformer stack (ViT, BERT family, Qwen3; not Gemma3's mixed
+                       sliding/global layers, HTS-AT, CNN14, Zipformer) as one nn.scan over
+                       its layers: a deep tower compiles as fast as a 1-layer one; the
+                       parameters are stacked under "layers" (checkpoints and exports
+                       convert at the boundary), so a run keeps the layout it started with
   model.audio / text   the towers: name, their fields, init (pretrained weights path),
                        init_kind, preset (a named size the tower registers), dtype.
                        model.audio.flip_mask_ratio (the ViT's): FLIP's share of tiles
@@ -327,6 +332,7 @@ def base(args: dict) -> ml_collections.ConfigDict:
   c.model.logit_scale_init = math.log(1 / 0.07)  # CLIP/SLAP temperature 0.07
   c.model.logit_bias_init = ml_collections.FieldReference(None, field_type=float)
   c.model.remat = "none"
+  c.model.scan_layers = False
   c.model.audio = tower(AUDIO, "vit", runlocal)
   c.model.text = tower(TEXT, "minilm", runlocal)
   c.tokenizer = ml_collections.ConfigDict(dict(kind="minilm"))

@@ -76,7 +76,8 @@ class TextCache:
     self.lookups = 0  # captions looked up
     self.precomputed = 0   # captions run up front (precompute)
     m = trainer.model
-    text = two_towers._tower("text", m.text_name, m.text_kwargs, m.dtype, m.remat)
+    text = two_towers._tower("text", m.text_name, m.text_kwargs, m.dtype, m.remat,
+                             m.scan_layers)
     self._sharding = sharding.batch_sharding(self.mesh)
 
     def pooled(params, ids, mask):

@@ -36,6 +36,7 @@ DEFAULT_RULES = (
     ("kv", None),
     ("length", None),
     ("patch", None),
+    ("layers", None),   # the stacked axis of scanned layers (scan_layers): never split
 )
 
 

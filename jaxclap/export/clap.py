@@ -67,10 +67,11 @@ import math
 import os
 from typing import Any, Mapping
 
+import flax.linen as nn
 import numpy as np
 
 from jaxclap.export.towers import LOG_100, variable_shapes
-from jaxclap.models import bert, convert, htsat
+from jaxclap.models import bert, convert, htsat, transformer
 from jaxclap.models import towers as registry
 from jaxclap.models.towers import HF_ACT, NotExportable
 
@@ -296,7 +297,8 @@ def export_clap(workdir: str, out: str, step: int | None, tokenizer: Any) -> str
       raise FileNotFoundError(f"{workdir}: no checkpoints yet")
   model = inference.load(workdir, step)
   config = model.config
-  sd = clap_state_dict(config, model.variables)
+  # transformers names layers one by one: scanned stacks (scan_layers) unrolled first.
+  sd = clap_state_dict(config, transformer.unstack_layers(nn.meta.unbox(dict(model.variables))))
   cfg = clap_config(config, float(sd["logit_scale_a"]), tokenizer)
 
   os.makedirs(out, exist_ok=True)
@@ -340,7 +342,9 @@ def import_clap(source: str | Mapping[str, Any], config: Any = None) -> dict:
   bn0_p, bn0_s = unfold_bn0(audio["params"]["bn0"], audio["batch_stats"]["bn0"],
                             config.features.norm_mean, config.features.norm_std)
   audio["params"]["bn0"], audio["batch_stats"]["bn0"] = bn0_p, bn0_s
-  text = convert.import_bert(sd, tp["text"], prefix=TEXT_PREFIX, where=where)
+  text = transformer.stack_layers(
+      convert.import_bert(sd, transformer.unstack_layers(tp["text"]), prefix=TEXT_PREFIX,
+                          where=where), tp["text"])
 
   used = {k for k in sd if k.startswith((AUDIO_PREFIX, TEXT_PREFIX))}
   heads = {}

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from jaxclap.export.tokenizer import text_tokenizer
-from jaxclap.models import convert
+from jaxclap.models import convert, transformer
 from jaxclap.models import towers as registry
 from jaxclap.models.towers import HF_ACT, NotExportable
 
@@ -113,7 +113,8 @@ def metadata(config: Any, step: int, workdir: str, audio: dict, text: dict) -> d
 def _tower_variables(variables: Mapping, side: str) -> dict:
   """One tower's ``{"params"[, "batch_stats"]}`` out of the model's variables."""
   import flax.linen as nn
-  v = nn.meta.unbox(dict(variables))
+  # PyTorch names layers one by one: scanned stacks (scan_layers) are unrolled.
+  v = transformer.unstack_layers(nn.meta.unbox(dict(variables)))
   out = {"params": v["params"][side]}
   if side in v.get("batch_stats", {}):
     out["batch_stats"] = v["batch_stats"][side]
@@ -191,7 +192,9 @@ def import_towers(folder: str, meta: Mapping) -> dict:
     tv = {"params": target[side]}
     if side in full.get("batch_stats", {}):
       tv["batch_stats"] = full["batch_stats"][side]
-    got = _exporting(config, side).import_export(config, folder, tv)
+    flat = transformer.unstack_layers(tv)
+    got = transformer.stack_layers(_exporting(config, side).import_export(config, folder, flat),
+                                   tv)
     params[side] = got["params"]
     if "batch_stats" in got:
       stats[side] = got["batch_stats"]

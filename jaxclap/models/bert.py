@@ -43,6 +43,7 @@ class BertTower(nn.Module):
   activation: str = "gelu"
   dropout_rate: float = 0.0
   remat: bool | str = False
+  scan_layers: bool = False   # one scanned layer (jaxclap.models.transformer.layer_stack)
   dtype: Any = jnp.float32
 
   def positions(self, ids):
@@ -75,7 +76,7 @@ class BertTower(nn.Module):
     x = Encoder(self.depth, self.num_heads, self.mlp_dim, pre_norm=False,
                 activation=self.activation, layer_norm_eps=self.layer_norm_eps,
                 dropout_rate=self.dropout_rate, remat=self.remat, dtype=self.dtype,
-                name="encoder")(x, mask, deterministic)
+                scan_layers=self.scan_layers, name="encoder")(x, mask, deterministic)
     if self.pooling == "cls":
       pooled = x[:, 0]
     elif self.pooling == "mean":

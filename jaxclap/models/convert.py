@@ -24,6 +24,7 @@ import glob
 import os
 from typing import Any, Callable, Mapping
 
+import flax.linen as nn
 import numpy as np
 from flax import traverse_util
 
@@ -348,4 +349,10 @@ def import_tower(name: str, source: str | os.PathLike | Mapping[str, Any], targe
   else:
     path = os.fspath(source)
     state_dict, where = load_state_dict(path), where or path
+  from jaxclap.models import transformer
+  if transformer.has_scanned(nn.meta.unbox(target)):
+    # Checkpoints name layers one by one: import unrolled, then stack (scan_layers).
+    flat = transformer.unstack_layers(nn.meta.unbox(target))
+    return transformer.stack_layers(fn(state_dict, flat, where=where, **kw),
+                                    nn.meta.unbox(target))
   return fn(state_dict, target, where=where, **kw)

@@ -48,8 +48,8 @@ from flax import traverse_util
 from jaxclap.models import convert, towers
 from jaxclap.models.convert import (CheckpointMismatch, Rules, apply_rules, ident, linear_t,
                                     merge_heads_out, split_heads_bias, split_heads_in)
-from jaxclap.models.transformer import (TransformerBlock, dense_init, logical, make_norm,
-                                        remat_block)
+from jaxclap.models.transformer import (TransformerBlock, dense_init, layer_stack, logical,
+                                        make_norm)
 
 FAMILIES = ("qwen3", "gemma3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -104,6 +104,7 @@ class DecoderTower(nn.Module):
   pooling: str = "last"
   dropout_rate: float = 0.0
   remat: bool | str = False
+  scan_layers: bool = False                  # one scanned layer (transformer.layer_stack)
   dtype: Any = jnp.float32
 
   def resolved_layer_types(self) -> tuple[str, ...]:
@@ -138,12 +139,18 @@ class DecoderTower(nn.Module):
       x = x * jnp.asarray(np.sqrt(self.hidden_size), self.dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     scalar = self.query_pre_attn_scalar or self.head_dim
-    block = remat_block(TransformerBlock, self.remat, static_argnums=(3,))
-    for i, kind in enumerate(self.resolved_layer_types()):
+    types = self.resolved_layer_types()
+    if self.scan_layers and len(set(types)) > 1:
+      raise ValueError(f"scan_layers: this {self.family} tower's layer_types mix "
+                       f"{sorted(set(types))} (different windows and positions per layer); "
+                       "scan needs one kind: set scan_layers=False for it")
+    layers = []
+    for kind in types:
       local = kind == "sliding_attention"
-      x = block(
-          self.num_heads, self.mlp_dim, True, "gelu_tanh" if gemma else "silu",
-          self.rms_norm_eps, self.dropout_rate, self.dtype,
+      layers.append(dict(
+          num_heads=self.num_heads, mlp_dim=self.mlp_dim, pre_norm=True,
+          activation="gelu_tanh" if gemma else "silu", layer_norm_eps=self.rms_norm_eps,
+          dropout_rate=self.dropout_rate, dtype=self.dtype,
           head_dim=self.head_dim, num_kv_heads=self.num_kv_heads,
           norm="rms1p" if gemma else "rms", post_norms=gemma, qk_norm=True, gated_mlp=True,
           attn_bias=self.attention_bias, mlp_bias=False,
@@ -151,8 +158,9 @@ class DecoderTower(nn.Module):
           rope_scale=self.rope_local_scaling if local else self.rope_scaling,
           query_scale=float(scalar) ** -0.5 if gemma else None,
           logit_softcap=self.attn_logit_softcapping, causal=self.causal,
-          sliding_window=self.sliding_window if local else None,
-          name=f"layer_{i}")(x, mask, deterministic)
+          sliding_window=self.sliding_window if local else None))
+    x = layer_stack(TransformerBlock, layers, remat=self.remat, scan=self.scan_layers,
+                    deterministic=deterministic)(x, mask)
     x = make_norm("rms1p" if gemma else "rms", "norm", self.rms_norm_eps, self.dtype)(x)
     m = mask.astype(bool)
     if self.pooling == "last":

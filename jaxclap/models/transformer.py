@@ -34,7 +34,7 @@ Parameter names are chosen so PyTorch checkpoints map onto them one to one:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -335,9 +335,117 @@ def remat_block(block: type[nn.Module], remat: bool | str | None,
   return nn.remat(block, static_argnums=static_argnums, policy=REMAT_POLICIES[name])
 
 
+# -- scan over layers (``scan_layers``)
+#
+# A stack of identical blocks as one ``nn.scan``: XLA compiles one layer's program and
+# loops over it (MaxText's ``scan_layers``), so the compile time and code size of a
+# 36-layer tower are a 1-layer tower's. The parameters of all layers are stacked along a
+# leading axis under ``SCANNED`` (logical axis ``layers``, never sharded); checkpoints
+# of other frameworks name layers one by one, so importers and exporters see the
+# unrolled tree (``unstack_layers`` / ``stack_layers`` at the boundary,
+# jaxclap.models.convert and jaxclap.export), and a run keeps one layout for its life.
+
+SCANNED = "layers"
+
+
+class _ScanLayer(nn.Module):
+  """One layer as ``nn.scan`` calls it: ``(x, mask) -> (x, None)``, the block's
+  parameters directly under the scanned scope (``share_scope``)."""
+  block: Any
+  fields: tuple                          # the block's constructor arguments, as items
+  deterministic: bool = True
+
+  def setup(self):
+    self.layer = self.block(**dict(self.fields))
+    nn.share_scope(self, self.layer)
+
+  def __call__(self, x, mask):
+    return self.layer(x, mask, self.deterministic), None
+
+
+def layer_stack(block: type[nn.Module], layers: list[dict], *, remat, scan: bool,
+                deterministic: bool, name_of=lambda i: f"layer_{i}"):
+  """``x -> x`` through ``block(**layers[i])`` for each i: unrolled (children
+  ``name_of(i)``), or with ``scan`` one ``nn.scan`` over identical layers (child
+  ``SCANNED``). ``remat`` as ``remat_block``'s."""
+  if not scan:
+    cls = remat_block(block, remat, static_argnums=(3,))
+    mods = [cls(**kw, name=name_of(i)) for i, kw in enumerate(layers)]
+
+    def run(x, mask):
+      for m in mods:
+        x = m(x, mask, deterministic)
+      return x
+    return run
+  if any(kw != layers[0] for kw in layers):
+    differ = sorted({k for kw in layers for k in kw if kw.get(k) != layers[0].get(k)})
+    raise ValueError(f"scan_layers needs identical layers; these differ in {differ} "
+                     "(use scan_layers=False)")
+  cls = _ScanLayer
+  if remat not in (None, False, "none"):
+    name = "nothing_saveable" if remat is True else remat
+    if name not in REMAT_POLICIES:
+      raise ValueError(f"remat must be False, True, 'none' or one of "
+                       f"{sorted(REMAT_POLICIES)}, got {remat!r}")
+    # prevent_cse=False: inside a scan the loop already keeps XLA from merging the
+    # recomputation into the forward pass (jax.checkpoint's advice).
+    cls = nn.remat(cls, prevent_cse=False, policy=REMAT_POLICIES[name])
+  stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                  in_axes=(nn.broadcast,), length=len(layers),
+                  metadata_params={nn.PARTITION_NAME: "layers"})
+  mod = stack(block, tuple(sorted(layers[0].items())), deterministic, name=SCANNED)
+  return lambda x, mask: mod(x, mask)[0]
+
+
+def unstack_layers(tree: Any) -> Any:
+  """A params tree with scanned stacks (``SCANNED``, leading layer axis) -> the same
+  tree with ``layer_0`` ... ``layer_{n-1}`` in their place (what checkpoints name);
+  ``jax.ShapeDtypeStruct`` leaves lose the axis from their shape. Other trees pass."""
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {}
+  for k, v in tree.items():
+    if k == SCANNED and isinstance(v, Mapping):
+      n = jax.tree_util.tree_leaves(v)[0].shape[0]
+      for i in range(n):
+        out[f"layer_{i}"] = jax.tree_util.tree_map(lambda x: _index(x, i), v)
+    else:
+      out[k] = unstack_layers(v)
+  return out
+
+
+def stack_layers(tree: Any, like: Any) -> Any:
+  """The inverse of ``unstack_layers`` where ``like`` (the scanned tree or its shapes)
+  has a scanned stack: ``layer_i`` children stacked along a new leading axis."""
+  if not isinstance(like, Mapping):
+    return tree
+  out = {}
+  for k, v in like.items():
+    if k == SCANNED and isinstance(v, Mapping):
+      n = jax.tree_util.tree_leaves(v)[0].shape[0]
+      out[k] = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                                      *[tree[f"layer_{i}"] for i in range(n)])
+    else:
+      out[k] = stack_layers(tree[k], v)
+  return out
+
+
+def has_scanned(tree: Any) -> bool:
+  """Whether a params tree holds a scanned stack anywhere."""
+  return isinstance(tree, Mapping) and any(
+      k == SCANNED or has_scanned(v) for k, v in tree.items())
+
+
+def _index(x, i):
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+  return x[i]
+
+
 class Encoder(nn.Module):
   """``depth`` blocks; ``remat`` (a bool or a ``REMAT_POLICIES`` name, see
-  ``remat_block``) trades compute for activation memory at scale."""
+  ``remat_block``) trades compute for activation memory at scale; ``scan_layers``
+  compiles them as one scanned layer (``layer_stack``)."""
   depth: int
   num_heads: int
   mlp_dim: int
@@ -347,12 +455,13 @@ class Encoder(nn.Module):
   dropout_rate: float = 0.0
   remat: bool | str = False
   dtype: Dtype = jnp.float32
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None, deterministic: bool = True):
-    block = remat_block(TransformerBlock, self.remat, static_argnums=(3,))
-    for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, self.pre_norm, self.activation,
-                self.layer_norm_eps, self.dropout_rate, self.dtype,
-                name=f"layer_{i}")(x, mask, deterministic)
-    return x
+    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, pre_norm=self.pre_norm,
+              activation=self.activation, layer_norm_eps=self.layer_norm_eps,
+              dropout_rate=self.dropout_rate, dtype=self.dtype)
+    run = layer_stack(TransformerBlock, [kw] * self.depth, remat=self.remat,
+                      scan=self.scan_layers, deterministic=deterministic)
+    return run(x, mask)

@@ -27,14 +27,18 @@ from jaxclap.models.transformer import ACTIVATIONS, dense_init, logical
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _tower(side: str, name: str, kwargs: dict, dtype, remat="none"):
+def _tower(side: str, name: str, kwargs: dict, dtype, remat="none", scan_layers=False):
   """``model.<side>`` (``name`` and fields) -> the registered tower's module. ``remat``
-  (``model.remat``) reaches every tower with a ``remat`` field that does not set its own;
-  a tower without layers to recompute (CNN14) has none and trains as it is."""
+  (``model.remat``) and ``scan_layers`` (``model.scan_layers``) reach every tower with
+  such a field that does not set its own; a tower without layers to recompute or scan
+  (CNN14) has none and trains as it is."""
   tower = towers.get(name, side)
   kwargs = dict(kwargs)
-  if "remat" in getattr(tower.module, "__dataclass_fields__", {}):
+  own = getattr(tower.module, "__dataclass_fields__", {})
+  if "remat" in own:
     kwargs.setdefault("remat", remat)
+  if "scan_layers" in own:
+    kwargs.setdefault("scan_layers", bool(scan_layers))
   own_dtype = kwargs.pop("dtype", None)  # the tower's compute dtype, if not the model's
   if own_dtype is not None:
     if str(own_dtype) not in _DTYPES:
@@ -150,11 +154,14 @@ class TwoTowers(nn.Module):
   text_head_kwargs: dict | None = None   # activation / dropout_rate
   head_dropout: float = 0.0
   remat: bool | str = "none"  # every tower's, unless its own field says otherwise
+  scan_layers: bool = False   # likewise (jaxclap.models.transformer.layer_stack)
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.audio = _tower("audio", self.audio_name, self.audio_kwargs, self.dtype, self.remat)
-    self.text = _tower("text", self.text_name, self.text_kwargs, self.dtype, self.remat)
+    self.audio = _tower("audio", self.audio_name, self.audio_kwargs, self.dtype, self.remat,
+                        self.scan_layers)
+    self.text = _tower("text", self.text_name, self.text_kwargs, self.dtype, self.remat,
+                       self.scan_layers)
 
     def head(field, overrides):
       kw = dict(kind=self.head, hidden_dim=self.head_hidden,
@@ -219,7 +226,8 @@ def from_config(cfg: Any, dtype=jnp.float32) -> TwoTowers:
                    logit_bias_init=cfg.logit_bias_init,
                    audio_head_kwargs=_plain(cfg.audio_head),
                    text_head_kwargs=_plain(cfg.text_head),
-                   head_dropout=float(cfg.head_dropout), remat=cfg.remat, dtype=dtype)
+                   head_dropout=float(cfg.head_dropout), remat=cfg.remat,
+                   scan_layers=bool(cfg.scan_layers), dtype=dtype)
 
 
 def _plain(d):

@@ -109,6 +109,7 @@ class SpectrogramViT(nn.Module):
   pos_layout: str = "mae"
   pos_max_frames: int = 1024
   remat: bool | str = False
+  scan_layers: bool = False       # encoder and decoder as scanned layers (layer_stack)
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -119,7 +120,7 @@ class SpectrogramViT(nn.Module):
                           (1, 1, self.width))
     self.encoder = Encoder(self.depth, self.num_heads, self.mlp_dim, pre_norm=True,
                            layer_norm_eps=self.layer_norm_eps, remat=self.remat,
-                           dtype=self.dtype)
+                           dtype=self.dtype, scan_layers=self.scan_layers)
     self.norm = layer_norm("norm", self.layer_norm_eps, self.dtype)
     if self.mae_depth > 0:
       self.dec_embed = nn.Dense(self.mae_width, dtype=self.dtype,
@@ -130,7 +131,8 @@ class SpectrogramViT(nn.Module):
                                    (1, 1, self.mae_width))
       self.decoder = Encoder(self.mae_depth, self.mae_heads, 4 * self.mae_width,
                              pre_norm=True, layer_norm_eps=self.layer_norm_eps,
-                             remat=self.remat, dtype=self.dtype)
+                             remat=self.remat, dtype=self.dtype,
+                             scan_layers=self.scan_layers)
       self.dec_norm = layer_norm("dec_norm", self.layer_norm_eps, self.dtype)
       self.dec_pred = nn.Dense(self.patch * self.patch, dtype=self.dtype,
                                kernel_init=logical(dense_init(), "mlp", "patch"),
