@@ -16,7 +16,9 @@ Measures, in one process and on one random batch of the demo config's shapes
           the AudioMAE-shaped ViT (16x16 tiles time-major, linear patch embedding, CLS, fixed
           2-D sin-cos positions, pre-LN blocks with exact GELU, final LayerNorm, masked mean
           pooling over real tiles); the MAE pass (random masking, encoder on the visible
-          tiles, 1-layer decoder with mask tokens, per-tile normalised MSE on masked tiles);
+          tiles, 1-layer decoder with mask tokens, per-tile normalised MSE on masked tiles;
+          with ``model.audio.shared_mae_pass``, the demo's, its visible tiles pooled are the
+          contrastive embedding and there is no full pass);
           the text tower = transformers ``BertModel`` (MiniLM shape, no pooler, sdpa
           attention) with masked mean pooling; MLP heads; symmetric InfoNCE with the clamped
           learnable logit scale; ``lambda * contrastive + mae_weight * mae``; grad clipping
@@ -176,6 +178,7 @@ def build_torch(config):
   from jaxclap.models.vit import sincos_2d
 
   fc, ac, tc, mc = config.features, config.model.audio, config.model.text, config.model
+  SHARED = bool(ac.get("shared_mae_pass"))
 
   def linear(i, o):
     m = nn.Linear(i, o)
@@ -287,7 +290,8 @@ def build_torch(config):
       removed[:, :keep] = 0
       removed = torch.gather(removed, 1, restore)
       visible = torch.gather(x, 1, keep_idx[..., None].expand(-1, -1, self.w))
-      h = self.encode(visible, torch.gather(valid, 1, keep_idx))
+      kept = torch.gather(valid, 1, keep_idx)
+      h = self.encode(visible, kept)
       d = self.dec_embed(h)
       filler = self.mask_token.expand(b, n - keep, self.mae_w)
       full = torch.cat([d[:, 1:], filler], dim=1)
@@ -295,7 +299,9 @@ def build_torch(config):
       full = torch.cat([d[:, :1], full + self.pos_dec], dim=1)
       dmask = torch.cat([torch.ones(b, 1, dtype=torch.bool), valid], dim=1)
       pred = self.dec_pred(self.dec_norm(self.decoder(full, dmask)))[:, 1:]
-      return pred, tiles, removed * valid.to(removed.dtype)
+      m = kept[..., None].to(h.dtype)   # the visible tiles pooled (shared_mae_pass)
+      pooled = (h[:, 1:] * m).sum(1) / m.sum(1).clamp_min(1.0)
+      return pred, tiles, removed * valid.to(removed.dtype), pooled
 
   class TwoTowers(nn.Module):
     def __init__(self):
@@ -333,7 +339,9 @@ def build_torch(config):
 
     def forward(self, wave, lengths, ids, tmask):
       spec, frames = self.features(wave, lengths)
-      a = self.audio_head(self.audio(spec, frames))
+      pred, target, mask, visible = self.audio.reconstruct(spec, frames)
+      # shared_mae_pass (the demo's): one encoder pass, the MAE's visible tiles pooled.
+      a = self.audio_head(visible if SHARED else self.audio(spec, frames))
       hid = self.text(input_ids=ids, attention_mask=tmask).last_hidden_state
       m = tmask[..., None].to(hid.dtype)
       t = self.text_head((hid * m).sum(1) / m.sum(1).clamp_min(1.0))
@@ -342,7 +350,6 @@ def build_torch(config):
       labels = torch.arange(a.shape[0])
       loss = float(config.loss.terms.info_nce) * 0.5 * (
           F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-      pred, target, mask = self.audio.reconstruct(spec, frames)
       mean = target.mean(-1, keepdim=True)
       var = target.var(-1, keepdim=True, unbiased=True)
       target = (target - mean) / torch.sqrt(var + 1e-6)
@@ -412,7 +419,7 @@ class TorchSide:
 
     def mae():
       m.zero_grad(set_to_none=True)
-      pred, target, mask = m.audio.reconstruct(spec, frames)
+      pred, target, mask, _ = m.audio.reconstruct(spec, frames)
       mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
       target = (target - mean) / torch.sqrt(var + 1e-6)
       ((((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()).backward()

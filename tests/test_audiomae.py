@@ -244,6 +244,22 @@ def test_flip_training_forward_encodes_the_kept_tiles_only(tmp_path):
   with pytest.raises(ValueError, match="flip_mask_ratio must be in"):
     vit.SpectrogramViT(**dict(SMALL, flip_mask_ratio=1.0)).apply(v, spec, None, False, rngs=rngs)
 
+  # shared_mae_pass: the MAE pass's visible tiles, pooled, are AudioMAE's encoder on them;
+  # its reconstruction is reconstruct's.
+  mae_rng = jax.random.PRNGKey(5)
+  shared = vit.SpectrogramViT(**dict(SMALL, shared_mae_pass=True))
+  pooled, recon = shared.apply(v, spec, None, mae_rng, method=shared.pooled_and_reconstruct)
+  keep = max(1, int(round(n * (1 - SMALL["mask_ratio"]))))
+  keep_idx, _, _ = vit.random_masking(mae_rng, n, keep, jnp.ones((2, n), jnp.int32))
+  with torch.no_grad():
+    visible = ref.encode(imgs, torch.tensor(np.asarray(keep_idx), dtype=torch.int64)).numpy()
+  assert _max_err(pooled, visible[:, 0]) <= 1e-4
+  for a, b in zip(recon, shared.apply(v, spec, None, mae_rng, method=shared.reconstruct)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="would mask twice"):
+    vit.SpectrogramViT(**dict(SMALL, shared_mae_pass=True, flip_mask_ratio=0.5)).apply(
+        v, spec, None, mae_rng, method="pooled_and_reconstruct")
+
 
 def test_positions_on_a_non_square_grid():
   # 64 frames x 32 mel bins: 4 x 2 tiles, where the two tables differ.

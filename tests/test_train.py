@@ -208,7 +208,7 @@ def test_flip_trains_on_kept_tiles_and_its_unmasked_tuning_on_all():
     c.global_batch_size = 4
     c.model.text.update(vocab_size=200, hidden_size=32, depth=2, num_heads=2, mlp_dim=64,
                         max_len=64, init=None)
-    c.model.audio.flip_mask_ratio = flip
+    c.model.audio.update(flip_mask_ratio=flip, shared_mae_pass=False)   # FLIP alone
     c.unmasked_tuning_steps = tuning
     mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
     return c, mesh, train.Trainer(c, mesh)
@@ -234,6 +234,10 @@ def test_flip_trains_on_kept_tiles_and_its_unmasked_tuning_on_all():
   with pytest.raises(ValueError, match=r"unmasked_tuning_steps=3 needs "
                                        r"model.audio.flip_mask_ratio > 0"):
     trainer(0.0, tuning=3)
+  c = configs.load("demo", "runlocal")   # the demo's shared MAE pass, and FLIP on top
+  c.model.audio.flip_mask_ratio = 0.5
+  with pytest.raises(ValueError, match=r"flip_mask_ratio=0.5 would mask twice"):
+    train.Trainer(c, mesh)
 
 
 def test_a_pattern_matching_no_parameter_is_refused():

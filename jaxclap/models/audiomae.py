@@ -443,7 +443,7 @@ towers.register(towers.Tower(
     import_export=_import_export,
     presets={"vit": dict(name="vit", width=192, depth=4, num_heads=3, mlp_dim=768, patch=16,
                          pooling="mean", mask_ratio=0.75, mae_width=96, mae_depth=1,
-                         mae_heads=3, flip_mask_ratio=0.0),
+                         mae_heads=3, flip_mask_ratio=0.0, shared_mae_pass=False),
              "audiomae-vit-b": dict(name="vit", **VIT_B)},
     runlocal={"vit": dict(width=32, depth=1, num_heads=2, mlp_dim=64, mae_width=32,
                           mae_heads=2)}))

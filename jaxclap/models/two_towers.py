@@ -202,10 +202,16 @@ class TwoTowers(nn.Module):
     """Both embeddings and the logit scale; with ``rng`` also runs the MAE pass (so that
     ``init`` creates the decoder's parameters). ``train``: dropout on, batch-norm towers
     (HTS-AT, CNN14) normalise with batch statistics (apply with
-    ``mutable=["batch_stats"]`` to update the running ones). ``text_pooled``: the text
+    ``mutable=["batch_stats"]`` to update the running ones); with ``rng`` and ``train``, an
+    audio tower with ``shared_mae_pass`` runs one pass for both. ``text_pooled``: the text
     tower's outputs, computed before (``embed_text``); ``ids`` / ``mask`` are then unused."""
-    out = (self.embed_audio(spec, frames, train),
-           self.embed_text(ids, mask, train, pooled=text_pooled), self.logit_scale)
+    text = self.embed_text(ids, mask, train, pooled=text_pooled)
+    if rng is not None and train and getattr(self.audio, "shared_mae_pass", False):
+      # One encoder pass for both terms: the MAE's visible tiles, pooled (vit.py).
+      pooled, recon = self.audio.pooled_and_reconstruct(spec, frames, rng)
+      audio = _l2norm(self.audio_head(pooled.astype(self.dtype), deterministic=False))
+      return audio, text, self.logit_scale, recon
+    out = (self.embed_audio(spec, frames, train), text, self.logit_scale)
     if rng is not None:
       out = out + (self.reconstruct(spec, frames, rng),)
     return out

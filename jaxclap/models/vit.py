@@ -19,6 +19,8 @@ with ``flip_mask_ratio`` > 0, the training forward (``deterministic=False``) enc
 random ``1 - flip_mask_ratio`` of the tiles only, drawn per example from the "dropout"
 rng stream; evaluation and inference see every tile. At 0.5 the contrastive pass costs
 half the encoder FLOPs, and FLIP found equal or better accuracy per sample seen.
+``shared_mae_pass`` goes one step further when the MAE term is on: the training forward
+is the MAE pass alone, its encoder's visible tiles pooled for the contrastive terms.
 """
 
 from __future__ import annotations
@@ -99,6 +101,11 @@ class SpectrogramViT(nn.Module):
   layer_norm_eps: float = 1e-6
   mask_ratio: float = 0.8         # AudioMAE pretraining ratio
   flip_mask_ratio: float = 0.0    # FLIP: tiles dropped from the training forward (0: none)
+  # With the MAE term on, the training forward's contrastive embedding pools the MAE
+  # pass's visible tiles: one encoder pass serves both terms (masked at mask_ratio, as
+  # FLIP masks) instead of a full pass plus the MAE's own (``pooled_and_reconstruct``).
+  # Without the MAE term there is no MAE pass to share: the forward is the usual one.
+  shared_mae_pass: bool = False
   mae_width: int = 512
   mae_depth: int = 8
   mae_heads: int = 16
@@ -175,14 +182,15 @@ class SpectrogramViT(nn.Module):
       x = jnp.take_along_axis(x, keep_idx[..., None], axis=1)
       valid = jnp.take_along_axis(valid, keep_idx, axis=1)
     h, mask = self._encode(x, valid)
+    return self._pool(h, valid), h
+
+  def _pool(self, h, valid):
     if self.pooling == "cls":
-      pooled = h[:, 0]
-    elif self.pooling == "mean":
+      return h[:, 0]
+    if self.pooling == "mean":
       m = valid[..., None].astype(h.dtype)
-      pooled = (h[:, 1:] * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-    else:
-      raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
-    return pooled, h
+      return (h[:, 1:] * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
 
   def flip_keep(self, valid):
     """FLIP's tiles for the training forward: [b, kept] indices into the tiles (real
@@ -197,6 +205,17 @@ class SpectrogramViT(nn.Module):
   def reconstruct(self, spec, num_frames, rng):
     """The MAE pass. Returns (predicted tiles [b, n, p*p], target tiles, loss mask
     [b, n]: 1 = a masked tile of real audio)."""
+    return self._mae(spec, num_frames, rng)[1]
+
+  def pooled_and_reconstruct(self, spec, num_frames, rng):
+    """The MAE pass, its encoder's visible tiles also pooled (``shared_mae_pass``):
+    (pooled [b, width], the ``reconstruct`` triple)."""
+    if self.flip_mask_ratio > 0:
+      raise ValueError("shared_mae_pass encodes the tiles the MAE keeps (mask_ratio); "
+                       f"flip_mask_ratio={self.flip_mask_ratio} would mask twice: set it to 0")
+    return self._mae(spec, num_frames, rng)
+
+  def _mae(self, spec, num_frames, rng):
     if self.mae_depth <= 0:
       raise ValueError("reconstruct needs mae_depth > 0 (the tower was built without "
                        "an MAE decoder)")
@@ -207,7 +226,8 @@ class SpectrogramViT(nn.Module):
     keep = _kept(n, self.mask_ratio)
     keep_idx, restore, removed = random_masking(rng, n, keep, valid)
     visible = jnp.take_along_axis(x, keep_idx[..., None], axis=1)
-    h, _ = self._encode(visible, jnp.take_along_axis(valid, keep_idx, axis=1))
+    kept_valid = jnp.take_along_axis(valid, keep_idx, axis=1)
+    h, _ = self._encode(visible, kept_valid)
     d = self.dec_embed(h)
     filler = jnp.broadcast_to(self.mask_token.astype(d.dtype), (b, n - keep, self.mae_width))
     full = jnp.concatenate([d[:, 1:], filler], axis=1)
@@ -216,4 +236,4 @@ class SpectrogramViT(nn.Module):
     full = jnp.concatenate([d[:, :1], full + pos], axis=1)
     dmask = jnp.concatenate([jnp.ones((b, 1), valid.dtype), valid], axis=1)
     pred = self.dec_pred(self.dec_norm(self.decoder(full, dmask)))[:, 1:]
-    return pred, tiles, removed * valid
+    return self._pool(h, kept_valid), (pred, tiles, removed * valid)
