@@ -747,7 +747,8 @@ def main(argv=None) -> int:
   p.add_argument("--report_dir", default=None,
                  help="default <workdir>/report/<benchmark>")
   args = p.parse_args(argv)
-  from jaxclap import inference, report
+  from jaxclap import distributed, inference, report
+  distributed.skip_absent_accelerators()
   data = os.path.abspath(os.path.expanduser(args.data))
   try:
     model = inference.load(args.workdir, args.step)

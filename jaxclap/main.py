@@ -80,7 +80,9 @@ def main(argv):
       coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value, local_device_ids=_LOCAL_DEVICE_IDS.value,
       distributed=_DISTRIBUTED.value)
-  if kwargs is not None:   # before anything creates a backend
+  from jaxclap import distributed
+  distributed.skip_absent_accelerators()   # before anything creates a backend
+  if kwargs is not None:
     import jax
     jax.distributed.initialize(**kwargs)
   from jaxclap import train
