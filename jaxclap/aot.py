@@ -29,7 +29,9 @@ global batch are shapes with the shardings the trainer gives them, and the step 
 Trainer's own jitted ``step``, ``.lower(state, batch).compile()``d: the very program
 ``main`` would run on that slice, never a copy. Nothing is downloaded and no weights are
 read: ``model.*.init`` and ``init_from`` are only read by ``Trainer.init_state``, which
-this never calls.
+this never calls. Where main computes a frozen text tower once per caption
+(``config.frozen_cache``, jaxclap/frozen_cache.py), the batch holds its pooled outputs
+in place of the tokens, as main's does, and the tower is not in the step's figures.
 
 It prints, per device: the compiled program's argument (train state + batch), output,
 temporary and generated-code bytes and its peak against the HBM the chip gives a
@@ -189,6 +191,12 @@ def compile_step(config: Any, topology: str, num_slices: int = 1,
   trainer = train.Trainer(config, mesh)
   state = trainer.abstract_state()
   batch = batch_spec(config, trainer.batch_sharding)
+  # Where main computes a frozen text tower once per caption (config.frozen_cache), its
+  # step takes the pooled outputs instead of tokens: compile that step.
+  from jaxclap import frozen_cache
+  not_cached = frozen_cache.reason_not_cached(config, state.params, state.model_state)
+  if not_cached is None:
+    batch = frozen_cache.TextCache(trainer).spec(state.params["text"], batch)
   counts = trainer.param_counts()
   params = sum(counts.values())
   frozen = _frozen_params(trainer, state.params)
@@ -199,7 +207,7 @@ def compile_step(config: Any, topology: str, num_slices: int = 1,
       params_by_part=counts,
       state_bytes=_device_bytes(state), params_bytes=_device_bytes(state.params),
       opt_state_bytes=_device_bytes(state.opt_state), batch_bytes=_device_bytes(batch),
-      hbm=chip.usable_hbm)
+      hbm=chip.usable_hbm, text_cached=not_cached is None)
   t1 = time.time()
   progress(f"{_label(figures)}: {params / 1e6:.1f}M parameters; lowering")
   traced = trainer.step.trace(state, batch)   # the step main runs, not a copy
@@ -352,7 +360,9 @@ def report(f: dict) -> str:
   lines = [
       f"{f['topology']}{slices}: {f['devices']} {f['chip']} devices, mesh {f['mesh']}",
       f"parameters {f['params'] / 1e6:.1f}M ({f['trained_params'] / 1e6:.1f}M trained), "
-      f"global batch {f['global_batch']} (grad_accum {f['grad_accum']})",
+      f"global batch {f['global_batch']} (grad_accum {f['grad_accum']})"
+      + ("; the frozen text tower computed once per caption, outside the step "
+         "(config.frozen_cache)" if f.get("text_cached") else ""),
       f"lower {f['lower_s']:.1f} s, compile {f['compile_s']:.1f} s",
       "per device:",
       f"  arguments   {_gib(f['argument_bytes']):>12}  (train state {_gib(f['state_bytes'])}:"

@@ -41,35 +41,6 @@ EXPLICIT = (
 )
 
 
-def skip_absent_accelerators(env: Mapping[str, str] | None = None) -> bool:
-  """On a machine with no accelerator, start JAX on its CPU backend alone; returns
-  whether it did. Called by the command lines before anything creates a backend.
-
-  The test extra installs libtpu (``jaxclap.aot`` compiles for TPU meshes with it), and
-  JAX then tries its TPU backend wherever it starts: on a machine without TPU chips
-  libtpu prints five lines of discovery errors (``TPU_ACCELERATOR_TYPE``,
-  ``TPU_WORKER_HOSTNAMES``) before it gives up, the first thing the README's demo would
-  show. JAX already skips CUDA when it sees no NVIDIA GPU; this does the same for TPU,
-  and only where nothing but the CPU could run: ``JAX_PLATFORMS`` unset, no TPU chip,
-  no NVIDIA GPU, no ROCm device (``/dev/kfd``). Anything else keeps JAX's own choice.
-  """
-  env = os.environ if env is None else env
-  import jax
-  if env.get("JAX_PLATFORMS") or jax.config.jax_platforms:
-    return False
-  try:
-    from jax._src import hardware_utils
-    chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
-    accelerator = (chips > 0 or hardware_utils.has_visible_nvidia_gpu()
-                   or os.path.exists("/dev/kfd"))
-  except (ImportError, AttributeError, OSError):   # JAX moved them: keep its own choice
-    return False
-  if accelerator:
-    return False
-  jax.config.update("jax_platforms", "cpu")
-  return True
-
-
 class SetupError(ValueError):
   """The multi-process settings are incomplete or contradictory; the message says how."""
 

@@ -747,8 +747,8 @@ def main(argv=None) -> int:
   p.add_argument("--report_dir", default=None,
                  help="default <workdir>/report/<benchmark>")
   args = p.parse_args(argv)
-  from jaxclap import distributed, inference, report
-  distributed.skip_absent_accelerators()
+  from jaxclap import host, inference, report
+  host.skip_absent_accelerators()
   data = os.path.abspath(os.path.expanduser(args.data))
   try:
     model = inference.load(args.workdir, args.step)

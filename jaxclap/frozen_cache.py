@@ -84,9 +84,25 @@ class TextCache:
       out, _ = text.apply({"params": params}, ids, mask, deterministic=True)
       return out.astype(jnp.float32)
 
+    self._forward = pooled
     self._pooled = jax.jit(pooled, out_shardings=self._sharding)
     # Up front, every process needs every row (any caption may come to any process).
     self._pooled_everywhere = jax.jit(pooled, out_shardings=sharding.replicated(self.mesh))
+
+  def spec(self, text_params: Any, batch: dict) -> dict:
+    """What ``fill`` makes of a batch of these shapes, as shapes (``jax.ShapeDtypeStruct``:
+    ``jaxclap.aot`` compiles the step the loop runs with the cache): ``text_pooled``
+    [b, K, width] float32 in place of ``text_ids`` / ``text_mask``, sharded as they were.
+    ``text_params`` may be shapes too; the width is the tower's, found by tracing it."""
+    import flax.linen as nn
+    ids = batch["text_ids"]
+    b, k, length = ids.shape
+    flat = jax.ShapeDtypeStruct((b * k, length), ids.dtype)
+    width = jax.eval_shape(self._forward, nn.meta.unbox(text_params), flat, flat).shape[-1]
+    out = {n: v for n, v in batch.items() if n not in ("text_ids", "text_mask")}
+    out["text_pooled"] = jax.ShapeDtypeStruct((b, k, width), jnp.float32,
+                                              sharding=ids.sharding)
+    return out
 
   @staticmethod
   def _key(ids: np.ndarray, mask: np.ndarray) -> bytes:

@@ -407,12 +407,14 @@ def eval_dataset(cfg, tokenizer, spec: SourceSpec | dict, *, batch_size: int,
   return ds.batch(batch_size // process_count, drop_remainder=True, batch_fn=_stack)
 
 
-def distinct_captions(cfg, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+def distinct_captions(cfg, tokenizer, limit: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
   """Every caption the training stream of ``cfg`` (the config's ``input`` section) can
   draw, tokenized as ``train_dataset`` tokenizes it, once each: ``ids`` / ``mask``
-  int32 [n, max_text_len]. It reads every record of every source (the fields
-  ``input.caption_pool`` draws from, caption_samplers.FIELDS); a record the stream would
-  refuse is left out here, and the stream names it when it meets it."""
+  int32 [n, max_text_len]. It reads the fields ``input.caption_pool`` draws from
+  (caption_samplers.FIELDS) in every record of every source, not the audio; a record
+  the stream would refuse is left out here, and the stream names it when it meets it.
+  ``limit``: None as soon as there are more than that many (the scan stops there)."""
   fields = caption_samplers.FIELDS[str(cfg.caption_pool)]
   max_chars, cut = int(cfg.max_caption_chars), cfg.truncate_chars
   texts: dict[str, None] = {}   # insertion-ordered set
@@ -420,13 +422,15 @@ def distinct_captions(cfg, tokenizer) -> tuple[np.ndarray, np.ndarray]:
     source = records.open_split(spec.path, spec.split)
     for i in range(len(source)):
       try:
-        r = records.decode(source[i])
+        r = records.decode(source[i], keys=fields)
         for field in fields:
           for c in records.check_captions(r[field], max_chars=max_chars, field=field,
                                           required=False):
             texts[c[:cut] if cut else c] = None
       except (records.BadRecord, KeyError, UnicodeDecodeError, ValueError):
         continue
+      if limit is not None and len(texts) > limit:
+        return None
   return tokenizer.encode(list(texts), int(cfg.max_text_len))
 
 

@@ -12,6 +12,9 @@ r"""Train and evaluate one recipe:
                 same command resumes from the latest checkpoint there (delete the
                 folder to start afresh).
   --config.X=Y  override any config field, e.g. ``--config.optim.lr=1e-4``
+  --noreuse_host_memory  leave glibc's malloc at its defaults; by default the process
+                keeps the memory it frees for its next allocations, so that XLA:CPU's
+                per-step temporaries are not faulted in again every step (jaxclap/host.py)
 
 Multi-host (README, "Running on a pod / cluster"; launch/ has a script per kind of
 cluster): every process runs this same command. On a cluster JAX detects (a SLURM job
@@ -59,6 +62,11 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_string(
     "$JAX_LOCAL_DEVICE_IDS; on SLURM JAX gives a task only its SLURM_LOCALID's GPU, so a "
     "run with one task per node lists them all, e.g. 0,1,2,3,4,5,6,7).")
 
+_REUSE_MEMORY = flags.DEFINE_bool(
+    "reuse_host_memory", True, "Keep memory the process frees for its next allocations "
+    "(glibc's malloc, jaxclap/host.py): XLA:CPU's per-step temporaries are then not "
+    "faulted in again every step; --noreuse_host_memory: malloc's defaults.")
+
 
 def _initialize_kwargs(env=os.environ, **flag_values) -> dict | None:
   """``jax.distributed.initialize``'s arguments for these flag values and environment,
@@ -80,8 +88,10 @@ def main(argv):
       coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value, local_device_ids=_LOCAL_DEVICE_IDS.value,
       distributed=_DISTRIBUTED.value)
-  from jaxclap import distributed
-  distributed.skip_absent_accelerators()   # before anything creates a backend
+  from jaxclap import host
+  host.skip_absent_accelerators()   # before anything creates a backend
+  if _REUSE_MEMORY.value:
+    host.keep_freed_memory()
   if kwargs is not None:
     import jax
     jax.distributed.initialize(**kwargs)

@@ -709,21 +709,24 @@ def _train(config: Any, workdir: str) -> tuple[TrainState, dict | None]:
                                                config.input.text_buckets)
   if text_cache is not None:
     rows = int(config.global_batch_size) * int(config.input.captions_per_clip)
-    ids, mask = input_pipeline.distinct_captions(config.input, tokenizer)
     # A run that draws at least as many captions as there are meets nearly all of
     # them: compute them all now, shortest first at their bucket's length; a shorter
-    # one computes those it meets. Decided by total_steps, so a resumed run decides alike.
-    upfront = total * rows >= len(ids)
+    # one computes those it meets (and its scan stops once it has found more than it
+    # draws). Decided by total_steps, so a resumed run decides alike.
+    drawn = total * rows
+    listed = input_pipeline.distinct_captions(config.input, tokenizer, limit=drawn)
+    upfront = listed is not None
     t0 = time.perf_counter()
     if upfront:
-      text_cache.precompute(ids, mask, state.params["text"], chunk=rows,
+      text_cache.precompute(*listed, state.params["text"], chunk=rows,
                             lengths=text_lengths)
     if is_main:
       print("frozen text tower: computed once per distinct caption, not in every step "
             "(config.frozen_cache): " + (
                 f"{len(text_cache.rows)} captions up front in "
                 f"{time.perf_counter() - t0:.0f} s" if upfront else
-                f"as the run meets them ({len(ids)} in the data)"), flush=True)
+                f"as the run meets them (it draws {drawn}; the data holds more "
+                "distinct ones)"), flush=True)
   elif why_not:
     logging.info("the text tower runs in every step: %s", why_not)
 

@@ -1,8 +1,11 @@
-"""What the tests that train in a subprocess share: the command of a small runlocal demo
-run and the environment it runs in."""
+"""What the tests that train share: the command of a small runlocal demo run, the
+environment it runs in, and a random batch for a step built in the test (a script run
+with ``cwd`` at the checkout imports it as ``tests.runs``)."""
 
 import os
 import sys
+
+import numpy as np
 
 
 def main_command(workdir, data_dir, steps=8, extra=()):
@@ -28,3 +31,18 @@ def clean_env(cache=None):
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   return env
+
+
+def random_batch(config, rows: int, rng: np.random.Generator, *, vocab: int = 200,
+                 varied_lengths: bool = False) -> dict:
+  """A host batch of ``rows`` clips of noise at ``config``'s clip length (full, or
+  ``varied_lengths``: each between half and full) with one caption each of random
+  tokens below ``vocab``, every token real: the shapes ``sharding.global_batch`` takes."""
+  samples = int(config.input.clip_seconds * config.input.sample_rate)
+  length = int(config.input.max_text_len)
+  audio = (0.1 * rng.normal(size=(rows, samples))).astype(np.float32)
+  audio_len = (rng.integers(samples // 2, samples + 1, size=rows) if varied_lengths
+               else np.full(rows, samples)).astype(np.int32)
+  return {"audio": audio, "audio_len": audio_len,
+          "text_ids": rng.integers(1, vocab, size=(rows, 1, length)).astype(np.int32),
+          "text_mask": np.ones((rows, 1, length), np.int32)}

@@ -178,6 +178,10 @@ def test_distinct_captions_are_what_the_stream_draws(corpora, tmp_path):
   bad = _corpus(tmp_path, "bad", 3, bad=1)
   assert text(*ip.distinct_captions(_cfg([dict(path=bad)]), tok)) == {
       f"bad {i} caption {k}" for i in (0, 2) for k in range(3)}
+  # A run that draws fewer than the data holds stops the scan: None past the limit.
+  n = len(listed)
+  assert text(*ip.distinct_captions(_cfg(sources), tok, limit=n)) == listed
+  assert ip.distinct_captions(_cfg(sources), tok, limit=n - 1) is None
 
 
 def test_caption_samplers():

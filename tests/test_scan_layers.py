@@ -13,6 +13,8 @@ import pytest
 from jaxclap import configs, sharding, train
 from jaxclap.models import bert, convert, decoder_lm, transformer, vit
 
+import runs
+
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -114,12 +116,7 @@ def test_the_train_step_of_a_scanned_model_is_the_unrolled_ones():
           jax.device_get(state.params), like.params)))
   s_state = s_state.replace(opt_state=scanned.tx.init(s_state.params))
   rng = np.random.default_rng(0)
-  samples = int(c.input.clip_seconds * c.input.sample_rate)
-  batch = sharding.global_batch(
-      {"audio": (0.1 * rng.normal(size=(4, samples))).astype(np.float32),
-       "audio_len": np.full(4, samples, np.int32),
-       "text_ids": rng.integers(1, 200, size=(4, 1, c.input.max_text_len)).astype(np.int32),
-       "text_mask": np.ones((4, 1, c.input.max_text_len), np.int32)}, mesh)
+  batch = sharding.global_batch(runs.random_batch(c, 4, rng), mesh)
   s1, m1 = flat.step(state, batch)
   s2, m2 = scanned.step(s_state, batch)
   for key in ("loss", "contrastive", "mae", "grad_norm"):

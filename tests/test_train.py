@@ -38,6 +38,7 @@ MESH_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jaxclap import configs
     from jaxclap import sharding, train
+    from tests.runs import random_batch
     c = configs.load("demo", "runlocal")
     c.total_steps = 3
     c.global_batch_size = 16
@@ -45,11 +46,7 @@ MESH_SCRIPT = textwrap.dedent("""
     c.model.text.update(vocab_size=200, hidden_size=32, depth=2, num_heads=2, mlp_dim=64,
                         max_len=64, init=None)
     rng = np.random.default_rng(0)
-    samples = int(c.input.clip_seconds * c.input.sample_rate)
-    batches = [{"audio": (0.1 * rng.normal(size=(16, samples))).astype(np.float32),
-                "audio_len": rng.integers(samples // 2, samples + 1, size=16).astype(np.int32),
-                "text_ids": rng.integers(1, 200, size=(16, 1, c.input.max_text_len)).astype(np.int32),
-                "text_mask": np.ones((16, 1, c.input.max_text_len), np.int32)} for _ in range(3)]
+    batches = [random_batch(c, 16, rng, varied_lengths=True) for _ in range(3)]
     out = {}
     for name, mesh_cfg, devices in (("one", dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
                                     ("eight", dict(data=4, fsdp=2, tensor=1), jax.devices())):
@@ -90,6 +87,7 @@ ACCUM_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jaxclap import configs
     from jaxclap import losses, sharding, train
+    from tests.runs import random_batch
     c = configs.load("demo", "runlocal")
     c.global_batch_size = 8
     c.optim.grad_accum = 2
@@ -98,11 +96,7 @@ ACCUM_SCRIPT = textwrap.dedent("""
     c.model.text.update(vocab_size=200, hidden_size=32, depth=1, num_heads=2, mlp_dim=64,
                         max_len=64, init=None)
     rng = np.random.default_rng(0)
-    samples = int(c.input.clip_seconds * c.input.sample_rate)
-    b = {"audio": (0.1 * rng.normal(size=(8, samples))).astype(np.float32),
-         "audio_len": np.full(8, samples, np.int32),
-         "text_ids": rng.integers(1, 200, size=(8, 1, c.input.max_text_len)).astype(np.int32),
-         "text_mask": np.ones((8, 1, c.input.max_text_len), np.int32)}
+    b = random_batch(c, 8, rng)
     mesh = sharding.make_mesh(c.mesh)
     tr = train.Trainer(c, mesh)
     state = tr.init_state(0)
@@ -155,11 +149,7 @@ def test_frozen_parameters_get_no_update_and_no_optimizer_state():
   state = tr.init_state(0)
   before = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
   rng = np.random.default_rng(0)
-  samples = int(c.input.clip_seconds * c.input.sample_rate)
-  batch = {"audio": (0.1 * rng.normal(size=(4, samples))).astype(np.float32),
-           "audio_len": np.full(4, samples, np.int32),
-           "text_ids": rng.integers(1, 200, size=(4, 1, c.input.max_text_len)).astype(np.int32),
-           "text_mask": np.ones((4, 1, c.input.max_text_len), np.int32)}
+  batch = runs.random_batch(c, 4, rng)
   for _ in range(2):
     state, _ = tr.step(state, sharding.global_batch(batch, mesh))
   after = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
@@ -217,12 +207,7 @@ def test_flip_trains_on_kept_tiles_and_its_unmasked_tuning_on_all():
   assert flip.unmasked_from == c.total_steps - 2
   _, _, plain = trainer(0.0)
   rng = np.random.default_rng(0)
-  samples = int(c.input.clip_seconds * c.input.sample_rate)
-  batch = sharding.global_batch(
-      {"audio": (0.1 * rng.normal(size=(4, samples))).astype(np.float32),
-       "audio_len": np.full(4, samples, np.int32),
-       "text_ids": rng.integers(1, 200, size=(4, 1, c.input.max_text_len)).astype(np.int32),
-       "text_mask": np.ones((4, 1, c.input.max_text_len), np.int32)}, mesh)
+  batch = sharding.global_batch(runs.random_batch(c, 4, rng), mesh)
   state = flip.init_state(0)
   copy = lambda: jax.tree_util.tree_map(jnp.copy, state)
   _, masked = flip.step(copy(), batch)

@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -152,17 +152,19 @@ def make_record(*, id: str, wave: np.ndarray, sample_rate: int, captions: list[s
   }
 
 
-def decode(record: Mapping[str, Any]) -> dict[str, Any]:
-  """A record as read by ``tfds.data_source`` -> python/numpy values (str, float32 audio)."""
+def decode(record: Mapping[str, Any], keys: Sequence[str] | None = None) -> dict[str, Any]:
+  """A record as read by ``tfds.data_source`` -> python/numpy values (str, float32 audio);
+  ``keys``: only those fields (a caption scan need not convert the audio)."""
   text = lambda b: b.decode("utf-8") if isinstance(b, bytes) else str(b)
-  return {
-      "id": text(record["id"]),
-      "audio": from_pcm16(record["audio"]),
-      "sample_rate": int(record["sample_rate"]),
-      "captions": [text(c) for c in record["captions"]],
-      "fine_captions": [text(c) for c in record["fine_captions"]],
-      "metadata": json.loads(text(record["metadata"])),
+  fields = {
+      "id": lambda: text(record["id"]),
+      "audio": lambda: from_pcm16(record["audio"]),
+      "sample_rate": lambda: int(record["sample_rate"]),
+      "captions": lambda: [text(c) for c in record["captions"]],
+      "fine_captions": lambda: [text(c) for c in record["fine_captions"]],
+      "metadata": lambda: json.loads(text(record["metadata"])),
   }
+  return {k: fields[k]() for k in (fields if keys is None else keys)}
 
 
 class SkipCounter:

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--step", type=int, default=None,
                       help="the checkpoint step to export (default: the latest)")
   args = parser.parse_args(argv)
-  from jaxclap import distributed
-  distributed.skip_absent_accelerators()
+  from jaxclap import host
+  host.skip_absent_accelerators()
   try:
     path = export(args.workdir, args.out, args.step)
   except (NotExportable, FileNotFoundError, FileExistsError) as e:
