@@ -62,11 +62,13 @@ Field reference (``--config.<path>=value`` overrides any of them):
                        nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable):
                        activation memory for recompute; the parameters are the same, so a
                        run may resume with another. A tower's own model.<side>.remat wins
-  model.scan_layers    every transformer stack (ViT, BERT family, Qwen3; not Gemma3's mixed
-                       sliding/global layers, HTS-AT, CNN14, Zipformer) as one nn.scan over
-                       its layers: a deep tower compiles as fast as a 1-layer one; the
-                       parameters are stacked under "layers" (checkpoints and exports
-                       convert at the boundary), so a run keeps the layout it started with
+  model.scan_layers    every transformer stack (ViT, BERT family, Qwen3, Gemma3, HTS-AT's
+                       Swin stages; not CNN14 or the Zipformer) as one nn.scan over its
+                       layers, a period at a time where they repeat (Swin's unshifted and
+                       shifted pair; Gemma3's 5 sliding + 1 global, the remainder unrolled):
+                       a deep tower compiles as fast as a 1-layer one; the parameters are
+                       stacked under "layers" (checkpoints and exports convert at the
+                       boundary), so a run keeps the layout it started with
   model.audio / text   the towers: name, their fields, init (pretrained weights path),
                        init_kind, preset (a named size the tower registers), dtype.
                        model.audio.flip_mask_ratio (the ViT's): FLIP's share of tiles

@@ -104,7 +104,8 @@ class DecoderTower(nn.Module):
   pooling: str = "last"
   dropout_rate: float = 0.0
   remat: bool | str = False
-  scan_layers: bool = False                  # one scanned layer (transformer.layer_stack)
+  scan_layers: bool = False                  # scanned layers (transformer.layer_stack): Gemma3's
+                                             # sliding/global pattern scans a period at a time
   dtype: Any = jnp.float32
 
   def resolved_layer_types(self) -> tuple[str, ...]:
@@ -140,10 +141,6 @@ class DecoderTower(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     scalar = self.query_pre_attn_scalar or self.head_dim
     types = self.resolved_layer_types()
-    if self.scan_layers and len(set(types)) > 1:
-      raise ValueError(f"scan_layers: this {self.family} tower's layer_types mix "
-                       f"{sorted(set(types))} (different windows and positions per layer); "
-                       "scan needs one kind: set scan_layers=False for it")
     layers = []
     for kind in types:
       local = kind == "sliding_attention"

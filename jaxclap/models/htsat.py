@@ -67,12 +67,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxclap.models import convert, towers
+from jaxclap.models import convert, towers, transformer
 from jaxclap.models.batch_norm import BatchNorm
 from jaxclap.models.convert import (CheckpointMismatch, Rules, ident, linear_t,
                                     merge_heads_out, split_heads_bias, split_heads_in)
 from jaxclap.models.transformer import (MultiHeadAttention, Mlp, dense_init, layer_norm,
-                                        logical, remat_block)
+                                        layer_stack, logical)
 
 SIZES = {
     "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(4, 8, 16, 32)),
@@ -305,7 +305,10 @@ class SwinBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, mask=None, deterministic: bool = True):
+    """x [b, h, w, c]; ``mask`` is unused (HTS-AT has none: see the module docstring),
+    taken so the blocks stack as every tower's do (transformer.layer_stack)."""
+    del mask
     b, h, w, c = x.shape
     ws, shift, heads = self.window_size, self.shift_size, self.num_heads
     if c % heads:
@@ -376,20 +379,27 @@ class SwinStage(nn.Module):
   drop_path: Sequence[float] = ()
   remat: bool | str = False
   dtype: Any = jnp.float32
+  scan_layers: bool = False   # the (unshifted, shifted) pairs as one scan (layer_stack)
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     h, w = x.shape[1:3]
-    block = remat_block(SwinBlock, self.remat, static_argnums=(2,))
+    blocks = []
     for i in range(self.depth):
       window, shift = self.window_size, (0 if i % 2 == 0 else self.window_size // 2)
       if min(h, w) <= window:
         # A map no larger than one window: one window, nothing to shift.
         window, shift = min(h, w), 0
-      x = block(self.num_heads, window, shift, self.mlp_ratio, self.layer_norm_eps,
-                self.dropout_rate, self.attention_dropout_rate,
-                self.drop_path[i] if self.drop_path else 0.0, self.dtype,
-                name=f"block_{i}")(x, deterministic)
+      blocks.append(dict(num_heads=self.num_heads, window_size=window, shift_size=shift,
+                         mlp_ratio=self.mlp_ratio, layer_norm_eps=self.layer_norm_eps,
+                         dropout_rate=self.dropout_rate,
+                         attention_dropout_rate=self.attention_dropout_rate,
+                         drop_path=self.drop_path[i] if self.drop_path else 0.0,
+                         dtype=self.dtype))
+    # Stochastic depth rising block by block leaves nothing to repeat: such a stage is one
+    # group, scanned once (no faster to compile than unrolled, but the same layout).
+    x = layer_stack(SwinBlock, blocks, remat=self.remat, scan=self.scan_layers,
+                    deterministic=deterministic, prefix="block_")(x, None)
     if self.downsample:
       x = PatchMerging(self.dtype, name="merge")(x)
     return x
@@ -418,6 +428,7 @@ class HTSAT(nn.Module):
   drop_path_rate: float = 0.0          # stochastic depth, rising linearly to this
   batch_norm_train_stats: bool = True
   remat: bool | str = False
+  scan_layers: bool = False            # each stage's blocks as a scan (SwinStage)
   dtype: Any = jnp.float32
 
   def arch(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
@@ -479,7 +490,7 @@ class HTSAT(nn.Module):
       x = SwinStage(depth, nh, self.window_size, i < len(depths) - 1, self.mlp_ratio,
                     self.layer_norm_eps, self.dropout_rate, self.attention_dropout_rate,
                     tuple(rates[sum(depths[:i]):sum(depths[:i + 1])]), self.remat,
-                    self.dtype, name=f"stage_{i}")(x, deterministic)
+                    self.dtype, self.scan_layers, name=f"stage_{i}")(x, deterministic)
     x = layer_norm("norm", TORCH_LN_EPS, self.dtype)(x)
 
     # Undo the fold on the token map: rows are (chunk, frequency), chunks go back in time.
@@ -504,7 +515,7 @@ _INVERSE = {**convert.INVERSE,
 
 def _layout(variables: Mapping) -> tuple[list[int], bool, bool]:
   """(blocks per stage, fusion?, patch norm?) read off a variables tree."""
-  p = nn.meta.unbox(variables)["params"]
+  p = transformer.unstack_layers(nn.meta.unbox(variables))["params"]
   depths = []
   while f"stage_{len(depths)}" in p:
     depths.append(sum(1 for k in p[f"stage_{len(depths)}"] if k.startswith("block_")))
@@ -570,7 +581,7 @@ def htsat_rules(depths: Sequence[int], *, fusion: bool, patch_norm: bool = True)
 def _buffers(variables: Mapping, depths: Sequence[int], fusion: bool) -> dict[str, np.ndarray]:
   """The checkpoint buffers our variables imply: relative_position_index per block (its
   window read off the bias table) and BatchNorm's num_batches_tracked."""
-  p = nn.meta.unbox(variables)["params"]
+  p = transformer.unstack_layers(nn.meta.unbox(variables))["params"]
   out = {}
   for i, depth in enumerate(depths):
     for j in range(depth):
@@ -632,10 +643,11 @@ def import_torch(state_dict: Mapping[str, np.ndarray], target: Mapping, *,
 def export_torch(variables: Mapping, *, prefix: str = "audio_encoder.") -> dict[str, np.ndarray]:
   """Our variables -> a transformers ``ClapAudioModel`` state dict, buffers included
   (``relative_position_index``, ``num_batches_tracked`` = 0), so that ``load_state_dict(...,
-  strict=True)`` accepts it. ``prefix="audio_model.audio_encoder."`` for ``ClapModel``."""
+  strict=True)`` accepts it. ``prefix="audio_model.audio_encoder."`` for ``ClapModel``.
+  Scanned stages (``scan_layers``) export block by block, as the unrolled tower's."""
   depths, fusion, patch_norm = _layout(variables)
-  flat = traverse_util.flatten_dict(nn.meta.unbox(
-      {"params": variables["params"], "batch_stats": variables["batch_stats"]}))
+  flat = traverse_util.flatten_dict(transformer.unstack_layers(nn.meta.unbox(
+      {"params": variables["params"], "batch_stats": variables["batch_stats"]})))
   out = {}
   for path, (key, fn) in htsat_rules(depths, fusion=fusion, patch_norm=patch_norm).items():
     out[prefix + key] = np.asarray(_INVERSE[id(fn)](np.asarray(flat[path], np.float32)))

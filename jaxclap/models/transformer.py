@@ -34,7 +34,8 @@ Parameter names are chosen so PyTorch checkpoints map onto them one to one:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -337,78 +338,105 @@ def remat_block(block: type[nn.Module], remat: bool | str | None,
 
 # -- scan over layers (``scan_layers``)
 #
-# A stack of identical blocks as one ``nn.scan``: XLA compiles one layer's program and
+# A stack of repeating blocks as one ``nn.scan``: XLA compiles one group's program and
 # loops over it (MaxText's ``scan_layers``), so the compile time and code size of a
-# 36-layer tower are a 1-layer tower's. The parameters of all layers are stacked along a
-# leading axis under ``SCANNED`` (logical axis ``layers``, never sharded); checkpoints
-# of other frameworks name layers one by one, so importers and exporters see the
-# unrolled tree (``unstack_layers`` / ``stack_layers`` at the boundary,
+# 36-layer tower are a 1-layer tower's. Layers that repeat with a period p (Swin's
+# unshifted/shifted pairs: 2; Gemma3's five sliding-window layers and one global: 6) scan
+# as groups of p, and the n % p layers left over follow unrolled (MaxText's Gemma3 does the
+# same). The scanned parameters live under ``SCANNED`` (logical axis ``layers``, never
+# sharded), one child per position in the group, named after the group's first layers
+# (``layers/layer_0``, ``layers/layer_1``, ... stacked along a leading axis of n // p).
+# Checkpoints of other frameworks name layers one by one, so importers and exporters see
+# the unrolled tree (``unstack_layers`` / ``stack_layers`` at the boundary,
 # jaxclap.models.convert and jaxclap.export), and a run keeps one layout for its life.
 
 SCANNED = "layers"
 
 
-class _ScanLayer(nn.Module):
-  """One layer as ``nn.scan`` calls it: ``(x, mask) -> (x, None)``, the block's
-  parameters directly under the scanned scope (``share_scope``)."""
+def layer_period(layers: Sequence[dict]) -> int:
+  """The smallest p with ``layers[i] == layers[i + p]`` throughout (``len(layers)`` when
+  nothing repeats)."""
+  n = len(layers)
+  return next(p for p in range(1, n + 1) if all(layers[i] == layers[i + p]
+                                                for i in range(n - p)))
+
+
+class _ScanGroup(nn.Module):
+  """One period of layers as ``nn.scan`` calls it: ``(x, mask) -> (x, None)``."""
   block: Any
-  fields: tuple                          # the block's constructor arguments, as items
+  fields: tuple                          # per layer of the group, its constructor items
+  names: tuple
   deterministic: bool = True
 
-  def setup(self):
-    self.layer = self.block(**dict(self.fields))
-    nn.share_scope(self, self.layer)
-
+  @nn.compact
   def __call__(self, x, mask):
-    return self.layer(x, mask, self.deterministic), None
+    for f, name in zip(self.fields, self.names):
+      x = self.block(**dict(f), name=name)(x, mask, self.deterministic)
+    return x, None
 
 
 def layer_stack(block: type[nn.Module], layers: list[dict], *, remat, scan: bool,
-                deterministic: bool, name_of=lambda i: f"layer_{i}"):
-  """``x -> x`` through ``block(**layers[i])`` for each i: unrolled (children
-  ``name_of(i)``), or with ``scan`` one ``nn.scan`` over identical layers (child
-  ``SCANNED``). ``remat`` as ``remat_block``'s."""
-  if not scan:
-    cls = remat_block(block, remat, static_argnums=(3,))
-    mods = [cls(**kw, name=name_of(i)) for i, kw in enumerate(layers)]
+                deterministic: bool, prefix: str = "layer_"):
+  """``x -> x`` through ``block(**layers[i])`` for each i (called ``(x, mask,
+  deterministic)``): unrolled (children ``f"{prefix}{i}"``), or with ``scan`` one
+  ``nn.scan`` over the groups of ``layer_period(layers)`` layers (child ``SCANNED``) and
+  the remainder unrolled. ``remat`` as ``remat_block``'s (per layer unrolled, per group
+  scanned)."""
+  n = len(layers)
+  p = layer_period(layers) if scan else n
+  groups = n // p if scan else 0
+  cls = remat_block(block, remat, static_argnums=(3,))
+  rest = [cls(**layers[i], name=f"{prefix}{i}") for i in range(groups * p, n)]
+  if not groups:
+    mod = None
+  else:
+    group = _ScanGroup
+    if remat not in (None, False, "none"):
+      name = "nothing_saveable" if remat is True else remat
+      if name not in REMAT_POLICIES:
+        raise ValueError(f"remat must be False, True, 'none' or one of "
+                         f"{sorted(REMAT_POLICIES)}, got {remat!r}")
+      # prevent_cse=False: inside a scan the loop already keeps XLA from merging the
+      # recomputation into the forward pass (jax.checkpoint's advice).
+      group = nn.remat(group, prevent_cse=False, policy=REMAT_POLICIES[name])
+    stack = nn.scan(group, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,),
+                    length=groups, metadata_params={nn.PARTITION_NAME: "layers"})
+    mod = stack(block, tuple(tuple(sorted(kw.items())) for kw in layers[:p]),
+                tuple(f"{prefix}{k}" for k in range(p)), deterministic, name=SCANNED)
 
-    def run(x, mask):
-      for m in mods:
-        x = m(x, mask, deterministic)
-      return x
-    return run
-  if any(kw != layers[0] for kw in layers):
-    differ = sorted({k for kw in layers for k in kw if kw.get(k) != layers[0].get(k)})
-    raise ValueError(f"scan_layers needs identical layers; these differ in {differ} "
-                     "(use scan_layers=False)")
-  cls = _ScanLayer
-  if remat not in (None, False, "none"):
-    name = "nothing_saveable" if remat is True else remat
-    if name not in REMAT_POLICIES:
-      raise ValueError(f"remat must be False, True, 'none' or one of "
-                       f"{sorted(REMAT_POLICIES)}, got {remat!r}")
-    # prevent_cse=False: inside a scan the loop already keeps XLA from merging the
-    # recomputation into the forward pass (jax.checkpoint's advice).
-    cls = nn.remat(cls, prevent_cse=False, policy=REMAT_POLICIES[name])
-  stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                  in_axes=(nn.broadcast,), length=len(layers),
-                  metadata_params={nn.PARTITION_NAME: "layers"})
-  mod = stack(block, tuple(sorted(layers[0].items())), deterministic, name=SCANNED)
-  return lambda x, mask: mod(x, mask)[0]
+  def run(x, mask):
+    if mod is not None:
+      x = mod(x, mask)[0]
+    for m in rest:
+      x = m(x, mask, deterministic)
+    return x
+  return run
+
+
+def _split_name(name: str) -> tuple[str, int]:
+  m = re.fullmatch(r"(.*?)(\d+)", name)
+  if not m:
+    raise ValueError(f"a scanned stack's child {name!r} is not a layer name (prefix + index)")
+  return m.group(1), int(m.group(2))
 
 
 def unstack_layers(tree: Any) -> Any:
-  """A params tree with scanned stacks (``SCANNED``, leading layer axis) -> the same
-  tree with ``layer_0`` ... ``layer_{n-1}`` in their place (what checkpoints name);
-  ``jax.ShapeDtypeStruct`` leaves lose the axis from their shape. Other trees pass."""
+  """A params tree with scanned stacks (``SCANNED``, leading group axis) -> the same
+  tree with every layer under its own name (``layer_0`` ... ``layer_{n-1}``, what
+  checkpoints name); ``jax.ShapeDtypeStruct`` leaves lose the axis from their shape.
+  Other trees pass."""
   if not isinstance(tree, Mapping):
     return tree
   out = {}
   for k, v in tree.items():
     if k == SCANNED and isinstance(v, Mapping):
-      n = jax.tree_util.tree_leaves(v)[0].shape[0]
-      for i in range(n):
-        out[f"layer_{i}"] = jax.tree_util.tree_map(lambda x: _index(x, i), v)
+      period = len(v)
+      for child, sub in v.items():
+        prefix, pos = _split_name(child)
+        for g in range(jax.tree_util.tree_leaves(sub)[0].shape[0]):
+          out[f"{prefix}{pos + g * period}"] = jax.tree_util.tree_map(
+              lambda x: _index(x, g), sub)
     else:
       out[k] = unstack_layers(v)
   return out
@@ -416,15 +444,20 @@ def unstack_layers(tree: Any) -> Any:
 
 def stack_layers(tree: Any, like: Any) -> Any:
   """The inverse of ``unstack_layers`` where ``like`` (the scanned tree or its shapes)
-  has a scanned stack: ``layer_i`` children stacked along a new leading axis."""
+  has a scanned stack: each group position's layers stacked along a new leading axis."""
   if not isinstance(like, Mapping):
     return tree
   out = {}
   for k, v in like.items():
     if k == SCANNED and isinstance(v, Mapping):
-      n = jax.tree_util.tree_leaves(v)[0].shape[0]
-      out[k] = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
-                                      *[tree[f"layer_{i}"] for i in range(n)])
+      period, stacked = len(v), {}
+      for child, sub in v.items():
+        prefix, pos = _split_name(child)
+        n = jax.tree_util.tree_leaves(sub)[0].shape[0]
+        stacked[child] = jax.tree_util.tree_map(
+            lambda *xs: np.stack([np.asarray(x) for x in xs]),
+            *[tree[f"{prefix}{pos + g * period}"] for g in range(n)])
+      out[k] = stacked
     else:
       out[k] = stack_layers(tree[k], v)
   return out
