@@ -239,7 +239,12 @@ def compile_step(config: Any, topology: str, num_slices: int = 1,
       + figures["code_bytes"]
   cost = _cost(compiled)
   flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-  t_flops, t_bytes = flops / chip.peak_flops, accessed / chip.hbm_bandwidth
+  # The compute bound takes the counted FLOPs: XLA's cost analysis counts a loop's body
+  # once, so under model.scan_layers its FLOPs are a fraction of the step's. Its bytes
+  # are counted the same way: under scan the HBM bound is a lower bound, as the
+  # roofline is anyway.
+  t_flops = counted / len(devices) / chip.peak_flops
+  t_bytes = accessed / chip.hbm_bandwidth
   bound = max(t_flops, t_bytes)
   figures.update(
       flops=flops, bytes_accessed=accessed, counted_flops=counted,

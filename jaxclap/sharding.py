@@ -12,6 +12,7 @@ batch over ``data`` x ``fsdp``.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Sequence
 
@@ -78,15 +79,41 @@ def rules(cfg_rules) -> tuple:
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rule_table) -> Any:
-  """Shardings for a (boxed) tree of ``nn.LogicallyPartitioned`` leaves / plain arrays."""
+  """Shardings for a (boxed) tree of ``nn.LogicallyPartitioned`` leaves / plain arrays.
+
+  A dimension the rules would split over mesh axes whose size does not divide it (a
+  Zipformer stack of 4 layers' scalars under ``fsdp`` = 16) is kept whole on each device
+  instead: GSPMD cannot split it, and the alternative is an error at the jit boundary.
+  Those arrays are logged by name with the bytes they cost, so a large one is seen."""
   specs = nn.get_partition_spec(abstract_tree)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules(rule_table))
-  # Optimiser statistics kept per parameter but of lower rank (ScaledAdam's scalar
-  # parameter scale) inherit the parameter's box and names: those are replicated.
   values = nn.meta.unbox(abstract_tree)
-  return jax.tree_util.tree_map(
-      lambda s, v: s if len(s.spec) <= len(getattr(v, "shape", ())) else NamedSharding(mesh, P()),
-      shardings, values)
+  whole = []
+
+  def fit(path, s, v):
+    shape = tuple(getattr(v, "shape", ()))
+    # Optimiser statistics kept per parameter but of lower rank (ScaledAdam's scalar
+    # parameter scale) inherit the parameter's box and names: those are replicated.
+    if len(s.spec) > len(shape):
+      return NamedSharding(mesh, P())
+    spec = list(s.spec)
+    for i, axes in enumerate(spec):
+      names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      if names and shape[i] % math.prod(mesh.shape[a] for a in names):
+        spec[i] = None
+    if spec == list(s.spec):
+      return s
+    whole.append((jax.tree_util.keystr(path), shape, v.dtype))
+    return NamedSharding(mesh, P(*spec))
+
+  out = jax.tree_util.tree_map_with_path(fit, shardings, values)
+  if whole:
+    nbytes = sum(math.prod(sh) * np.dtype(dt).itemsize for _, sh, dt in whole)
+    logging.info("%d arrays (%.1f MiB) kept whole along a dimension the mesh %s does not "
+                 "divide: %s", len(whole), nbytes / 2**20, dict(mesh.shape),
+                 ", ".join(f"{n}{list(sh)}" for n, sh, _ in whole[:8])
+                 + (" ..." if len(whole) > 8 else ""))
+  return out
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -91,6 +91,10 @@ def test_demo_figures(demo):
   assert "text_pooled" in result["compiled"].args_info[0][1]
   assert f["tflop_per_step"] == pytest.approx(f["counted_flops"] / 1e12)
   assert 0 < f["mfu_bound"] <= 1 and f["bound_s"] >= f["compute_s"]
+  # The compute bound is the counted FLOPs' (the cost analysis counts a loop body once).
+  peak = perf.CHIPS["TPU v5 lite"].peak_flops
+  assert f["compute_s"] == pytest.approx(f["counted_flops"] / DEVICES / peak)
+  assert f["mfu_bound"] == pytest.approx(f["compute_s"] / f["bound_s"])
   text = aot.report(f)
   assert "peak" in text and text.splitlines()[-1].startswith("row: | v5e-4 (`v5e:2x2`) |")
 

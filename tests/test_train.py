@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import runs
 
@@ -286,3 +287,30 @@ def test_bad_tower_and_feature_settings_are_named():
   with pytest.raises(ValueError, match=r"config.features.kind must be 'logmel' or 'fbank', "
                                        r"got 'mfcc'"):
     two_towers.spectrogram(feats, jnp.zeros((1, 16000)), jnp.array([16000]))
+
+
+SPLIT_SCRIPT = textwrap.dedent("""
+    import json, logging
+    import flax.linen as nn, jax, jax.numpy as jnp
+    from jaxclap import sharding
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+    box = lambda shape, names: nn.LogicallyPartitioned(
+        jax.ShapeDtypeStruct(shape, jnp.float32), names)
+    tree = {"scales": box((4, 1, 1), ("embed", "mlp", None)),   # 4 layers' scalars
+            "kernel": box((16, 3), ("embed", "mlp"))}
+    s = sharding.logical_shardings(tree, mesh, None)
+    x = jax.device_put(jnp.ones((4, 1, 1)), s["scales"])         # it really places
+    print(json.dumps({k: str(v.spec) for k, v in s.items()}))
+""")
+
+
+def test_a_dimension_the_mesh_does_not_divide_is_kept_whole_and_logged():
+  env = runs.clean_env()
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  res = subprocess.run([sys.executable, "-c", SPLIT_SCRIPT], cwd=ROOT, env=env, check=True,
+                       capture_output=True, text=True, timeout=300)
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  assert out["kernel"] == str(P("fsdp", "tensor"))   # 16 rows split 8 ways, as before
+  assert out["scales"] == str(P(None, "tensor", None))   # 4 rows cannot be: kept whole
+  assert "1 arrays (0.0 MiB) kept whole" in res.stderr and "['scales'][4, 1, 1]" in res.stderr
